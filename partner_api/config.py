@@ -1,0 +1,137 @@
+"""The one configuration object: every environment variable is read and validated here, once.
+
+Nothing else in the code base reads os.environ; a bad value stops the process with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from pathlib import Path
+
+from partner_api import ssrf
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATABASE_URL = f"sqlite:///{ROOT / 'instance' / 'partner_api.sqlite3'}"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Validated settings shared by the API and the dispatcher."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    retry_schedule: tuple[int, ...] = (60, 300, 1800, 7200, 21600, 86400)
+    delivery_timeout: float = 10.0
+    poll_interval: float = 2.0
+    auto_disable_after: int = 20
+    webhook_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    allow_http_webhooks: bool = False
+    ca_bundle: str | None = None
+    default_rate_limit: int = 600
+    max_subscriptions_per_org: int = 25
+    dispatch_batch_size: int = 50
+    dispatch_workers: int = 10
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts before dead-lettering: one first try plus one per scheduled retry."""
+        return len(self.retry_schedule) + 1
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed delivery stays invisible: longer than any attempt can last."""
+        return self.delivery_timeout * 3 + 30
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgres://", "postgresql://"))
+
+    def ssrf_policy(self, resolver=None) -> ssrf.SsrfPolicy:
+        """The SSRF policy these settings describe, with an optional injected resolver."""
+        kwargs = {
+            "allow_http": self.allow_http_webhooks,
+            "allow_networks": self.webhook_allow_cidrs,
+        }
+        if resolver is not None:
+            kwargs["resolver"] = resolver
+        return ssrf.SsrfPolicy(**kwargs)
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> Config:
+        """Read and validate the environment; `overrides` (tests) win over it."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for name, (field, parse) in _VARIABLES.items():
+            raw = env.get(name)
+            if raw is not None and raw.strip() != "":
+                try:
+                    values[field] = parse(raw.strip())
+                except (ValueError, TypeError) as exc:
+                    raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
+        values.update(overrides)
+        return cls(**values)
+
+
+def _database_url(value: str) -> str:
+    if not value.startswith(("sqlite:///", "postgres://", "postgresql://")):
+        raise ValueError("must start with sqlite:///, postgres:// or postgresql://")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _schedule(value: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in value.split(",")]
+    if not parts or any(not part.isdigit() or int(part) <= 0 for part in parts):
+        raise ValueError("must be comma-separated positive whole seconds, e.g. 60,300,1800")
+    return tuple(int(part) for part in parts)
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _existing_file(value: str) -> str:
+    if not Path(value).is_file():
+        raise ValueError("must name a readable PEM file")
+    return value
+
+
+_VARIABLES = {
+    "DATABASE_URL": ("database_url", _database_url),
+    "PARTNER_API_RETRY_SCHEDULE": ("retry_schedule", _schedule),
+    "PARTNER_API_DELIVERY_TIMEOUT": ("delivery_timeout", _positive_float),
+    "PARTNER_API_POLL_INTERVAL": ("poll_interval", _positive_float),
+    "PARTNER_API_AUTO_DISABLE_AFTER": ("auto_disable_after", _positive_int),
+    "PARTNER_API_WEBHOOK_ALLOW_CIDRS": ("webhook_allow_cidrs", ssrf.parse_allow_cidrs),
+    "PARTNER_API_ALLOW_HTTP_WEBHOOKS": ("allow_http_webhooks", _boolean),
+    "PARTNER_API_CA_BUNDLE": ("ca_bundle", _existing_file),
+    "PARTNER_API_DEFAULT_RATE_LIMIT": ("default_rate_limit", _positive_int),
+    "PARTNER_API_MAX_SUBSCRIPTIONS_PER_ORG": ("max_subscriptions_per_org", _positive_int),
+    "PARTNER_API_DISPATCH_BATCH_SIZE": ("dispatch_batch_size", _positive_int),
+    "PARTNER_API_DISPATCH_WORKERS": ("dispatch_workers", _positive_int),
+}

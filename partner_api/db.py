@@ -1,0 +1,112 @@
+"""The database: one peewee DatabaseProxy, connect/close hooks, and the `init-db` command.
+
+Backend differences (SQLite pragmas, PostgreSQL pooling) live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import click
+from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
+from playhouse import db_url
+
+from partner_api.config import ROOT
+
+database = DatabaseProxy()
+SCHEMA_PATH = ROOT / "schema.sql"
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "busy_timeout": 10000,
+    "foreign_keys": 1,
+    "synchronous": "normal",
+}
+
+
+def open_database(url: str):
+    """A peewee database for a DATABASE_URL: SQLite (WAL, busy timeout) or pooled PostgreSQL."""
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS)
+    scheme, rest = url.split("://", 1)
+    return db_url.connect(
+        f"postgresql+pool://{rest}", max_connections=32, stale_timeout=300, timeout=10
+    )
+
+
+def bind(url: str) -> None:
+    """Point the proxy at the database named by `url` (closing any previous one)."""
+    if database.obj is not None and not database.is_closed():
+        database.close()
+    if database.obj is not None and hasattr(database.obj, "close_all"):
+        database.obj.close_all()
+    database.initialize(open_database(url))
+
+
+def is_postgres() -> bool:
+    return isinstance(database.obj, PostgresqlDatabase)
+
+
+def is_sqlite() -> bool:
+    return isinstance(database.obj, SqliteDatabase)
+
+
+def write_transaction():
+    """A transaction that takes the write lock up front on SQLite (BEGIN IMMEDIATE), so
+    read-then-write sequences cannot interleave or fail late with 'database is locked'."""
+    if is_sqlite():
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
+
+
+def schema_statements() -> list[str]:
+    """The statements of schema.sql, comments removed."""
+    lines = [
+        line for line in SCHEMA_PATH.read_text().splitlines() if not line.strip().startswith("--")
+    ]
+    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
+
+
+def apply_schema() -> None:
+    """Create or upgrade the schema and the server secrets; safe to run again."""
+    with database.connection_context(), database.atomic():
+        for statement in schema_statements():
+            database.execute_sql(statement)
+        database.execute_sql(
+            f"INSERT INTO app_secrets (name, value) VALUES ({database.param}, {database.param}) "
+            "ON CONFLICT (name) DO NOTHING",
+            ("cursor_signing_key", secrets.token_hex(32)),
+        )
+
+
+def app_secret(name: str) -> str:
+    """A server secret created by init-db."""
+    cursor = database.execute_sql(
+        f"SELECT value FROM app_secrets WHERE name = {database.param}",
+        (name,),
+    )
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("the database is not initialised: run `flask --app wsgi init-db`")
+    return row[0]
+
+
+def init_app(app) -> None:
+    """Open a connection per request (pooled on PostgreSQL) and register `init-db`."""
+
+    @app.before_request
+    def _connect():
+        database.connect(reuse_if_open=True)
+
+    @app.teardown_appcontext
+    def _close(exc):
+        if not database.is_closed():
+            database.close()
+
+    @app.cli.command("init-db")
+    def init_db_command():
+        """Create or upgrade the database schema (idempotent)."""
+        apply_schema()
+        click.echo("database ready")

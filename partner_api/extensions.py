@@ -1,0 +1,140 @@
+"""Thin flask-smorest subclasses: the single place for cross-cutting API behaviour.
+
+Request parsing strictness (415/400/unknown fields), error documentation and the problem shape.
+"""
+
+from __future__ import annotations
+
+import http
+
+import flask_smorest
+import marshmallow as ma
+from flask_smorest.utils import prepare_response
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
+
+from partner_api.errors import (
+    DEFAULT_CODES,
+    PROBLEM_CONTENT_TYPE,
+    ApiError,
+    ProblemSchema,
+    from_http_exception,
+    problem_body,
+    problem_response,
+    register_error_handlers,
+)
+
+_EXAMPLE_DETAILS = {
+    400: ("invalid_json", "The request body is not valid JSON."),
+    401: ("invalid_token", "The bearer token is missing, malformed, unknown or revoked."),
+    403: ("insufficient_scope", "This API key lacks the webhooks:manage scope."),
+    404: ("not_found", "No such resource."),
+    405: ("method_not_allowed", "This method is not allowed on this resource."),
+    409: ("subscription_disabled", "The subscription is disabled."),
+    413: ("payload_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "Send the request body as application/json."),
+    422: ("validation_error", "The request has invalid fields."),
+    429: ("rate_limited", "Rate limit of 600 requests per minute exceeded."),
+    500: ("internal_error", "An unexpected error occurred."),
+}
+
+
+class StrictParser(FlaskParser):
+    """Unknown fields are errors everywhere; non-JSON bodies are 415, broken JSON is 400."""
+
+    DEFAULT_UNKNOWN_BY_LOCATION = {
+        location: ma.RAISE
+        for location in (
+            "json",
+            "query",
+            "path",
+            "view_args",
+            "form",
+            "headers",
+            "cookies",
+            "files",
+            "json_or_form",
+        )
+    }
+
+    def _raw_load_json(self, req):
+        if not req.get_data(cache=True):
+            return core.missing
+        if not is_json_request(req):
+            raise ApiError(
+                415, "unsupported_media_type", "Send the request body as application/json."
+            )
+        return core.parse_json(req.get_data(cache=True))
+
+    def _handle_invalid_json_error(self, error, req, *args, **kwargs):
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.")
+
+    def load_headers(self, req, schema):
+        return core.missing
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = StrictParser()
+
+    def errors(self, *statuses):
+        """Document the error answers an operation can give (problem+json, with examples)."""
+
+        def decorator(func):
+            for status in sorted(statuses, reverse=True):
+                func = self.alt_response(status, response=http.HTTPStatus(status).name)(func)
+            return func
+
+        return decorator
+
+
+class Api(flask_smorest.Api):
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_error_handlers(self):
+        register_error_handlers(self._app)
+        from werkzeug.exceptions import HTTPException
+
+        self._app.register_error_handler(HTTPException, self.handle_http_exception)
+
+    def handle_http_exception(self, error):
+        return problem_response(from_http_exception(error))
+
+    def _register_responses(self):
+        """Error responses as problem+json components, each with an example."""
+        for status, (code, detail) in _EXAMPLE_DETAILS.items():
+            example = problem_body(status, code, detail)
+            if status == 422:
+                example["errors"] = [
+                    {
+                        "location": "json",
+                        "field": "url",
+                        "message": "Missing data for required field.",
+                    }
+                ]
+            if status == 403:
+                example["required_scope"] = "webhooks:manage"
+            response = {
+                "description": f"{http.HTTPStatus(status).phrase} (codes: see `code`).",
+                "schema": self.ERROR_SCHEMA,
+                "example": example,
+            }
+            if status == 429:
+                response["headers"] = {
+                    "Retry-After": {
+                        "description": "Seconds until the window resets.",
+                        "schema": {"type": "integer"},
+                    }
+                }
+            prepare_response(response, self.spec, PROBLEM_CONTENT_TYPE)
+            self.spec.components.response(http.HTTPStatus(status).name, response, lazy=True)
+        response = {
+            "description": "Any other error.",
+            "schema": self.ERROR_SCHEMA,
+            "example": problem_body(500, DEFAULT_CODES[500], _EXAMPLE_DETAILS[500][1]),
+        }
+        prepare_response(response, self.spec, PROBLEM_CONTENT_TYPE)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+
+class NoQuerySchema(ma.Schema):
+    """An operation without query parameters: any parameter is an unknown field."""

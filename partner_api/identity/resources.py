@@ -1,0 +1,38 @@
+"""Views of the identity resource."""
+
+from flask import g
+
+from partner_api import clock, scopes
+from partner_api.auth import require_scope
+from partner_api.extensions import Blueprint, NoQuerySchema
+from partner_api.identity.schemas import MeSchema
+from partner_api.ratelimit import WINDOW_SECONDS
+
+blp = Blueprint("identity", __name__, description="Who the calling API key is.")
+
+
+@blp.get("/me")
+@require_scope(scopes.IDENTITY_READ)
+@blp.arguments(NoQuerySchema, location="query")
+@blp.response(200, MeSchema)
+@blp.errors(401, 403, 422, 429)
+def me(_query):
+    """Identity of the calling key, its scopes and rate-limit headroom"""
+    key, state = g.api_key, g.rate_limit
+    return {
+        "org": {"id": key.org.id, "name": key.org.name},
+        "key": {
+            "id": key.id,
+            "name": key.name,
+            "prefix": key.prefix,
+            "created_at": clock.isoformat(key.created_at),
+            "last_used_at": clock.isoformat(key.last_used_at),
+        },
+        "scopes": key.scope_list,
+        "rate_limit": {
+            "limit": state.limit,
+            "remaining": state.remaining,
+            "reset": state.reset,
+            "window": WINDOW_SECONDS,
+        },
+    }

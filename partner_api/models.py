@@ -1,0 +1,137 @@
+"""peewee models mirroring schema.sql (which is the source of truth; models never create tables).
+
+Shared by the web app and the dispatcher.
+"""
+
+from __future__ import annotations
+
+import json
+
+from peewee import (
+    BigIntegerField,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+from partner_api.db import database
+
+
+class JSONTextField(TextField):
+    """JSON stored as text, so the same column works on SQLite and PostgreSQL."""
+
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Org(BaseModel):
+    id = TextField(primary_key=True)
+    name = TextField()
+    created_at = DateTimeField()
+
+    class Meta:
+        table_name = "orgs"
+
+
+class ApiKey(BaseModel):
+    id = TextField(primary_key=True)
+    org = ForeignKeyField(Org, column_name="org_id", backref="keys")
+    name = TextField()
+    prefix = TextField()
+    token_hash = TextField(unique=True)
+    scopes = TextField()  # space-separated, sorted
+    rate_limit = IntegerField(null=True)
+    created_at = DateTimeField()
+    last_used_at = DateTimeField(null=True)
+    revoked_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "api_keys"
+
+    @property
+    def scope_list(self) -> list[str]:
+        return self.scopes.split()
+
+
+class RateLimitWindow(BaseModel):
+    key_id = TextField(primary_key=True)
+    window_start = BigIntegerField()
+    hits = IntegerField()
+
+    class Meta:
+        table_name = "rate_limit_windows"
+
+
+class Subscription(BaseModel):
+    id = TextField(primary_key=True)
+    org = ForeignKeyField(Org, column_name="org_id", backref="subscriptions")
+    url = TextField()
+    events = JSONTextField()
+    description = TextField()
+    secret = TextField()
+    status = TextField()  # enabled | disabled
+    disabled_reason = TextField(null=True)
+    disabled_at = DateTimeField(null=True)
+    consecutive_failures = IntegerField()
+    created_at = DateTimeField()
+    deleted_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "webhook_subscriptions"
+
+
+class Event(BaseModel):
+    id = TextField(primary_key=True)
+    org = ForeignKeyField(Org, column_name="org_id")
+    type = TextField()
+    data = JSONTextField()
+    occurred_at = DateTimeField()
+
+    class Meta:
+        table_name = "events"
+
+
+class Delivery(BaseModel):
+    id = TextField(primary_key=True)
+    event = ForeignKeyField(Event, column_name="event_id")
+    subscription = ForeignKeyField(Subscription, column_name="subscription_id")
+    status = TextField()  # pending | delivered | dead_lettered | cancelled
+    attempts = IntegerField()
+    next_attempt_at = DateTimeField()
+    lease_token = TextField(null=True)
+    created_at = DateTimeField()
+    delivered_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "deliveries"
+
+
+class DeliveryFailure(BaseModel):
+    id = TextField(primary_key=True)
+    delivery = ForeignKeyField(Delivery, column_name="delivery_id")
+    subscription = ForeignKeyField(Subscription, column_name="subscription_id")
+    event = ForeignKeyField(Event, column_name="event_id")
+    event_type = TextField()
+    attempt = IntegerField()
+    attempted_at = DateTimeField()
+    duration_ms = IntegerField()
+    error_kind = TextField()
+    error_message = TextField()
+    response_status = IntegerField(null=True)
+    response_excerpt = TextField(null=True)
+    next_attempt_at = DateTimeField(null=True)
+    dead_lettered = IntegerField()
+
+    class Meta:
+        table_name = "delivery_failures"

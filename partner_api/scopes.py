@@ -1,0 +1,48 @@
+"""The scope catalogue: scopes a key may hold today, and those reserved for later families."""
+
+from __future__ import annotations
+
+IDENTITY_READ = "identity:read"
+WEBHOOKS_MANAGE = "webhooks:manage"
+GRANTABLE = (IDENTITY_READ, WEBHOOKS_MANAGE)
+ALWAYS_GRANTED = (IDENTITY_READ,)
+RESERVED = (
+    "leads:read",
+    "leads:write",
+    "intakes:read",
+    "intakes:write",
+    "records:read",
+    "records:write",
+    "skills:read",
+    "skills:author",
+    "skills:execute",
+    "agents:invoke",
+    "tenants:provision",
+)
+
+
+class ScopeError(ValueError):
+    """A requested scope cannot be granted; `.code` is `reserved_scope` or `unknown_scope`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def resolve_scopes(requested) -> list[str]:
+    """The scopes a new key gets: the requested ones plus the always-granted ones, sorted."""
+    granted = set(ALWAYS_GRANTED)
+    for scope in requested:
+        if scope in RESERVED:
+            raise ScopeError(
+                "reserved_scope",
+                f"scope {scope!r} is reserved for a resource family that is not available yet; "
+                f"grantable scopes: {', '.join(GRANTABLE)}",
+            )
+        if scope not in GRANTABLE:
+            raise ScopeError(
+                "unknown_scope",
+                f"unknown scope {scope!r}; grantable scopes: {', '.join(GRANTABLE)}",
+            )
+        granted.add(scope)
+    return sorted(granted)

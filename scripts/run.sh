@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# `make run`: create/upgrade the database, provision a demo org and key on first run, then serve
+# the API under gunicorn and run the dispatcher until Ctrl-C (or SIGTERM) stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT="${PORT:-8000}"
+BIN=.venv/bin
+
+$BIN/flask --app wsgi init-db
+$BIN/flask --app wsgi demo-key --docs-url "http://127.0.0.1:${PORT}/api/v1/partner/docs"
+
+$BIN/gunicorn --bind "127.0.0.1:${PORT}" --workers "${WEB_CONCURRENCY:-2}" \
+    --access-logfile - wsgi:app &
+api_pid=$!
+$BIN/python -m dispatcher &
+dispatcher_pid=$!
+
+stop() {
+    trap - INT TERM
+    kill -TERM "$api_pid" "$dispatcher_pid" 2>/dev/null || true
+    wait "$api_pid" "$dispatcher_pid" 2>/dev/null || true
+}
+trap stop INT TERM
+# Whichever process ends first (or Ctrl-C) stops the other.
+wait -n "$api_pid" "$dispatcher_pid" || true
+stop

@@ -1,0 +1,115 @@
+"""Shared fixtures: a fresh database per test (SQLite, and PostgreSQL when configured), the app,
+a controllable clock, and helpers to provision keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+
+import pytest
+
+from partner_api import clock as clock_module
+from partner_api import create_app, provisioning
+from partner_api.config import Config
+from partner_api.db import apply_schema, bind, database
+
+POSTGRES_URL = os.environ.get("PARTNER_API_TEST_POSTGRES_URL")
+TABLES = (
+    "delivery_failures, deliveries, events, webhook_subscriptions, app_secrets, "
+    "rate_limit_windows, api_keys, orgs"
+)
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+def _reset_postgres(url: str) -> None:
+    bind(url)
+    with database.connection_context():
+        database.execute_sql(f"DROP TABLE IF EXISTS {TABLES} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    """A fresh, initialised database URL for each backend."""
+    if request.param == "postgres":
+        if not POSTGRES_URL:
+            pytest.skip("PARTNER_API_TEST_POSTGRES_URL is not set")
+        _reset_postgres(POSTGRES_URL)
+        url = POSTGRES_URL
+    else:
+        url = f"sqlite:///{tmp_path / 'test.sqlite3'}"
+    bind(url)
+    apply_schema()
+    yield url
+    if not database.is_closed():
+        database.close()
+
+
+@pytest.fixture
+def config(database_url):
+    return Config(
+        database_url=database_url,
+        webhook_allow_cidrs=LOOPBACK,
+        allow_http_webhooks=True,
+    )
+
+
+@pytest.fixture
+def app(config):
+    app = create_app({"PARTNER_API": config, "TESTING": True})
+    yield app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: dt.datetime):
+        self.current = start
+
+    def __call__(self) -> dt.datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> None:
+        self.current += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock():
+    fake = FakeClock(dt.datetime(2026, 11, 27, 12, 0, 30))
+    clock_module.set_clock(fake)
+    yield fake
+    clock_module.reset_clock()
+
+
+@pytest.fixture
+def db(app):
+    """An open connection for work functions called outside a request."""
+    with database.connection_context():
+        yield database
+
+
+@pytest.fixture
+def make_key(app):
+    """Provision an org (or reuse one) and a key; returns (org, key, token)."""
+
+    def make(scopes=("webhooks:manage",), rate_limit=None, org=None, org_name="Acme"):
+        with database.connection_context():
+            org = org or provisioning.create_org(org_name)
+            key, token = provisioning.create_key(org.id, "test", scopes, rate_limit)
+        return org, key, token
+
+    return make
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}

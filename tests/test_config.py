@@ -1,0 +1,86 @@
+"""Configuration: defaults, parsing, and one clear line for each bad value."""
+
+import ipaddress
+import subprocess
+import sys
+
+import pytest
+
+from partner_api.config import ROOT, Config, ConfigError
+
+
+def test_defaults_match_the_contract():
+    config = Config.from_env({})
+    assert config.retry_schedule == (60, 300, 1800, 7200, 21600, 86400)
+    assert config.max_attempts == 7
+    assert config.delivery_timeout == 10
+    assert config.poll_interval == 2
+    assert config.auto_disable_after == 20
+    assert config.webhook_allow_cidrs == ()
+    assert config.allow_http_webhooks is False
+    assert config.ca_bundle is None
+    assert config.default_rate_limit == 600
+    assert config.database_url.startswith("sqlite:///") and "instance" in config.database_url
+
+
+def test_values_are_parsed():
+    config = Config.from_env(
+        {
+            "PARTNER_API_RETRY_SCHEDULE": "1, 2,3",
+            "PARTNER_API_DELIVERY_TIMEOUT": "2.5",
+            "PARTNER_API_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8,::1/128",
+            "PARTNER_API_ALLOW_HTTP_WEBHOOKS": "true",
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
+        }
+    )
+    assert config.retry_schedule == (1, 2, 3) and config.max_attempts == 4
+    assert config.delivery_timeout == 2.5
+    assert config.webhook_allow_cidrs == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert config.allow_http_webhooks is True
+    assert config.is_postgres
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("PARTNER_API_POLL_INTERVAL", "-1"),
+        ("PARTNER_API_POLL_INTERVAL", "soon"),
+        ("PARTNER_API_DELIVERY_TIMEOUT", "0"),
+        ("PARTNER_API_RETRY_SCHEDULE", "60,five"),
+        ("PARTNER_API_RETRY_SCHEDULE", "60,,300"),
+        ("PARTNER_API_RETRY_SCHEDULE", "60,-5"),
+        ("PARTNER_API_AUTO_DISABLE_AFTER", "0"),
+        ("PARTNER_API_DEFAULT_RATE_LIMIT", "1.5"),
+        ("PARTNER_API_ALLOW_HTTP_WEBHOOKS", "maybe"),
+        ("PARTNER_API_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/33"),
+        ("PARTNER_API_CA_BUNDLE", "/nonexistent/ca.pem"),
+        ("DATABASE_URL", "mysql://root@localhost/test"),
+    ],
+)
+def test_bad_value_is_refused_naming_the_variable(name, value):
+    with pytest.raises(ConfigError) as excinfo:
+        Config.from_env({name: value})
+    assert str(excinfo.value).startswith(name)
+
+
+def test_bad_value_stops_the_cli_with_one_line(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PARTNER_API_POLL_INTERVAL": "-1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "init-db"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "PARTNER_API_POLL_INTERVAL" in line]
+    assert lines and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.db").exists()

@@ -1,0 +1,165 @@
+"""GET /me, authentication, scopes, rate limiting and the error shape."""
+
+import pytest
+
+from partner_api import clock as clock_module
+from partner_api import tokens
+from partner_api.models import ApiKey, RateLimitWindow
+
+from .conftest import bearer
+
+ME = "/api/v1/partner/me"
+
+
+def assert_problem(response, status, code):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status and body["code"] == code
+    assert body["type"] == "about:blank" and body["title"] and body["detail"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body
+
+
+def test_me_returns_org_key_scopes_and_headroom(client, make_key, clock):
+    org, key, token = make_key(scopes=["webhooks:manage"], rate_limit=5)
+    response = client.get(ME, headers=bearer(token))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["org"] == {"id": org.id, "name": "Acme"}
+    assert body["key"]["id"] == key.id and body["key"]["prefix"] == token[:11]
+    assert body["key"]["created_at"].endswith("Z")
+    assert body["key"]["last_used_at"] == clock_module.isoformat(clock.current)
+    assert body["scopes"] == ["identity:read", "webhooks:manage"]
+    assert body["rate_limit"] == {
+        "limit": 5,
+        "remaining": 4,
+        "reset": clock_module.unix() + 30,
+        "window": 60,
+    }
+    assert response.headers["X-RateLimit-Limit"] == "5"
+    assert response.headers["X-RateLimit-Remaining"] == "4"
+    assert response.headers["X-RateLimit-Reset"] == str(body["rate_limit"]["reset"])
+    assert token not in response.get_data(as_text=True)
+
+
+def test_missing_authorization_is_401_with_challenge(client):
+    body = assert_problem(client.get(ME), 401, "authentication_required")
+    assert "Bearer" in body["detail"]
+    assert client.get(ME).headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwdw==",
+        "Bearer vc_short",
+        "Token {good}",
+        "Bearer {bad_checksum}",
+        "Bearer {good}x",
+    ],
+)
+def test_malformed_tokens_are_401_without_lookup(client, make_key, header):
+    _, _, token = make_key()
+    bad_checksum = token[:-1] + ("A" if token[-1] != "A" else "B")
+    response = client.get(
+        ME, headers={"Authorization": header.format(good=token, bad_checksum=bad_checksum)}
+    )
+    assert_problem(response, 401, "invalid_token")
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+def test_unknown_well_formed_token_is_401(client, make_key):
+    make_key()
+    assert_problem(client.get(ME, headers=bearer(tokens.new_token())), 401, "invalid_token")
+
+
+def test_revoked_key_is_401_on_the_next_request(client, make_key, db):
+    _, key, token = make_key()
+    assert client.get(ME, headers=bearer(token)).status_code == 200
+    from partner_api.provisioning import revoke_key
+
+    revoke_key(key.id)
+    assert_problem(client.get(ME, headers=bearer(token)), 401, "invalid_token")
+
+
+def test_key_without_scope_is_403_naming_the_scope(client, make_key):
+    _, _, token = make_key(scopes=[])
+    response = client.get("/api/v1/partner/webhooks", headers=bearer(token))
+    body = assert_problem(response, 403, "insufficient_scope")
+    assert body["required_scope"] == "webhooks:manage"
+    assert "webhooks:manage" in body["detail"]
+    assert response.headers["X-RateLimit-Limit"] == "600"
+
+
+def test_rate_limit_admits_exactly_the_limit_then_429(client, make_key, clock):
+    _, _, token = make_key(rate_limit=3)
+    statuses = [client.get(ME, headers=bearer(token)).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    response = client.get(ME, headers=bearer(token))
+    assert_problem(response, 429, "rate_limited")
+    assert response.headers["Retry-After"] == "30"
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    clock.advance(30)
+    assert client.get(ME, headers=bearer(token)).status_code == 200
+
+
+def test_default_rate_limit_applies_without_override(client, make_key):
+    _, _, token = make_key()
+    assert client.get(ME, headers=bearer(token)).headers["X-RateLimit-Limit"] == "600"
+
+
+def test_last_used_at_is_written_only_when_stale(client, make_key, clock, db):
+    _, key, token = make_key()
+    client.get(ME, headers=bearer(token))
+    first = ApiKey.get_by_id(key.id).last_used_at
+    assert first == clock.current
+    clock.advance(20)
+    client.get(ME, headers=bearer(token))
+    assert ApiKey.get_by_id(key.id).last_used_at == first
+    clock.advance(45)
+    client.get(ME, headers=bearer(token))
+    assert ApiKey.get_by_id(key.id).last_used_at == clock.current
+
+
+def test_unknown_query_parameter_is_422_and_counts_nothing_else(client, make_key, db):
+    _, key, token = make_key()
+    body = assert_problem(
+        client.get(ME + "?expand=all", headers=bearer(token)), 422, "validation_error"
+    )
+    assert body["errors"] == [{"location": "query", "field": "expand", "message": "Unknown field."}]
+
+
+def test_unknown_route_is_404_problem(client):
+    assert_problem(client.get("/api/v1/partner/nope"), 404, "not_found")
+    assert_problem(client.get("/"), 404, "not_found")
+
+
+def test_wrong_method_is_405_problem(client, make_key):
+    response = client.post(ME, json={})
+    assert_problem(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["Allow"]
+
+
+def test_unexpected_exception_is_500_without_internals(app, make_key, monkeypatch):
+    _, _, token = make_key()
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr("partner_api.auth.record_hit", explode)
+    response = app.test_client().get(ME, headers=bearer(token))
+    body = assert_problem(response, 500, "internal_error")
+    assert "secret internal detail" not in response.get_data(as_text=True)
+    assert body["detail"] == "An unexpected error occurred."
+
+
+def test_rate_limit_windows_are_per_key(client, make_key, db):
+    _, key_a, token_a = make_key(rate_limit=1)
+    _, key_b, token_b = make_key(rate_limit=1, org_name="Other")
+    assert client.get(ME, headers=bearer(token_a)).status_code == 200
+    assert client.get(ME, headers=bearer(token_b)).status_code == 200
+    assert client.get(ME, headers=bearer(token_a)).status_code == 429
+    assert RateLimitWindow.select().count() == 2
