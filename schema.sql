@@ -61,9 +61,11 @@ CREATE TABLE IF NOT EXISTS events (
     occurred_at  TIMESTAMP NOT NULL
 );
 
--- The outbox: one row per (event, subscription). status: pending, delivered, dead_lettered,
--- cancelled. A claim moves next_attempt_at forward by the lease and sets a fresh lease_token,
--- so a delivery whose dispatcher died becomes due again when the lease runs out.
+-- The outbox: one row per (event, subscription). status: pending, held (subscription
+-- disabled), delivered, dead_lettered, cancelled. A claim moves next_attempt_at forward by
+-- the lease and sets a fresh lease_token, so a delivery whose dispatcher died becomes due
+-- again when the lease runs out. Claims read only (status = 'pending', next_attempt_at <= now)
+-- through deliveries_due, so their cost does not grow with the backlog.
 CREATE TABLE IF NOT EXISTS deliveries (
     id               TEXT PRIMARY KEY,
     event_id         TEXT NOT NULL REFERENCES events (id),

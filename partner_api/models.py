@@ -106,7 +106,7 @@ class Delivery(BaseModel):
     id = TextField(primary_key=True)
     event = ForeignKeyField(Event, column_name="event_id")
     subscription = ForeignKeyField(Subscription, column_name="subscription_id")
-    status = TextField()  # pending | delivered | dead_lettered | cancelled
+    status = TextField()  # pending | held | delivered | dead_lettered | cancelled
     attempts = IntegerField()
     next_attempt_at = DateTimeField()
     lease_token = TextField(null=True)

@@ -1,0 +1,40 @@
+"""Delivery state changes that the API, the admin CLI and the dispatcher share.
+
+Statuses: pending (due at next_attempt_at), held (subscription disabled), delivered,
+dead_lettered, cancelled. Each change clears the lease token, so an in-flight attempt whose
+delivery changed under it cannot overwrite the new state.
+"""
+
+from __future__ import annotations
+
+from partner_api import clock
+from partner_api.models import Delivery
+
+
+def cancel_open_deliveries(subscription_id: str) -> int:
+    """The subscription is gone: nothing pending or held will ever be sent."""
+    return (
+        Delivery.update(status="cancelled", lease_token=None)
+        .where(
+            (Delivery.subscription == subscription_id) & Delivery.status.in_(("pending", "held"))
+        )
+        .execute()
+    )
+
+
+def hold_pending_deliveries(subscription_id: str) -> int:
+    """The subscription is disabled: park its deliveries where claims never look."""
+    return (
+        Delivery.update(status="held", lease_token=None)
+        .where((Delivery.subscription == subscription_id) & (Delivery.status == "pending"))
+        .execute()
+    )
+
+
+def release_held_deliveries(subscription_id: str) -> int:
+    """The subscription is enabled again: its held deliveries are due now."""
+    return (
+        Delivery.update(status="pending", next_attempt_at=clock.now(), lease_token=None)
+        .where((Delivery.subscription == subscription_id) & (Delivery.status == "held"))
+        .execute()
+    )

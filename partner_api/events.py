@@ -1,0 +1,67 @@
+"""The event catalogue and `publish_event`, the one call that emits a webhook event.
+
+Publishing writes the event and one delivery per matching enabled subscription in a single
+transaction (the outbox); the dispatcher does the sending.
+"""
+
+from __future__ import annotations
+
+import json
+
+from partner_api import clock, ids
+from partner_api.db import database
+from partner_api.models import Delivery, Event, Subscription
+
+# New event types are one line here.
+EVENT_TYPES = {
+    "vc.test.ping": "A test event sent on request by POST /webhooks/{id}/test.",
+}
+
+
+def publish_event(org_id: str, event_type: str, data: dict, *, subscription_id: str | None = None):
+    """Record an event for an org and queue it for its subscribers; returns (event, deliveries).
+
+    `subscription_id` sends to that one subscription whatever its event filter (the test ping).
+    """
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}")
+    now = clock.now()
+    with database.atomic():
+        query = Subscription.select().where(
+            (Subscription.org == org_id)
+            & (Subscription.status == "enabled")
+            & Subscription.deleted_at.is_null()
+        )
+        if subscription_id is not None:
+            query = query.where(Subscription.id == subscription_id)
+        event = Event.create(
+            id=ids.new_id("evt"), org=org_id, type=event_type, data=data, occurred_at=now
+        )
+        deliveries = [
+            Delivery.create(
+                id=ids.new_id("dlv"),
+                event=event,
+                subscription=sub,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+            for sub in query
+            if subscription_id is not None or event_type in sub.events
+        ]
+    return event, deliveries
+
+
+def envelope(event: Event, subscription_id: str) -> bytes:
+    """The delivery body: the same bytes on every attempt of one delivery."""
+    return json.dumps(
+        {
+            "event": event.type,
+            "id": event.id,
+            "subscription_id": subscription_id,
+            "occurred_at": clock.isoformat(event.occurred_at),
+            "data": event.data,
+        },
+        separators=(",", ":"),
+    ).encode()
