@@ -1,0 +1,105 @@
+"""Claim-query cost against backlog size, with the deliveries_due index and without it.
+
+Usage: .venv/bin/python bench/claim_bench.py [--backlog 1000,10000,100000] [--postgres URL]
+
+For each backlog size it fills a fresh database with that many pending deliveries that are not
+due yet (plus held ones of a disabled subscription), then times claiming a batch of 50 due
+deliveries. The baseline is the same database with the index dropped, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dispatcher.claims import claim_due_deliveries  # noqa: E402
+from partner_api import clock, ids  # noqa: E402
+from partner_api.db import apply_schema, bind, database  # noqa: E402
+from partner_api.models import Delivery, Event, Org, Subscription  # noqa: E402
+
+BATCH = 50
+ROUNDS = 20
+
+
+def fill(backlog: int) -> None:
+    now = clock.now()
+    with database.atomic():
+        Org.create(id="org_bench", name="bench", created_at=now)
+        for sub_id, status in (("wh_bench", "enabled"), ("wh_off", "disabled")):
+            Subscription.create(id=sub_id, org="org_bench", url="https://example.com/", events=[],
+                                description="", secret="s", status=status,
+                                consecutive_failures=0, created_at=now)
+        Event.create(id="evt_bench", org="org_bench", type="vc.test.ping", data={},
+                     occurred_at=now)
+        later = now + dt.timedelta(hours=1)
+        rows = [{"id": ids.new_id("dlv"), "event": "evt_bench",
+                 "subscription": "wh_bench" if n % 2 else "wh_off",
+                 "status": "pending" if n % 2 else "held", "attempts": 0,
+                 "next_attempt_at": later, "created_at": now} for n in range(backlog)]
+        for start in range(0, len(rows), 5000):
+            Delivery.insert_many(rows[start:start + 5000]).execute()
+
+
+def add_due(count: int) -> None:
+    now = clock.now() - dt.timedelta(seconds=1)
+    Delivery.insert_many([{"id": ids.new_id("dlv"), "event": "evt_bench",
+                           "subscription": "wh_bench", "status": "pending", "attempts": 0,
+                           "next_attempt_at": now, "created_at": now}
+                          for _ in range(count)]).execute()
+
+
+def time_claims() -> float:
+    samples = []
+    for _ in range(ROUNDS):
+        add_due(BATCH)
+        started = time.perf_counter()
+        claimed = claim_due_deliveries(BATCH, 60)
+        samples.append(time.perf_counter() - started)
+        assert len(claimed) == BATCH
+    return statistics.median(samples) * 1000
+
+
+def run(url: str, backlog: int, indexed: bool) -> float:
+    bind(url)
+    if url.startswith("postgres"):
+        with database.connection_context():
+            database.execute_sql(
+                "DROP TABLE IF EXISTS delivery_failures, deliveries, events, "
+                "webhook_subscriptions, app_secrets, rate_limit_windows, api_keys, orgs CASCADE")
+    apply_schema()
+    with database.connection_context():
+        fill(backlog)
+        if not indexed:
+            database.execute_sql("DROP INDEX deliveries_due")
+        database.execute_sql("ANALYZE")
+        return time_claims()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backlog", default="1000,10000,100000")
+    parser.add_argument("--postgres", default=None, help="also run on this PostgreSQL URL")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.backlog.split(",")]
+    print(f"median ms to claim {BATCH} due deliveries ({ROUNDS} rounds), by backlog not yet due")
+    print(f"{'backend':10} {'backlog':>8} {'indexed':>10} {'no index':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = [("sqlite", lambda n, i: f"sqlite:///{tmp}/b{n}{i}.db")]
+        if args.postgres:
+            backends.append(("postgres", lambda n, i: args.postgres))
+        for name, url_for in backends:
+            for size in sizes:
+                with_index = run(url_for(size, 1), size, True)
+                without = run(url_for(size, 0), size, False)
+                print(f"{name:10} {size:>8} {with_index:>10.2f} {without:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""`python -m dispatcher`: poll for due deliveries every PARTNER_API_POLL_INTERVAL seconds.
+
+`--once` drains what is due now and exits (cron, tests). SIGTERM/SIGINT stop claiming, let
+in-flight attempts finish (bounded by the delivery deadline) and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import signal
+import sys
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from dispatcher.dispatch import Dispatcher
+from partner_api import db
+from partner_api.config import Config, ConfigError
+
+log = logging.getLogger("dispatcher")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dispatcher", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="drain what is due now and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"dispatcher: configuration error: {exc}", file=sys.stderr)
+        return 2
+    db.bind(config.database_url)
+    dispatcher = Dispatcher(config)
+    if args.once:
+        try:
+            sent = dispatcher.run_until_idle()
+        finally:
+            dispatcher.close()
+        log.info("drained %d deliveries", sent)
+        return 0
+
+    scheduler = BlockingScheduler()
+    scheduler.add_job(
+        dispatcher.drain,
+        "interval",
+        seconds=config.poll_interval,
+        id="drain",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.datetime.now(datetime.UTC),  # first poll right away
+    )
+
+    def shutdown(signum, frame):
+        log.info("received %s: finishing in-flight attempts", signal.Signals(signum).name)
+        dispatcher.stop()  # the running poll returns at its next step
+        scheduler.shutdown(wait=True)
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    log.info("dispatcher polling every %ss", config.poll_interval)
+    scheduler.start()
+    dispatcher.close()  # waits for in-flight attempts
+    log.info("dispatcher stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""Claiming due deliveries and recording what happened to each attempt.
+
+A claim is a lease: it pushes `next_attempt_at` forward by the lease and stamps a fresh
+`lease_token`, so several dispatchers never take the same delivery and a dead dispatcher's
+deliveries come due again when the lease runs out. Every outcome write is guarded by the token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import secrets
+
+from partner_api import clock, ids
+from partner_api.config import Config
+from partner_api.db import is_postgres, write_transaction
+from partner_api.deliveries import hold_pending_deliveries
+from partner_api.models import Delivery, DeliveryFailure, Event, Subscription
+
+AUTO_DISABLE_REASON = "disabled after {count} consecutive failed delivery attempts"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimedDelivery:
+    """What one attempt needs, read in the claiming transaction."""
+
+    id: str
+    lease_token: str
+    attempt: int  # the number of the attempt about to be made, 1-based
+    event: Event
+    subscription_id: str
+    url: str
+    secret: str
+
+
+def _due_ids(now: dt.datetime, limit: int):
+    """The due-delivery subquery; served by the (status, next_attempt_at) index."""
+    query = (
+        Delivery.select(Delivery.id)
+        .where((Delivery.status == "pending") & (Delivery.next_attempt_at <= now))
+        .order_by(Delivery.next_attempt_at)
+        .limit(limit)
+    )
+    if is_postgres():
+        # Concurrent dispatchers skip rows another one is claiming instead of waiting on them.
+        query = query.for_update("FOR UPDATE SKIP LOCKED")
+    return query
+
+
+def claim_due_deliveries(limit: int, lease_seconds: float) -> list[ClaimedDelivery]:
+    """Lease up to `limit` due deliveries (BEGIN IMMEDIATE on SQLite, SKIP LOCKED on PostgreSQL)."""
+    now = clock.now()
+    token = secrets.token_hex(16)
+    lease_until = now + dt.timedelta(seconds=lease_seconds)
+    with write_transaction():
+        claimed = [
+            row.id
+            for row in Delivery.update(next_attempt_at=lease_until, lease_token=token)
+            .where(Delivery.id.in_(_due_ids(now, limit)))
+            .returning(Delivery.id)
+            .execute()
+        ]
+        if not claimed:
+            return []
+        rows = list(
+            Delivery.select(Delivery, Event, Subscription)
+            .join(Event, on=(Delivery.event == Event.id))
+            .switch(Delivery)
+            .join(Subscription, on=(Delivery.subscription == Subscription.id))
+            .where(Delivery.id.in_(claimed))
+        )
+    return [
+        ClaimedDelivery(
+            id=row.id,
+            lease_token=token,
+            attempt=row.attempts + 1,
+            event=row.event,
+            subscription_id=row.subscription.id,
+            url=row.subscription.url,
+            secret=row.subscription.secret,
+        )
+        for row in rows
+    ]
+
+
+def _owned(claim: ClaimedDelivery):
+    return (Delivery.id == claim.id) & (Delivery.lease_token == claim.lease_token)
+
+
+def record_delivered(claim: ClaimedDelivery) -> bool:
+    """Mark delivered and reset the subscription's failure streak; False if the lease was lost."""
+    now = clock.now()
+    with write_transaction():
+        updated = (
+            Delivery.update(
+                status="delivered", delivered_at=now, attempts=claim.attempt, lease_token=None
+            )
+            .where(_owned(claim))
+            .execute()
+        )
+        if updated:
+            Subscription.update(consecutive_failures=0).where(
+                Subscription.id == claim.subscription_id
+            ).execute()
+    return bool(updated)
+
+
+def record_failed_attempt(claim: ClaimedDelivery, result, config: Config) -> DeliveryFailure | None:
+    """Audit a failed attempt, schedule the next one or dead-letter, and auto-disable the
+    subscription at the configured streak. None if the lease was lost (another dispatcher owns
+    the delivery now, and will record its own attempt)."""
+    now = clock.now()
+    dead = claim.attempt >= config.max_attempts
+    next_at = None if dead else now + dt.timedelta(seconds=config.retry_schedule[claim.attempt - 1])
+    with write_transaction():
+        updated = (
+            Delivery.update(
+                status="dead_lettered" if dead else "pending",
+                attempts=claim.attempt,
+                next_attempt_at=now if dead else next_at,
+                lease_token=None,
+            )
+            .where(_owned(claim))
+            .execute()
+        )
+        if not updated:
+            return None
+        failure = DeliveryFailure.create(
+            id=ids.new_id("att"),
+            delivery=claim.id,
+            subscription=claim.subscription_id,
+            event=claim.event.id,
+            event_type=claim.event.type,
+            attempt=claim.attempt,
+            attempted_at=now,
+            duration_ms=result.duration_ms,
+            error_kind=result.error_kind,
+            error_message=result.error_message or result.error_kind,
+            response_status=result.status_code,
+            response_excerpt=result.response_excerpt,
+            next_attempt_at=next_at,
+            dead_lettered=int(dead),
+        )
+        _count_failure(claim.subscription_id, now, config.auto_disable_after)
+    return failure
+
+
+def _count_failure(subscription_id: str, now: dt.datetime, disable_after: int) -> None:
+    """One more consecutive failure; at the threshold the subscription is disabled and its
+    pending deliveries are held until an operator re-enables it."""
+    Subscription.update(consecutive_failures=Subscription.consecutive_failures + 1).where(
+        Subscription.id == subscription_id
+    ).execute()
+    subscription = Subscription.get_by_id(subscription_id)
+    if subscription.consecutive_failures < disable_after and subscription.status == "enabled":
+        return
+    if subscription.status == "enabled":
+        Subscription.update(
+            status="disabled",
+            disabled_reason=AUTO_DISABLE_REASON.format(count=subscription.consecutive_failures),
+            disabled_at=now,
+        ).where(Subscription.id == subscription_id).execute()
+    # Also when another thread disabled it meanwhile: this delivery was just set pending.
+    hold_pending_deliveries(subscription_id)

@@ -1,0 +1,144 @@
+"""The dispatcher: keeps a bounded pool of senders busy with due deliveries.
+
+It claims only as many deliveries as it has free senders, so one slow endpoint occupies one
+sender and never holds back the rest, and it stops claiming as soon as shutdown begins.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+
+from dispatcher.claims import (
+    ClaimedDelivery,
+    claim_due_deliveries,
+    record_delivered,
+    record_failed_attempt,
+)
+from dispatcher.transport import AttemptResult, WebhookTransport
+from partner_api import clock, signing
+from partner_api.config import Config
+from partner_api.db import database
+from partner_api.events import envelope
+
+log = logging.getLogger("dispatcher")
+
+
+class Dispatcher:
+    """Claims due deliveries and sends them concurrently; `drain` is one poll."""
+
+    def __init__(self, config: Config, *, resolver=None, transport: WebhookTransport | None = None):
+        self.config = config
+        self.transport = transport or WebhookTransport(
+            config.ssrf_policy(resolver),
+            timeout=config.delivery_timeout,
+            ca_bundle=config.ca_bundle,
+            pool_maxsize=config.dispatch_workers,
+        )
+        self.stopping = threading.Event()
+        self._senders = concurrent.futures.ThreadPoolExecutor(
+            config.dispatch_workers, thread_name_prefix="sender"
+        )
+        self._in_flight: set[concurrent.futures.Future] = set()
+        self._lock = threading.Lock()
+
+    def drain(self) -> int:
+        """Send everything due now, keeping every sender busy; returns how many were claimed.
+
+        Returns once nothing more is due; attempts still in flight finish in the background.
+        """
+        claimed_total = 0
+        while not self.stopping.is_set():
+            free = self.config.dispatch_workers - self._busy()
+            if free <= 0:
+                self._wait_for_a_sender()
+                continue
+            wanted = min(free, self.config.dispatch_batch_size)
+            with database.connection_context():
+                batch = claim_due_deliveries(wanted, self.config.lease_seconds)
+            for claim in batch:
+                self._submit(claim)
+            claimed_total += len(batch)
+            if len(batch) < wanted:
+                break  # nothing more is due right now
+        return claimed_total
+
+    def run_until_idle(self) -> int:
+        """`--once`: drain, wait for in-flight attempts, repeat until nothing is due."""
+        total = 0
+        while not self.stopping.is_set():
+            claimed = self.drain()
+            self.wait_in_flight()
+            total += claimed
+            if not claimed:
+                break
+        return total
+
+    def wait_in_flight(self) -> None:
+        with self._lock:
+            pending = set(self._in_flight)
+        concurrent.futures.wait(pending)
+
+    def stop(self) -> None:
+        """Stop claiming; attempts in flight finish (each bounded by the delivery deadline)."""
+        self.stopping.set()
+
+    def close(self) -> None:
+        self.stop()
+        self._senders.shutdown(wait=True)
+        self.transport.close()
+
+    def _busy(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    def _wait_for_a_sender(self) -> None:
+        with self._lock:
+            pending = set(self._in_flight)
+        concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+
+    def _submit(self, claim: ClaimedDelivery) -> None:
+        future = self._senders.submit(self.attempt, claim)
+        with self._lock:
+            self._in_flight.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future) -> None:
+        with self._lock:
+            self._in_flight.discard(future)
+
+    def attempt(self, claim: ClaimedDelivery) -> AttemptResult | None:
+        """One signed attempt and its recorded outcome. Never raises: a failure to record is
+        logged, and the lease makes the delivery due again."""
+        try:
+            body = envelope(claim.event, claim.subscription_id)
+            headers = signing.signed_headers(claim.secret, clock.unix(), body)
+            result = self.transport.send(claim.url, body, headers)
+            with database.connection_context():
+                if result.ok:
+                    next_step = "delivered" if record_delivered(claim) else "lease_lost"
+                else:
+                    failure = record_failed_attempt(claim, result, self.config)
+                    next_step = _describe(failure)
+            log.info(
+                "delivery=%s attempt=%d outcome=%s status=%s duration_ms=%d next=%s",
+                claim.id,
+                claim.attempt,
+                "ok" if result.ok else result.error_kind,
+                result.status_code if result.status_code is not None else "-",
+                result.duration_ms,
+                next_step,
+            )
+            return result
+        except Exception:
+            log.exception("delivery=%s attempt=%d outcome=error", claim.id, claim.attempt)
+            return None
+
+
+def _describe(failure) -> str:
+    if failure is None:
+        return "lease_lost"
+    if failure.dead_lettered:
+        return "dead_lettered"
+    return f"retry_at:{clock.isoformat(failure.next_attempt_at)}"

@@ -1,0 +1,362 @@
+"""The delivery pipeline in-process: signing, retries, dead-letter, auto-disable, SSRF at delivery.
+
+Real local receivers, real database (SQLite and PostgreSQL), a fake clock: no test waits for a
+retry interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from dispatcher.dispatch import Dispatcher
+from partner_api import clock as clock_module
+from partner_api.db import database
+from partner_api.events import publish_event
+from partner_api.models import Delivery, DeliveryFailure, Subscription
+
+from .conftest import bearer
+from .receivers import Receiver
+
+HOOKS = "/api/v1/partner/webhooks"
+SCHEDULE = (60, 300, 1800, 7200, 21600, 86400)
+
+
+class Resolver:
+    """Injectable DNS: a mutable name → addresses table."""
+
+    def __init__(self, table):
+        self.table = dict(table)
+        self.calls = []
+
+    def __call__(self, host, port):
+        self.calls.append(host)
+        if host not in self.table:
+            raise OSError(f"unknown host {host}")
+        return list(self.table[host])
+
+
+@pytest.fixture
+def resolver():
+    return Resolver({"receiver.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+
+
+@pytest.fixture
+def app(config, resolver):
+    from partner_api import create_app
+
+    return create_app({"PARTNER_API": config, "TESTING": True, "SSRF_RESOLVER": resolver})
+
+
+@pytest.fixture
+def partner(client, make_key):
+    """(org, token) of a partner allowed to manage webhooks."""
+    org, _, token = make_key()
+    return org, token
+
+
+@pytest.fixture
+def dispatcher_factory(config, resolver):
+    made = []
+
+    def make(**overrides):
+        dispatcher = Dispatcher(dataclasses.replace(config, **overrides), resolver=resolver)
+        made.append(dispatcher)
+        return dispatcher
+
+    yield make
+    for dispatcher in made:
+        dispatcher.close()
+
+
+def subscribe(client, token, url, **extra):
+    response = client.post(HOOKS, json={"url": url, **extra}, headers=bearer(token))
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def ping(client, token, subscription):
+    response = client.post(
+        f"{HOOKS}/{subscription['id']}/test",
+        json={"secret": subscription["secret"]},
+        headers=bearer(token),
+    )
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+def delivery(delivery_id) -> Delivery:
+    with database.connection_context():
+        return Delivery.get_by_id(delivery_id)
+
+
+def subscription_row(subscription_id) -> Subscription:
+    with database.connection_context():
+        return Subscription.get_by_id(subscription_id)
+
+
+def failures(delivery_id) -> list[DeliveryFailure]:
+    with database.connection_context():
+        return list(
+            DeliveryFailure.select()
+            .where(DeliveryFailure.delivery == delivery_id)
+            .order_by(DeliveryFailure.attempt)
+        )
+
+
+def independent_signature(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode("utf-8"), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "v1=" + digest.hexdigest()
+
+
+def test_ping_is_delivered_signed_with_the_documented_envelope(
+    client, partner, clock, dispatcher_factory
+):
+    _, token = partner
+    with Receiver() as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sent = ping(client, token, sub)
+        assert dispatcher_factory().run_until_idle() == 1
+    [request] = receiver.requests
+    headers, body = request["headers"], request["body"]
+    assert headers["Content-Type"] == "application/json"
+    assert headers["User-Agent"].startswith("PartnerAPI-Webhooks/")
+    assert headers["Host"] == f"receiver.test:{receiver.port}"
+    assert headers["X-VC-Timestamp"] == str(clock_module.unix(clock.current))
+    assert headers["X-VC-Signature"] == independent_signature(
+        sub["secret"], headers["X-VC-Timestamp"], body
+    )
+    envelope = json.loads(body)
+    assert set(envelope) == {"event", "id", "subscription_id", "occurred_at", "data"}
+    assert envelope["event"] == "vc.test.ping"
+    assert envelope["id"] == sent["event_id"]
+    assert envelope["subscription_id"] == sub["id"]
+    assert envelope["occurred_at"] == clock_module.isoformat(clock.current)
+    assert dt.datetime.fromisoformat(envelope["occurred_at"]).tzinfo is not None
+    row = delivery(sent["delivery_id"])
+    assert row.status == "delivered" and row.attempts == 1 and row.lease_token is None
+
+
+def test_retry_has_fresh_timestamp_same_body_and_event_id(
+    client, partner, clock, dispatcher_factory
+):
+    _, token = partner
+    with Receiver([(500, {}, b"down"), (200, {}, b"ok")]) as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sent = ping(client, token, sub)
+        dispatcher = dispatcher_factory()
+        dispatcher.run_until_idle()
+        clock.advance(60)
+        dispatcher.run_until_idle()
+    first, second = receiver.requests
+    assert first["body"] == second["body"]
+    assert json.loads(second["body"])["id"] == sent["event_id"]
+    assert int(second["headers"]["X-VC-Timestamp"]) == int(first["headers"]["X-VC-Timestamp"]) + 60
+    for request in (first, second):
+        assert request["headers"]["X-VC-Signature"] == independent_signature(
+            sub["secret"], request["headers"]["X-VC-Timestamp"], request["body"]
+        )
+    assert delivery(sent["delivery_id"]).status == "delivered"
+
+
+def test_schedule_is_followed_exactly_and_seventh_failure_dead_letters(
+    client, partner, clock, dispatcher_factory
+):
+    _, token = partner
+    with Receiver([(503, {}, b"unavailable")]) as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sent = ping(client, token, sub)
+        dispatcher = dispatcher_factory()
+        assert dispatcher.run_until_idle() == 1
+        for attempt, wait in enumerate(SCHEDULE, start=1):
+            row = delivery(sent["delivery_id"])
+            assert row.status == "pending" and row.attempts == attempt
+            assert row.next_attempt_at == clock.current + dt.timedelta(seconds=wait)
+            clock.advance(wait - 1)
+            assert dispatcher.run_until_idle() == 0, f"sent early before attempt {attempt + 1}"
+            clock.advance(1)
+            assert dispatcher.run_until_idle() == 1
+        assert len(receiver.requests) == 7
+        clock.advance(10 * 86400)
+        assert dispatcher.run_until_idle() == 0
+    row = delivery(sent["delivery_id"])
+    assert row.status == "dead_lettered" and row.attempts == 7
+    audit = failures(sent["delivery_id"])
+    assert [f.attempt for f in audit] == [1, 2, 3, 4, 5, 6, 7]
+    assert [bool(f.dead_lettered) for f in audit] == [False] * 6 + [True]
+    assert audit[-1].next_attempt_at is None
+    assert all(f.error_kind == "http_status" and f.response_status == 503 for f in audit)
+    assert audit[0].response_excerpt == "unavailable"
+
+
+def test_custom_schedule_sets_the_number_of_attempts(client, partner, clock, dispatcher_factory):
+    _, token = partner
+    with Receiver([(500, {}, b"")]) as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sent = ping(client, token, sub)
+        dispatcher = dispatcher_factory(retry_schedule=(5,))
+        dispatcher.run_until_idle()
+        clock.advance(5)
+        dispatcher.run_until_idle()
+    assert delivery(sent["delivery_id"]).status == "dead_lettered"
+    assert len(receiver.requests) == 2
+
+
+def test_twenty_consecutive_failures_disable_and_enable_resumes_held_deliveries(
+    client, partner, clock, dispatcher_factory, runner
+):
+    org, token = partner
+    with Receiver([(500, {}, b"")] * 20 + [(200, {}, b"")]) as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        with database.connection_context():
+            ids = [publish_event(org.id, "vc.test.ping", {"n": n})[1][0].id for n in range(20)]
+        dispatcher = dispatcher_factory()
+        dispatcher.run_until_idle()
+        assert len(receiver.requests) == 20
+        row = subscription_row(sub["id"])
+        assert row.status == "disabled" and row.consecutive_failures == 20
+        assert "20 consecutive failed" in row.disabled_reason
+        assert row.disabled_at == clock.current
+        assert {delivery(i).status for i in ids} == {"held"}
+        listed = client.get(HOOKS, headers=bearer(token)).get_json()["data"][0]
+        assert listed["status"] == "disabled" and listed["disabled_reason"] == row.disabled_reason
+        assert listed["disabled_at"] == clock_module.isoformat(clock.current)
+        response = client.post(
+            f"{HOOKS}/{sub['id']}/test", json={"secret": sub["secret"]}, headers=bearer(token)
+        )
+        assert response.status_code == 409
+        assert response.get_json()["code"] == "subscription_disabled"
+        clock.advance(86400)
+        assert dispatcher.run_until_idle() == 0
+        assert len(receiver.requests) == 20
+
+        result = runner.invoke(args=["webhooks", "enable", sub["id"]])
+        assert result.exit_code == 0, result.output
+        assert dispatcher.run_until_idle() == 20
+    assert {delivery(i).status for i in ids} == {"delivered"}
+    row = subscription_row(sub["id"])
+    assert row.status == "enabled" and row.consecutive_failures == 0
+    assert row.disabled_reason is None
+
+
+def test_enable_unknown_subscription_fails_cleanly(runner):
+    result = runner.invoke(args=["webhooks", "enable", "wh_missing"])
+    assert result.exit_code == 2
+    assert "no webhook subscription" in result.output
+
+
+def test_a_success_resets_the_consecutive_failure_count(client, partner, clock, dispatcher_factory):
+    org, token = partner
+    with Receiver([(500, {}, b"")] * 3 + [(200, {}, b"")]) as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        with database.connection_context():
+            for n in range(3):
+                publish_event(org.id, "vc.test.ping", {"n": n})
+        dispatcher = dispatcher_factory(dispatch_workers=1)
+        dispatcher.run_until_idle()
+        assert subscription_row(sub["id"]).consecutive_failures == 3
+        clock.advance(60)
+        dispatcher.run_until_idle()
+    assert subscription_row(sub["id"]).consecutive_failures == 0
+
+
+def test_redirect_is_a_failure_and_is_not_followed(client, partner, clock, dispatcher_factory):
+    _, token = partner
+    with Receiver() as target:
+        redirect = [(302, {"Location": target.url("other.test")}, b"")]
+        with Receiver(redirect) as receiver:
+            sub = subscribe(client, token, receiver.url("receiver.test"))
+            sent = ping(client, token, sub)
+            dispatcher_factory().run_until_idle()
+    assert target.requests == []
+    [failure] = failures(sent["delivery_id"])
+    assert failure.error_kind == "redirect" and failure.response_status == 302
+
+
+def test_name_rebound_to_a_private_address_is_blocked_at_delivery(
+    client, partner, clock, config, resolver, dispatcher_factory
+):
+    _, token = partner
+    resolver.table["rebind.test"] = ["93.184.216.34"]
+    with Receiver() as private_listener:
+        sub = subscribe(client, token, private_listener.url("rebind.test"))
+        sent = ping(client, token, sub)
+        resolver.table["rebind.test"] = ["127.0.0.1"]
+        dispatcher_factory(webhook_allow_cidrs=()).run_until_idle()
+    assert private_listener.connections == 0 and private_listener.requests == []
+    [failure] = failures(sent["delivery_id"])
+    assert failure.error_kind == "address_blocked"
+    assert delivery(sent["delivery_id"]).status == "pending"
+
+
+def test_unresolvable_name_at_delivery_is_a_dns_error(
+    client, partner, clock, resolver, dispatcher_factory
+):
+    _, token = partner
+    with Receiver() as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sent = ping(client, token, sub)
+        del resolver.table["receiver.test"]
+        dispatcher_factory().run_until_idle()
+    assert receiver.requests == []
+    assert failures(sent["delivery_id"])[0].error_kind == "dns_error"
+
+
+def test_deleted_subscription_receives_nothing_more(client, partner, clock, dispatcher_factory):
+    _, token = partner
+    with Receiver([(500, {}, b"")]) as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sent = ping(client, token, sub)
+        dispatcher = dispatcher_factory()
+        dispatcher.run_until_idle()
+        assert len(receiver.requests) == 1
+        assert client.delete(f"{HOOKS}/{sub['id']}", headers=bearer(token)).status_code == 204
+        clock.advance(86400 * 2)
+        assert dispatcher.run_until_idle() == 0
+    assert len(receiver.requests) == 1
+    assert delivery(sent["delivery_id"]).status == "cancelled"
+
+
+def test_lease_lost_attempt_does_not_overwrite_the_new_owner(
+    client, partner, clock, dispatcher_factory
+):
+    from dispatcher.claims import claim_due_deliveries, record_failed_attempt
+    from dispatcher.transport import AttemptResult
+
+    _, token = partner
+    sub = subscribe(client, token, "http://receiver.test:9/hook")
+    sent = ping(client, token, sub)
+    config = dispatcher_factory().config
+    with database.connection_context():
+        [stale] = claim_due_deliveries(10, config.lease_seconds)
+        clock.advance(config.lease_seconds + 1)
+        [fresh] = claim_due_deliveries(10, config.lease_seconds)
+        assert fresh.id == stale.id and fresh.lease_token != stale.lease_token
+        result = AttemptResult(False, 500, "http_status", "HTTP 500", None, 5)
+        assert record_failed_attempt(stale, result, config) is None
+        assert DeliveryFailure.select().count() == 0
+        assert record_failed_attempt(fresh, result, config) is not None
+    assert delivery(sent["delivery_id"]).attempts == 1
+
+
+def test_claim_takes_only_due_pending_deliveries_up_to_the_limit(
+    client, partner, clock, dispatcher_factory
+):
+    from dispatcher.claims import claim_due_deliveries
+
+    org, token = partner
+    subscribe(client, token, "http://receiver.test:9/hook")
+    with database.connection_context():
+        for n in range(5):
+            publish_event(org.id, "vc.test.ping", {"n": n})
+        first = claim_due_deliveries(3, 60)
+        second = claim_due_deliveries(10, 60)
+        third = claim_due_deliveries(10, 60)
+    assert len(first) == 3 and len(second) == 2 and third == []
+    assert not {c.id for c in first} & {c.id for c in second}
+    assert [c.attempt for c in first + second] == [1] * 5

@@ -1,0 +1,181 @@
+"""The dispatcher as real processes: two at once, SIGKILL mid-batch, SIGTERM, polling."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dispatcher.dispatch import Dispatcher
+from partner_api import clock as clock_module
+from partner_api import provisioning
+from partner_api.config import ROOT, Config
+from partner_api.db import database
+from partner_api.events import publish_event
+from partner_api.models import Delivery
+from partner_api.ssrf import SsrfPolicy
+from partner_api.webhooks.subscriptions import create_subscription
+
+from .receivers import Receiver
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+def dispatcher_env(database_url: str, **extra) -> dict:
+    return {
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": database_url,
+        "PARTNER_API_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8",
+        "PARTNER_API_ALLOW_HTTP_WEBHOOKS": "true",
+        **extra,
+    }
+
+
+def start_dispatcher(database_url: str, *args: str, **env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dispatcher", *args],
+        cwd=ROOT,
+        env=dispatcher_env(database_url, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def seed(receiver: Receiver, events: int) -> list[str]:
+    """An org, a subscription to the receiver's IP literal, and `events` published events."""
+    policy = SsrfPolicy(allow_http=True, allow_networks=LOOPBACK)
+    with database.connection_context():
+        org = provisioning.create_org("Acme")
+        create_subscription(org.id, receiver.url(), None, "", policy, 5)
+        return [publish_event(org.id, "vc.test.ping", {"n": n})[0].id for n in range(events)]
+
+
+def delivery_statuses() -> collections.Counter:
+    with database.connection_context():
+        return collections.Counter(d.status for d in Delivery.select())
+
+
+def received_event_ids(receiver: Receiver) -> collections.Counter:
+    return collections.Counter(json.loads(r["body"])["id"] for r in receiver.requests)
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_dispatchers_never_send_the_same_delivery_twice(database_url):
+    with Receiver() as receiver:
+        event_ids = seed(receiver, 120)
+        processes = [
+            start_dispatcher(
+                database_url,
+                "--once",
+                PARTNER_API_DISPATCH_BATCH_SIZE="3",
+                PARTNER_API_DISPATCH_WORKERS="4",
+            )
+            for _ in range(2)
+        ]
+        outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    counts = received_event_ids(receiver)
+    assert set(counts) == set(event_ids)
+    assert max(counts.values()) == 1, "a delivery was sent twice"
+    assert delivery_statuses() == {"delivered": 120}
+    # Both processes took part, so the test exercised concurrent claiming.
+    assert all("outcome=ok" in output for output in outputs), outputs
+
+
+def test_dispatcher_killed_mid_batch_loses_nothing(database_url):
+    with Receiver(delay=30) as receiver:
+        event_ids = seed(receiver, 8)
+        process = start_dispatcher(database_url, "--once", PARTNER_API_DISPATCH_WORKERS="4")
+        assert receiver.first_request.wait(30), "the dispatcher never sent anything"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        receiver.delay = 0
+        in_flight_before_kill = len(receiver.requests)
+        assert delivery_statuses() == {"pending": 8}
+
+        config = Config(
+            database_url=database_url, webhook_allow_cidrs=LOOPBACK, allow_http_webhooks=True
+        )
+        real_now = clock_module.now()
+        clock_module.set_clock(lambda: real_now)
+        try:
+            survivor = Dispatcher(config)
+            # What the dead process leased is not due until the lease runs out.
+            claimed_now = survivor.run_until_idle()
+            clock_module.set_clock(
+                lambda: real_now + dt.timedelta(seconds=config.lease_seconds + 1)
+            )
+            claimed_after_lease = survivor.run_until_idle()
+            survivor.close()
+        finally:
+            clock_module.reset_clock()
+    # The dead process had leased one delivery per sender (4); the rest were never claimed.
+    assert claimed_now == 4
+    assert claimed_after_lease == 4
+    assert delivery_statuses() == {"delivered": 8}
+    assert set(received_event_ids(receiver)) == set(event_ids)
+    assert 1 <= in_flight_before_kill <= 4
+
+
+def test_sigterm_lets_in_flight_attempts_finish_and_exits_zero(database_url):
+    with Receiver(delay=1.0) as receiver:
+        seed(receiver, 1)
+        process = start_dispatcher(database_url, PARTNER_API_POLL_INTERVAL="0.2")
+        assert receiver.first_request.wait(30)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert delivery_statuses() == {"delivered": 1}
+    assert "outcome=ok" in output and "dispatcher stopped" in output
+
+
+def test_polling_dispatcher_picks_up_a_new_event_within_a_poll_interval(database_url):
+    with Receiver() as receiver:
+        seed(receiver, 0)
+        process = start_dispatcher(database_url, PARTNER_API_POLL_INTERVAL="0.5")
+        try:
+            assert wait_for(lambda: "polling every" in (process.stdout.readline() or ""), 30)
+            with database.connection_context():
+                org_id = provisioning.list_orgs()[0].id
+                publish_event(org_id, "vc.test.ping", {})
+            published = time.monotonic()
+            assert receiver.first_request.wait(10)
+            assert time.monotonic() - published < 3
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=30)
+    assert process.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "name,value", [("PARTNER_API_POLL_INTERVAL", "-1"), ("PARTNER_API_RETRY_SCHEDULE", "60,x")]
+)
+def test_bad_configuration_stops_the_dispatcher_with_one_line(tmp_path, name, value):
+    env = dispatcher_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", **{name: value})
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "--once"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and name in result.stderr
