@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--once", action="store_true", help="drain what is due now and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per poll
     try:
         config = Config.from_env()
     except ConfigError as exc:
