@@ -360,3 +360,38 @@ def test_claim_takes_only_due_pending_deliveries_up_to_the_limit(
     assert len(first) == 3 and len(second) == 2 and third == []
     assert not {c.id for c in first} & {c.id for c in second}
     assert [c.attempt for c in first + second] == [1] * 5
+
+
+def test_one_poll_keeps_draining_while_batches_are_full(client, partner, clock, dispatcher_factory):
+    org, token = partner
+    with Receiver() as receiver:
+        subscribe(client, token, receiver.url("receiver.test"))
+        with database.connection_context():
+            for n in range(7):
+                publish_event(org.id, "vc.test.ping", {"n": n})
+        dispatcher = dispatcher_factory(dispatch_batch_size=2, dispatch_workers=2)
+        assert dispatcher.drain() == 7
+        dispatcher.wait_in_flight()
+    assert len(receiver.requests) == 7
+
+
+def test_a_slow_endpoint_does_not_hold_back_the_others(client, partner, clock, dispatcher_factory):
+    org, token = partner
+    with Receiver(delay=1.5) as slow, Receiver() as fast:
+        slow_sub = subscribe(client, token, slow.url("receiver.test"))
+        fast_sub = subscribe(client, token, fast.url("other.test"))
+        with database.connection_context():
+            publish_event(org.id, "vc.test.ping", {}, subscription_id=slow_sub["id"])
+            for n in range(5):
+                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=fast_sub["id"])
+        dispatcher = dispatcher_factory(dispatch_workers=2)
+        started = clock_module.monotonic()
+        dispatcher.drain()
+        # One sender is stuck on the slow receiver; the other serves the fast one meanwhile.
+        while len(fast.requests) < 5 and clock_module.monotonic() - started < 1.2:
+            dispatcher.drain()
+            fast.first_request.wait(0.02)
+        assert len(fast.requests) == 5
+        assert len(slow.requests) == 1  # arrived, its answer still 1.5 s away
+        dispatcher.run_until_idle()
+    assert len(slow.requests) == 1
