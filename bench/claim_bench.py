@@ -33,26 +33,51 @@ def fill(backlog: int) -> None:
     with database.atomic():
         Org.create(id="org_bench", name="bench", created_at=now)
         for sub_id, status in (("wh_bench", "enabled"), ("wh_off", "disabled")):
-            Subscription.create(id=sub_id, org="org_bench", url="https://example.com/", events=[],
-                                description="", secret="s", status=status,
-                                consecutive_failures=0, created_at=now)
-        Event.create(id="evt_bench", org="org_bench", type="vc.test.ping", data={},
-                     occurred_at=now)
+            Subscription.create(
+                id=sub_id,
+                org="org_bench",
+                url="https://example.com/",
+                events=[],
+                description="",
+                secret="s",
+                status=status,
+                consecutive_failures=0,
+                created_at=now,
+            )
+        Event.create(id="evt_bench", org="org_bench", type="vc.test.ping", data={}, occurred_at=now)
         later = now + dt.timedelta(hours=1)
-        rows = [{"id": ids.new_id("dlv"), "event": "evt_bench",
-                 "subscription": "wh_bench" if n % 2 else "wh_off",
-                 "status": "pending" if n % 2 else "held", "attempts": 0,
-                 "next_attempt_at": later, "created_at": now} for n in range(backlog)]
+        rows = [
+            {
+                "id": ids.new_id("dlv"),
+                "event": "evt_bench",
+                "subscription": "wh_bench" if n % 2 else "wh_off",
+                "status": "pending" if n % 2 else "held",
+                "attempts": 0,
+                "next_attempt_at": later,
+                "created_at": now,
+            }
+            for n in range(backlog)
+        ]
         for start in range(0, len(rows), 5000):
-            Delivery.insert_many(rows[start:start + 5000]).execute()
+            Delivery.insert_many(rows[start : start + 5000]).execute()
 
 
 def add_due(count: int) -> None:
     now = clock.now() - dt.timedelta(seconds=1)
-    Delivery.insert_many([{"id": ids.new_id("dlv"), "event": "evt_bench",
-                           "subscription": "wh_bench", "status": "pending", "attempts": 0,
-                           "next_attempt_at": now, "created_at": now}
-                          for _ in range(count)]).execute()
+    Delivery.insert_many(
+        [
+            {
+                "id": ids.new_id("dlv"),
+                "event": "evt_bench",
+                "subscription": "wh_bench",
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for _ in range(count)
+        ]
+    ).execute()
 
 
 def time_claims() -> float:
@@ -72,7 +97,8 @@ def run(url: str, backlog: int, indexed: bool) -> float:
         with database.connection_context():
             database.execute_sql(
                 "DROP TABLE IF EXISTS delivery_failures, deliveries, events, "
-                "webhook_subscriptions, app_secrets, rate_limit_windows, api_keys, orgs CASCADE")
+                "webhook_subscriptions, app_secrets, rate_limit_windows, api_keys, orgs CASCADE"
+            )
     apply_schema()
     with database.connection_context():
         fill(backlog)

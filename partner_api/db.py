@@ -5,6 +5,8 @@ Backend differences (SQLite pragmas, PostgreSQL pooling) live here and nowhere e
 
 from __future__ import annotations
 
+import logging
+import re
 import secrets
 from pathlib import Path
 
@@ -15,6 +17,21 @@ from playhouse import db_url
 from partner_api.config import ROOT
 
 database = DatabaseProxy()
+_WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=_-]*")
+
+
+class _RedactSecrets(logging.Filter):
+    """peewee logs each statement with its parameters at DEBUG, and the INSERT of a new
+    subscription carries its signing secret: redact it so no log ever holds one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "whsec_" in message:
+            record.msg, record.args = _WEBHOOK_SECRET.sub("whsec_[redacted]", message), ()
+        return True
+
+
+logging.getLogger("peewee").addFilter(_RedactSecrets())
 SCHEMA_PATH = ROOT / "schema.sql"
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",

@@ -21,16 +21,15 @@ EVENT_TYPES = {
 def publish_event(org_id: str, event_type: str, data: dict, *, subscription_id: str | None = None):
     """Record an event for an org and queue it for its subscribers; returns (event, deliveries).
 
-    `subscription_id` sends to that one subscription whatever its event filter (the test ping).
+    A disabled subscription's delivery is queued as held, to be sent if an operator re-enables
+    it. `subscription_id` sends to that one subscription whatever its event filter (test ping).
     """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
     now = clock.now()
     with database.atomic():
         query = Subscription.select().where(
-            (Subscription.org == org_id)
-            & (Subscription.status == "enabled")
-            & Subscription.deleted_at.is_null()
+            (Subscription.org == org_id) & Subscription.deleted_at.is_null()
         )
         if subscription_id is not None:
             query = query.where(Subscription.id == subscription_id)
@@ -42,7 +41,7 @@ def publish_event(org_id: str, event_type: str, data: dict, *, subscription_id: 
                 id=ids.new_id("dlv"),
                 event=event,
                 subscription=sub,
-                status="pending",
+                status="pending" if sub.status == "enabled" else "held",
                 attempts=0,
                 next_attempt_at=now,
                 created_at=now,

@@ -28,7 +28,7 @@ _EXAMPLE_DETAILS = {
     400: ("invalid_json", "The request body is not valid JSON."),
     401: ("invalid_token", "The bearer token is missing, malformed, unknown or revoked."),
     403: ("insufficient_scope", "This API key lacks the webhooks:manage scope."),
-    404: ("not_found", "No such resource."),
+    404: ("subscription_not_found", "No such webhook subscription."),
     405: ("method_not_allowed", "This method is not allowed on this resource."),
     409: ("subscription_disabled", "The subscription is disabled."),
     413: ("payload_too_large", "The request body is too large."),
@@ -36,6 +36,50 @@ _EXAMPLE_DETAILS = {
     422: ("validation_error", "The request has invalid fields."),
     429: ("rate_limited", "Rate limit of 600 requests per minute exceeded."),
     500: ("internal_error", "An unexpected error occurred."),
+}
+
+# Every `code` an error of each status can carry, listed in the documented responses.
+_STATUS_CODES = {
+    400: ("invalid_json", "invalid_cursor"),
+    401: ("authentication_required", "invalid_token"),
+    403: ("insufficient_scope", "secret_mismatch"),
+    404: ("not_found", "subscription_not_found"),
+    405: ("method_not_allowed",),
+    409: ("subscription_limit_reached", "subscription_disabled"),
+    413: ("payload_too_large",),
+    415: ("unsupported_media_type",),
+    422: (
+        "validation_error",
+        "unknown_event_type",
+        "invalid_url",
+        "url_too_long",
+        "url_scheme_not_allowed",
+        "url_credentials_not_allowed",
+        "host_unresolvable",
+        "address_not_allowed",
+    ),
+    429: ("rate_limited",),
+    500: ("internal_error",),
+}
+
+# Sent on every authenticated answer (so on everything but a 401); documented once as header
+# components and referenced from each response.
+_RATE_LIMIT_HEADER_DOCS = {
+    "X-RateLimit-Limit": {
+        "description": "Requests allowed per one-minute window for this key.",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "Requests left in the current window.",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Reset": {
+        "description": "Unix seconds when the current window ends.",
+        "schema": {"type": "integer"},
+    },
+}
+RATE_LIMIT_HEADERS = {
+    name: {"$ref": f"#/components/headers/{name}"} for name in _RATE_LIMIT_HEADER_DOCS
 }
 
 
@@ -76,6 +120,11 @@ class StrictParser(FlaskParser):
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser()
 
+    def response(self, status_code, schema=None, **kwargs):
+        """A success response, documented with the rate-limit headers every one carries."""
+        kwargs.setdefault("headers", dict(RATE_LIMIT_HEADERS))
+        return super().response(status_code, schema, **kwargs)
+
     def errors(self, *statuses):
         """Document the error answers an operation can give (problem+json, with examples)."""
 
@@ -101,6 +150,8 @@ class Api(flask_smorest.Api):
 
     def _register_responses(self):
         """Error responses as problem+json components, each with an example."""
+        for name, header in _RATE_LIMIT_HEADER_DOCS.items():
+            self.spec.components.header(name, header)
         for status, (code, detail) in _EXAMPLE_DETAILS.items():
             example = problem_body(status, code, detail)
             if status == 422:
@@ -113,17 +164,25 @@ class Api(flask_smorest.Api):
                 ]
             if status == 403:
                 example["required_scope"] = "webhooks:manage"
+            codes = ", ".join(f"`{code}`" for code in _STATUS_CODES[status])
             response = {
-                "description": f"{http.HTTPStatus(status).phrase} (codes: see `code`).",
+                "description": f"{http.HTTPStatus(status).phrase}; `code` is one of {codes}.",
                 "schema": self.ERROR_SCHEMA,
                 "example": example,
             }
-            if status == 429:
+            if status == 401:
                 response["headers"] = {
-                    "Retry-After": {
-                        "description": "Seconds until the window resets.",
-                        "schema": {"type": "integer"},
+                    "WWW-Authenticate": {
+                        "description": 'The bearer challenge, `Bearer realm="partner-api"`.',
+                        "schema": {"type": "string"},
                     }
+                }
+            elif status != 405:  # a 405 is answered by routing, before any key is counted
+                response["headers"] = dict(RATE_LIMIT_HEADERS)
+            if status == 429:
+                response["headers"]["Retry-After"] = {
+                    "description": "Seconds until the window resets.",
+                    "schema": {"type": "integer"},
                 }
             prepare_response(response, self.spec, PROBLEM_CONTENT_TYPE)
             self.spec.components.response(http.HTTPStatus(status).name, response, lazy=True)

@@ -31,6 +31,8 @@ class Receiver:
             def do_POST(self):  # noqa: N802 (http.server naming)
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    return  # the sender died mid-request: nothing was delivered
                 receiver.requests.append(
                     {"path": self.path, "headers": dict(self.headers), "body": body}
                 )

@@ -395,3 +395,21 @@ def test_a_slow_endpoint_does_not_hold_back_the_others(client, partner, clock, d
         assert len(slow.requests) == 1  # arrived, its answer still 1.5 s away
         dispatcher.run_until_idle()
     assert len(slow.requests) == 1
+
+
+def test_events_published_while_disabled_are_held_then_sent_on_enable(
+    client, partner, clock, dispatcher_factory, runner
+):
+    org, token = partner
+    with Receiver() as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        with database.connection_context():
+            Subscription.update(status="disabled", disabled_reason="test").execute()
+            [held] = publish_event(org.id, "vc.test.ping", {})[1]
+        assert held.status == "held"
+        dispatcher = dispatcher_factory()
+        assert dispatcher.run_until_idle() == 0
+        assert runner.invoke(args=["webhooks", "enable", sub["id"]]).exit_code == 0
+        assert dispatcher.run_until_idle() == 1
+    assert len(receiver.requests) == 1
+    assert delivery(held.id).status == "delivered"

@@ -1,0 +1,1 @@
+"""Webhook subscriptions: the partner-facing API, its work functions and the failure audit."""

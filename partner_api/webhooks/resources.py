@@ -1,0 +1,98 @@
+"""Views of the webhooks resource: parse, call a work function, return."""
+
+from flask import current_app, g
+
+from partner_api import scopes
+from partner_api.auth import require_scope
+from partner_api.extensions import Blueprint, NoQuerySchema
+from partner_api.pagination import ListQuerySchema
+from partner_api.webhooks import subscriptions
+from partner_api.webhooks.schemas import (
+    FailurePageSchema,
+    SubscriptionCreatedSchema,
+    SubscriptionCreateSchema,
+    SubscriptionPageSchema,
+    TestPingResultSchema,
+    TestPingSchema,
+)
+
+blp = Blueprint("webhooks", __name__, description="Webhook subscriptions and their deliveries.")
+manage = require_scope(scopes.WEBHOOKS_MANAGE)
+SUBSCRIPTION_ID = [
+    {
+        "in": "path",
+        "name": "subscription_id",
+        "required": True,
+        "description": "The subscription id (`wh_…`) returned when it was created. Ids of "
+        "other orgs, deleted subscriptions and malformed ids all answer 404.",
+        "schema": {"type": "string", "minLength": 1},
+        "example": "wh_2c7qkq3w6yq4n2m7hb5r3v2e5x",
+    }
+]
+
+
+def _org_id() -> str:
+    return g.api_key.org_id
+
+
+@blp.post("/webhooks")
+@manage
+@blp.arguments(NoQuerySchema, location="query")
+@blp.arguments(SubscriptionCreateSchema)
+@blp.response(201, SubscriptionCreatedSchema)
+@blp.errors(400, 401, 403, 409, 413, 415, 422, 429)
+def create_webhook(_query, body):
+    """Create a webhook subscription (its signing secret is returned only here)"""
+    config = current_app.config["PARTNER_API"]
+    policy = config.ssrf_policy(current_app.config.get("SSRF_RESOLVER"))
+    subscription, _secret = subscriptions.create_subscription(
+        _org_id(),
+        body["url"],
+        body["events"],
+        body["description"],
+        policy,
+        config.max_subscriptions_per_org,
+    )
+    return subscription  # the one response that includes `secret`
+
+
+@blp.get("/webhooks")
+@manage
+@blp.arguments(ListQuerySchema, location="query")
+@blp.response(200, SubscriptionPageSchema)
+@blp.errors(400, 401, 403, 422, 429)
+def list_webhooks(query):
+    """List the org's webhook subscriptions, newest first (secrets are never shown)"""
+    return subscriptions.list_subscriptions(_org_id(), query["limit"], query["cursor"])
+
+
+@blp.delete("/webhooks/<string:subscription_id>", parameters=SUBSCRIPTION_ID)
+@manage
+@blp.arguments(NoQuerySchema, location="query")
+@blp.response(204)
+@blp.errors(401, 403, 404, 422, 429)
+def delete_webhook(_query, subscription_id):
+    """Delete a webhook subscription; its pending deliveries are cancelled"""
+    subscriptions.delete_subscription(_org_id(), subscription_id)
+
+
+@blp.post("/webhooks/<string:subscription_id>/test", parameters=SUBSCRIPTION_ID)
+@manage
+@blp.arguments(NoQuerySchema, location="query")
+@blp.arguments(TestPingSchema)
+@blp.response(202, TestPingResultSchema)
+@blp.errors(400, 401, 403, 404, 409, 413, 415, 422, 429)
+def test_webhook(_query, body, subscription_id):
+    """Send a vc.test.ping event through the delivery pipeline (echo the secret to prove it)"""
+    event, delivery = subscriptions.send_test_ping(_org_id(), subscription_id, body["secret"])
+    return {"event_id": event.id, "delivery_id": delivery.id}
+
+
+@blp.get("/webhooks/<string:subscription_id>/failures", parameters=SUBSCRIPTION_ID)
+@manage
+@blp.arguments(ListQuerySchema, location="query")
+@blp.response(200, FailurePageSchema)
+@blp.errors(400, 401, 403, 404, 422, 429)
+def list_webhook_failures(query, subscription_id):
+    """List failed delivery attempts of a subscription, newest first"""
+    return subscriptions.list_failures(_org_id(), subscription_id, query["limit"], query["cursor"])

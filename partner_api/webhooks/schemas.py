@@ -1,0 +1,124 @@
+"""Schemas of the webhooks resource."""
+
+import marshmallow as ma
+
+from partner_api import clock
+from partner_api.events import EVENT_TYPES
+from partner_api.pagination import page_schema
+
+
+class Timestamp(ma.fields.Field):
+    """A stored naive-UTC datetime as RFC 3339 text."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return clock.isoformat(value)
+
+
+class Flag(ma.fields.Boolean):
+    """A boolean stored as an integer 0/1: always a JSON true/false on the wire.
+
+    (marshmallow 4's Boolean passes values through on dump, so a stored 1 would leak as 1.)
+    """
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else bool(value)
+
+
+class SubscriptionCreateSchema(ma.Schema):
+    url = ma.fields.String(
+        required=True,
+        metadata={
+            "description": "Absolute https:// URL that receives deliveries (max 2048 characters).",
+            "example": "https://hooks.example.com/partner-api",
+        },
+    )
+    events = ma.fields.List(
+        # `enum` documents the catalogue; unknown types are refused as `unknown_event_type`.
+        ma.fields.String(metadata={"enum": sorted(EVENT_TYPES)}),
+        validate=ma.validate.Length(min=1),
+        load_default=None,
+        metadata={
+            "description": "Event types to receive; default: every type. Known: "
+            + ", ".join(sorted(EVENT_TYPES)),
+            "example": ["vc.test.ping"],
+        },
+    )
+    description = ma.fields.String(
+        load_default="",
+        validate=ma.validate.Length(max=500),
+        metadata={"example": "Production receiver"},
+    )
+
+
+class SubscriptionSchema(ma.Schema):
+    id = ma.fields.String(metadata={"example": "wh_2c7qkq3w6yq4n2m7hb5r3v2e5x"})
+    url = ma.fields.String(metadata={"example": "https://hooks.example.com/partner-api"})
+    events = ma.fields.List(ma.fields.String(), metadata={"example": ["vc.test.ping"]})
+    description = ma.fields.String()
+    status = ma.fields.String(metadata={"description": "`enabled` or `disabled`."})
+    disabled_reason = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "Why it was disabled (e.g. after consecutive failed attempts)."},
+    )
+    disabled_at = Timestamp(allow_none=True, metadata={"type": "string", "format": "date-time"})
+    consecutive_failures = ma.fields.Integer()
+    created_at = Timestamp(metadata={"type": "string", "format": "date-time"})
+
+
+class SubscriptionCreatedSchema(SubscriptionSchema):
+    secret = ma.fields.String(
+        metadata={
+            "description": "Signing secret (`whsec_…`). Shown only in this response; store it now.",
+            "example": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw0Kn6yGGIcIA=",
+        }
+    )
+
+
+class TestPingSchema(ma.Schema):
+    secret = ma.fields.String(
+        required=True,
+        metadata={
+            "description": "The subscription's signing secret, proving the caller holds it.",
+            "example": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw0Kn6yGGIcIA=",
+        },
+    )
+
+
+class TestPingResultSchema(ma.Schema):
+    event_id = ma.fields.String(metadata={"example": "evt_q4n2m7hb5r3v2e5x2c7qkq3w6y"})
+    delivery_id = ma.fields.String(metadata={"example": "dlv_m7hb5r3v2e5x2c7qkq3w6yq4n2"})
+
+
+class FailureSchema(ma.Schema):
+    id = ma.fields.String(metadata={"example": "att_hb5r3v2e5x2c7qkq3w6yq4n2m7"})
+    delivery_id = ma.fields.String(attribute="delivery_id")
+    event_id = ma.fields.String(attribute="event_id")
+    event_type = ma.fields.String(metadata={"example": "vc.test.ping"})
+    attempt = ma.fields.Integer(metadata={"description": "Attempt number, 1-based."})
+    attempted_at = Timestamp(metadata={"type": "string", "format": "date-time"})
+    duration_ms = ma.fields.Integer()
+    error_kind = ma.fields.String(
+        metadata={
+            "description": "timeout, connection_error, tls_error, dns_error, address_blocked, "
+            "http_status or redirect."
+        }
+    )
+    error_message = ma.fields.String()
+    response_status = ma.fields.Integer(allow_none=True)
+    response_excerpt = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "The first KiB of the receiver's answer, when there was one."},
+    )
+    next_attempt_at = Timestamp(
+        allow_none=True,
+        metadata={
+            "type": "string",
+            "format": "date-time",
+            "description": "When the next attempt is due; null once dead-lettered or cancelled.",
+        },
+    )
+    dead_lettered = Flag()
+
+
+SubscriptionPageSchema = page_schema(SubscriptionSchema, "SubscriptionPageSchema")
+FailurePageSchema = page_schema(FailureSchema, "FailurePageSchema")

@@ -1,0 +1,171 @@
+"""The published OpenAPI 3.1 document and the interactive docs."""
+
+from __future__ import annotations
+
+import pytest
+from openapi_spec_validator import validate
+
+PREFIX = "/api/v1/partner"
+OPENAPI = f"{PREFIX}/openapi.json"
+PROBLEM = "application/problem+json"
+EXPECTED_OPERATIONS = {
+    f"{PREFIX}/me": {"get"},
+    f"{PREFIX}/webhooks": {"get", "post"},
+    f"{PREFIX}/webhooks/{{subscription_id}}": {"delete"},
+    f"{PREFIX}/webhooks/{{subscription_id}}/test": {"post"},
+    f"{PREFIX}/webhooks/{{subscription_id}}/failures": {"get"},
+}
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+@pytest.fixture
+def spec(client):
+    response = client.get(OPENAPI)
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    return response.get_json()
+
+
+def resolve(spec: dict, node: dict) -> dict:
+    """Follow local `$ref`s (e.g. into components.responses) until a real object."""
+    while "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/"), ref
+        node = spec
+        for part in ref[2:].split("/"):
+            node = node[part]
+    return node
+
+
+def operations(spec: dict):
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, operation
+
+
+def test_openapi_document_is_valid_openapi_3_1(spec):
+    assert spec["openapi"].startswith("3.1")
+    validate(spec)
+    assert spec["info"]["title"] == "Partner API" and spec["info"]["version"]
+
+
+def test_paths_are_exactly_the_v1_surface(spec):
+    found = {}
+    for path, method, _ in operations(spec):
+        found.setdefault(path, set()).add(method)
+    assert found == EXPECTED_OPERATIONS
+
+
+def test_bearer_security_scheme_covers_every_operation(spec):
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    for path, method, operation in operations(spec):
+        security = operation.get("security", spec.get("security"))
+        assert security, f"{method} {path} has no security requirement"
+        assert {"bearerAuth": []} in security, f"{method} {path}"
+
+
+def test_every_operation_documents_success_and_problem_errors(spec):
+    for path, method, operation in operations(spec):
+        where = f"{method.upper()} {path}"
+        assert operation.get("summary"), where
+        responses = operation["responses"]
+        successes = [status for status in responses if status.startswith("2")]
+        assert successes, f"{where} has no success response"
+        for status in ("401", "429", "default"):
+            assert status in responses, f"{where} lacks {status}"
+        for status, response in responses.items():
+            response = resolve(spec, response)
+            assert response.get("description"), f"{where} {status}"
+            if status.startswith("2"):
+                for content in response.get("content", {}).values():
+                    assert "schema" in content, f"{where} {status}"
+                continue
+            content = response.get("content", {})
+            assert list(content) == [PROBLEM], f"{where} {status}: {list(content)}"
+            media = content[PROBLEM]
+            assert resolve(spec, media["schema"]) == spec["components"]["schemas"]["Problem"]
+            example = media.get("example")
+            assert example, f"{where} {status} has no example"
+            assert {"type", "title", "status", "code", "detail"} <= set(example)
+            if status != "default":
+                assert example["status"] == int(status), f"{where} {status}"
+
+
+def test_problem_schema_names_the_stable_code(spec):
+    problem = spec["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "code", "detail", "errors"} <= set(problem["properties"])
+
+
+def test_429_documents_retry_after_and_successes_document_rate_limit_headers(spec):
+    for path, method, operation in operations(spec):
+        too_many = resolve(spec, operation["responses"]["429"])
+        assert "Retry-After" in too_many["headers"], f"{method} {path}"
+        for status, response in operation["responses"].items():
+            if status.startswith("2"):
+                headers = resolve(spec, response).get("headers", {})
+                assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(
+                    headers
+                ), f"{method} {path} {status}"
+
+
+def test_path_parameters_are_documented(spec):
+    for path, item in spec["paths"].items():
+        if "{subscription_id}" not in path:
+            continue
+        parameters = list(item.get("parameters", []))
+        for method in HTTP_METHODS & set(item):
+            parameters += item[method].get("parameters", [])
+        [parameter] = [p for p in parameters if p["in"] == "path"]
+        assert parameter["name"] == "subscription_id" and parameter["required"] is True
+        assert parameter.get("description"), path
+        assert parameter.get("example", "").startswith("wh_"), path
+
+
+def test_webhook_operations_document_their_specific_errors(spec):
+    paths = spec["paths"]
+    create = paths[f"{PREFIX}/webhooks"]["post"]
+    assert {"201", "400", "403", "409", "413", "415", "422"} <= set(create["responses"])
+    assert create["requestBody"]["content"]["application/json"]["schema"]
+    for path, method in [
+        (f"{PREFIX}/webhooks/{{subscription_id}}", "delete"),
+        (f"{PREFIX}/webhooks/{{subscription_id}}/test", "post"),
+        (f"{PREFIX}/webhooks/{{subscription_id}}/failures", "get"),
+    ]:
+        assert "404" in paths[path][method]["responses"], f"{method} {path}"
+    assert {"202", "403", "409"} <= set(
+        paths[f"{PREFIX}/webhooks/{{subscription_id}}/test"]["post"]["responses"]
+    )
+    for path in (f"{PREFIX}/webhooks", f"{PREFIX}/webhooks/{{subscription_id}}/failures"):
+        names = {p["name"] for p in paths[path]["get"]["parameters"] if p["in"] == "query"}
+        assert names == {"limit", "cursor"}
+        assert "400" in paths[path]["get"]["responses"]  # invalid_cursor
+
+
+def test_created_subscription_documents_the_secret_and_the_list_does_not(spec):
+    schemas = spec["components"]["schemas"]
+    created = resolve(
+        spec,
+        spec["paths"][f"{PREFIX}/webhooks"]["post"]["responses"]["201"]["content"][
+            "application/json"
+        ]["schema"],
+    )
+    assert "secret" in created["properties"]
+    assert "secret" not in schemas["Subscription"]["properties"]
+    page = resolve(
+        spec,
+        spec["paths"][f"{PREFIX}/webhooks"]["get"]["responses"]["200"]["content"][
+            "application/json"
+        ]["schema"],
+    )
+    assert set(page["properties"]) == {"data", "has_more", "next_cursor"}
+    assert schemas["Failure"]["properties"]["dead_lettered"]["type"] == "boolean"
+
+
+def test_swagger_ui_docs_answer_html(client):
+    response = client.get(f"{PREFIX}/docs")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert "swagger" in response.get_data(as_text=True).lower()
+    assert "openapi.json" in response.get_data(as_text=True)
