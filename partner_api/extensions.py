@@ -13,6 +13,7 @@ from flask_smorest.utils import prepare_response
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
+from partner_api import ssrf
 from partner_api.errors import (
     DEFAULT_CODES,
     PROBLEM_CONTENT_TYPE,
@@ -48,16 +49,7 @@ _STATUS_CODES = {
     409: ("subscription_limit_reached", "subscription_disabled"),
     413: ("payload_too_large",),
     415: ("unsupported_media_type",),
-    422: (
-        "validation_error",
-        "unknown_event_type",
-        "invalid_url",
-        "url_too_long",
-        "url_scheme_not_allowed",
-        "url_credentials_not_allowed",
-        "host_unresolvable",
-        "address_not_allowed",
-    ),
+    422: ("validation_error", "unknown_event_type", *sorted(ssrf.ERROR_CODES)),
     429: ("rate_limited",),
     500: ("internal_error",),
 }

@@ -113,3 +113,14 @@ def make_key(app):
 
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
+
+
+def assert_problem(response, status, code):
+    """The answer is a problem+json error with this status and code; returns its body."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status and body["code"] == code
+    assert body["type"] == "about:blank" and body["title"] and body["detail"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body

@@ -6,19 +6,9 @@ from partner_api import clock as clock_module
 from partner_api import tokens
 from partner_api.models import ApiKey, RateLimitWindow
 
-from .conftest import bearer
+from .conftest import assert_problem, bearer
 
 ME = "/api/v1/partner/me"
-
-
-def assert_problem(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body = response.get_json()
-    assert body["status"] == status and body["code"] == code
-    assert body["type"] == "about:blank" and body["title"] and body["detail"]
-    assert "Traceback" not in response.get_data(as_text=True)
-    return body
 
 
 def test_me_returns_org_key_scopes_and_headroom(client, make_key, clock):

@@ -22,7 +22,7 @@ from partner_api.db import database
 from partner_api.events import EVENT_TYPES, publish_event
 from partner_api.models import Delivery, DeliveryFailure, Event, Subscription
 
-from .conftest import bearer
+from .conftest import assert_problem, bearer
 
 WEBHOOKS = "/api/v1/partner/webhooks"
 GOOD_URL = "https://hooks.example.com/partner-api"
@@ -99,16 +99,6 @@ def make_client(app, config):
 def strict_client(make_client):
     """The production SSRF policy: https only and no exempt networks."""
     return make_client(webhook_allow_cidrs=(), allow_http_webhooks=False)
-
-
-def assert_problem(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body = response.get_json()
-    assert body["status"] == status and body["code"] == code
-    assert body["type"] == "about:blank" and body["title"] and body["detail"]
-    assert "Traceback" not in response.get_data(as_text=True)
-    return body
 
 
 def create(client, token, **body):
