@@ -110,3 +110,16 @@ def test_revoke_marks_the_key_and_unknown_key_is_refused(runner, org, db):
     assert revoked["revoked_at"] is not None
     result = runner.invoke(args=["keys", "revoke", "key_missing"])
     assert result.exit_code == 2 and "no key" in result.output
+
+
+def test_demo_key_is_provisioned_on_first_run_only(runner, db):
+    first = runner.invoke(args=["demo-key", "--docs-url", "http://127.0.0.1:9/docs"])
+    assert first.exit_code == 0
+    [token] = [word for word in first.output.split() if word.startswith("vc_")]
+    assert tokens.is_well_formed(token)
+    assert "http://127.0.0.1:9/docs" in first.output
+    [key] = ApiKey.select()
+    assert key.scope_list == ["identity:read", "webhooks:manage"]
+    second = runner.invoke(args=["demo-key"])
+    assert second.exit_code == 0 and "vc_" not in second.output.replace(key.prefix, "")
+    assert ApiKey.select().count() == 1 and Org.select().count() == 1
