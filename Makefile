@@ -26,7 +26,7 @@ test: $(VENV)/.dev lint
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.dev
-	$(PY) bench/run.py
+	$(PY) bench/claim_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
