@@ -69,6 +69,14 @@ def claim_due_deliveries(limit: int, lease_seconds: float) -> list[ClaimedDelive
             .join(Subscription, on=(Delivery.subscription == Subscription.id))
             .where(Delivery.id.in_(claimed))
         )
+        sendable = [row for row in rows if row.subscription.status == "enabled"]
+        unsendable = [row.id for row in rows if row.subscription.status != "enabled"]
+        if unsendable:
+            # Leased while its subscription was being disabled, by a dispatcher that then
+            # died: park it like the subscription's other deliveries.
+            Delivery.update(status="held", lease_token=None).where(
+                Delivery.id.in_(unsendable)
+            ).execute()
     return [
         ClaimedDelivery(
             id=row.id,
@@ -79,7 +87,7 @@ def claim_due_deliveries(limit: int, lease_seconds: float) -> list[ClaimedDelive
             url=row.subscription.url,
             secret=row.subscription.secret,
         )
-        for row in rows
+        for row in sendable
     ]
 
 

@@ -315,7 +315,12 @@ class WebhookTransport:
             kind, message = _classify(failure, attempt, expired, self._timeout)
         else:
             kind, message = _status_outcome(attempt.status)
-        excerpt = bytes(attempt.body[:EXCERPT_BYTES]).decode("utf-8", errors="replace")
+        # NUL cannot be stored in a PostgreSQL text column; the excerpt is for humans anyway.
+        excerpt = (
+            bytes(attempt.body[:EXCERPT_BYTES])
+            .decode("utf-8", errors="replace")
+            .replace("\x00", "\ufffd")
+        )
         return AttemptResult(
             ok=kind is None,
             status_code=attempt.status,

@@ -23,10 +23,18 @@ def cancel_open_deliveries(subscription_id: str) -> int:
 
 
 def hold_pending_deliveries(subscription_id: str) -> int:
-    """The subscription is disabled: park its deliveries where claims never look."""
+    """The subscription is disabled: park its deliveries where claims never look.
+
+    Deliveries in flight keep their lease, so their outcome is still recorded; the outcome
+    writer (or the next claim, if their dispatcher died) holds them afterwards.
+    """
     return (
-        Delivery.update(status="held", lease_token=None)
-        .where((Delivery.subscription == subscription_id) & (Delivery.status == "pending"))
+        Delivery.update(status="held")
+        .where(
+            (Delivery.subscription == subscription_id)
+            & (Delivery.status == "pending")
+            & Delivery.lease_token.is_null()
+        )
         .execute()
     )
 

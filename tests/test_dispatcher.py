@@ -413,3 +413,55 @@ def test_events_published_while_disabled_are_held_then_sent_on_enable(
         assert dispatcher.run_until_idle() == 1
     assert len(receiver.requests) == 1
     assert delivery(held.id).status == "delivered"
+
+
+def test_disable_keeps_the_outcome_of_attempts_in_flight(
+    client, partner, clock, dispatcher_factory
+):
+    from dispatcher.claims import claim_due_deliveries, record_delivered
+
+    org, token = partner
+    sub = subscribe(client, token, "http://receiver.test:9/hook")
+    with database.connection_context():
+        in_flight_id = publish_event(org.id, "vc.test.ping", {"n": 1})[1][0].id
+        [in_flight] = claim_due_deliveries(10, 60)
+        waiting_id = publish_event(org.id, "vc.test.ping", {"n": 2})[1][0].id
+        # The subscription gets disabled (e.g. by another sender's 20th failure) meanwhile.
+        from partner_api.deliveries import hold_pending_deliveries
+
+        Subscription.update(status="disabled").where(Subscription.id == sub["id"]).execute()
+        hold_pending_deliveries(sub["id"])
+        assert record_delivered(in_flight)
+    assert delivery(in_flight_id).status == "delivered"
+    assert delivery(waiting_id).status == "held"
+
+
+def test_delivery_leased_by_a_dead_dispatcher_of_a_disabled_subscription_is_held(
+    client, partner, clock, dispatcher_factory
+):
+    from dispatcher.claims import claim_due_deliveries
+
+    org, token = partner
+    sub = subscribe(client, token, "http://receiver.test:9/hook")
+    with database.connection_context():
+        delivery_id = publish_event(org.id, "vc.test.ping", {})[1][0].id
+        claim_due_deliveries(10, 60)  # this dispatcher "dies" holding the lease
+        Subscription.update(status="disabled").where(Subscription.id == sub["id"]).execute()
+        clock.advance(61)
+        assert claim_due_deliveries(10, 60) == []
+    assert delivery(delivery_id).status == "held"
+
+
+def test_binary_answer_with_nul_bytes_is_audited_not_looped(
+    client, partner, clock, dispatcher_factory
+):
+    _, token = partner
+    with Receiver([(500, {}, b"oops\x00binary\xff")]) as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sent = ping(client, token, sub)
+        dispatcher_factory().run_until_idle()
+    [failure] = failures(sent["delivery_id"])
+    assert failure.response_excerpt == "oops\ufffdbinary\ufffd"
+    row = delivery(sent["delivery_id"])
+    assert row.attempts == 1
+    assert row.next_attempt_at == clock.current + dt.timedelta(seconds=60)
