@@ -6,6 +6,7 @@ Request parsing strictness (415/400/unknown fields), error documentation and the
 from __future__ import annotations
 
 import http
+import json
 
 import flask_smorest
 import marshmallow as ma
@@ -100,10 +101,16 @@ class StrictParser(FlaskParser):
             raise ApiError(
                 415, "unsupported_media_type", "Send the request body as application/json."
             )
-        return core.parse_json(req.get_data(cache=True))
+        try:
+            data = core.parse_json(req.get_data(cache=True))
+            # Lone surrogates (`"\ud800"`) parse, but are not text any database can store.
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError):  # incl. decode errors and over-long integers
+            self._handle_invalid_json_error(None, req)
+        return data
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.")
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON (UTF-8).")
 
     def load_headers(self, req, schema):
         return core.missing

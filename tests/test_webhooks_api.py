@@ -351,13 +351,59 @@ def test_non_json_body_is_415_and_stores_nothing(client, make_key, data, content
     assert count(Subscription) == 0
 
 
-@pytest.mark.parametrize("raw", ['{"url": ', "{'url': 'x'}", "nope", '{"url": "a"}}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"url": ',
+        "{'url': 'x'}",
+        "nope",
+        '{"url": "a"}}',
+        "[" * 5000 + "]" * 5000,  # nesting deeper than the parser's recursion limit
+        '{"url": ' + "9" * 5000 + "}",  # integer longer than Python converts
+        '{"url": "https://hooks.example.com/\\ud800"}',  # lone surrogate: not text
+        b'{"url": "\xff\xfe"}',  # not UTF-8
+    ],
+    ids=[
+        "truncated",
+        "single-quotes",
+        "bare-word",
+        "trailing",
+        "deep",
+        "huge-int",
+        "surrogate",
+        "not-utf8",
+    ],
+)
 def test_broken_json_is_400_invalid_json(client, make_key, raw):
     _, _, token = make_key()
     response = client.post(
         WEBHOOKS, data=raw, headers=bearer(token), content_type="application/json"
     )
     assert_problem(response, 400, "invalid_json")
+    assert count(Subscription) == 0
+
+
+def test_lone_surrogate_secret_on_test_ping_is_400(client, make_key):
+    _, _, token = make_key()
+    target = created(client, token)
+    response = client.post(
+        f"{WEBHOOKS}/{target['id']}/test",
+        data='{"secret": "\\ud800"}',
+        headers=bearer(token),
+        content_type="application/json",
+    )
+    assert_problem(response, 400, "invalid_json")
+    assert count(Event) == 0
+
+
+@pytest.mark.parametrize("description", ["nul\x00byte", "bell\x07", "esc\x1b[31m"])
+def test_control_characters_in_description_are_refused(client, make_key, description):
+    _, _, token = make_key()
+    response = client.post(
+        WEBHOOKS, json={"url": GOOD_URL, "description": description}, headers=bearer(token)
+    )
+    body = assert_problem(response, 422, "validation_error")
+    assert body["errors"][0]["field"] == "description"
     assert count(Subscription) == 0
 
 

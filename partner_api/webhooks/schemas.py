@@ -45,7 +45,12 @@ class SubscriptionCreateSchema(ma.Schema):
     )
     description = ma.fields.String(
         load_default="",
-        validate=ma.validate.Length(max=500),
+        validate=[
+            ma.validate.Length(max=500),
+            ma.validate.Regexp(
+                r"^[^\x00-\x08\x0b-\x1f\x7f]*$", error="Control characters are not allowed."
+            ),
+        ],
         metadata={"example": "Production receiver"},
     )
 
