@@ -32,37 +32,43 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"dispatcher: configuration error: {exc}", file=sys.stderr)
         return 2
-    db.bind(config.database_url)
+    # One pooled connection per sender, plus the polling thread and some slack.
+    db.bind(config.database_url, max_connections=config.dispatch_workers + 4)
+    try:
+        db.check_schema()
+    except RuntimeError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return 2
     dispatcher = Dispatcher(config)
-    if args.once:
-        try:
-            sent = dispatcher.run_until_idle()
-        finally:
-            dispatcher.close()
-        log.info("drained %d deliveries", sent)
-        return 0
-
-    scheduler = BlockingScheduler()
-    scheduler.add_job(
-        dispatcher.drain,
-        "interval",
-        seconds=config.poll_interval,
-        id="drain",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=datetime.datetime.now(datetime.UTC),  # first poll right away
-    )
+    scheduler = None if args.once else BlockingScheduler()
 
     def shutdown(signum, frame):
+        if dispatcher.stopping.is_set():
+            return  # a second Ctrl-C or a SIGTERM after SIGINT: already on the way out
         log.info("received %s: finishing in-flight attempts", signal.Signals(signum).name)
         dispatcher.stop()  # the running poll returns at its next step
-        scheduler.shutdown(wait=True)
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    log.info("dispatcher polling every %ss", config.poll_interval)
-    scheduler.start()
-    dispatcher.close()  # waits for in-flight attempts
+    try:
+        if args.once:
+            log.info("drained %d deliveries", dispatcher.run_until_idle())
+        else:
+            scheduler.add_job(
+                dispatcher.drain,
+                "interval",
+                seconds=config.poll_interval,
+                id="drain",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.datetime.now(datetime.UTC),  # first poll right away
+            )
+            log.info("dispatcher polling every %ss", config.poll_interval)
+            scheduler.start()
+    finally:
+        dispatcher.close()  # waits for in-flight attempts
     log.info("dispatcher stopped")
     return 0
 

@@ -9,10 +9,11 @@ import functools
 import json
 
 import click
+import peewee
 from flask.cli import AppGroup
 
 from partner_api import clock, provisioning, scopes
-from partner_api.db import database
+from partner_api.db import database, database_problem
 
 orgs_cli = AppGroup("orgs", help="Create and list partner organisations.")
 keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
@@ -35,6 +36,8 @@ def admin_command(func):
                 return func(*args, **kwargs)
         except (provisioning.ProvisioningError, scopes.ScopeError) as exc:
             _fail(str(exc))
+        except peewee.DatabaseError as exc:
+            _fail(database_problem(exc), exit_code=1)
 
     return wrapper
 
@@ -90,7 +93,7 @@ def orgs_list(as_json):
 @click.option("--scope", "requested", multiple=True, help="Scope to grant; repeatable.")
 @click.option(
     "--rate-limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=provisioning.MAX_RATE_LIMIT),
     default=None,
     help="Requests per minute for this key (default: PARTNER_API_DEFAULT_RATE_LIMIT).",
 )
@@ -144,7 +147,7 @@ def webhooks_enable(subscription_id, as_json):
     try:
         subscription = enable_subscription(subscription_id)
     except LookupError as exc:
-        _fail(str(exc).strip("'\""))
+        _fail(exc.args[0])
     _emit(
         as_json,
         {"id": subscription.id, "status": subscription.status},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 
 from partner_api import ssrf
@@ -85,24 +86,34 @@ def _database_url(value: str) -> str:
     return value
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError("must be a positive whole number")
-    return number
+def _whole(low: int, high: int):
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return number
+
+    return parse
 
 
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0 or number == float("inf"):
-        raise ValueError("must be a positive number of seconds")
-    return number
+def _seconds(high: float):
+    def parse(value: str) -> float:
+        number = float(value)
+        if not 0 < number <= high:  # also refuses nan
+            raise ValueError(f"must be a number of seconds above 0 and at most {high:g}")
+        return number
+
+    return parse
 
 
 def _schedule(value: str) -> tuple[int, ...]:
     parts = [part.strip() for part in value.split(",")]
-    if not parts or any(not part.isdigit() or int(part) <= 0 for part in parts):
-        raise ValueError("must be comma-separated positive whole seconds, e.g. 60,300,1800")
+    if any(not part.isdigit() or not 0 < int(part) <= MAX_RETRY_DELAY for part in parts):
+        raise ValueError(
+            f"must be comma-separated whole seconds from 1 to {MAX_RETRY_DELAY}, e.g. 60,300,1800"
+        )
+    if len(parts) > MAX_RETRIES:
+        raise ValueError(f"must list at most {MAX_RETRIES} retries")
     return tuple(int(part) for part in parts)
 
 
@@ -115,23 +126,27 @@ def _boolean(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _existing_file(value: str) -> str:
-    if not Path(value).is_file():
-        raise ValueError("must name a readable PEM file")
+def _ca_bundle(value: str) -> str:
+    try:
+        ssl.create_default_context(cafile=value)
+    except (OSError, ssl.SSLError):
+        raise ValueError("must name a readable PEM file of CA certificates") from None
     return value
 
 
+MAX_RETRY_DELAY = 30 * 86400
+MAX_RETRIES = 20
 _VARIABLES = {
     "DATABASE_URL": ("database_url", _database_url),
     "PARTNER_API_RETRY_SCHEDULE": ("retry_schedule", _schedule),
-    "PARTNER_API_DELIVERY_TIMEOUT": ("delivery_timeout", _positive_float),
-    "PARTNER_API_POLL_INTERVAL": ("poll_interval", _positive_float),
-    "PARTNER_API_AUTO_DISABLE_AFTER": ("auto_disable_after", _positive_int),
+    "PARTNER_API_DELIVERY_TIMEOUT": ("delivery_timeout", _seconds(300)),
+    "PARTNER_API_POLL_INTERVAL": ("poll_interval", _seconds(3600)),
+    "PARTNER_API_AUTO_DISABLE_AFTER": ("auto_disable_after", _whole(1, 1_000_000)),
     "PARTNER_API_WEBHOOK_ALLOW_CIDRS": ("webhook_allow_cidrs", ssrf.parse_allow_cidrs),
     "PARTNER_API_ALLOW_HTTP_WEBHOOKS": ("allow_http_webhooks", _boolean),
-    "PARTNER_API_CA_BUNDLE": ("ca_bundle", _existing_file),
-    "PARTNER_API_DEFAULT_RATE_LIMIT": ("default_rate_limit", _positive_int),
-    "PARTNER_API_MAX_SUBSCRIPTIONS_PER_ORG": ("max_subscriptions_per_org", _positive_int),
-    "PARTNER_API_DISPATCH_BATCH_SIZE": ("dispatch_batch_size", _positive_int),
-    "PARTNER_API_DISPATCH_WORKERS": ("dispatch_workers", _positive_int),
+    "PARTNER_API_CA_BUNDLE": ("ca_bundle", _ca_bundle),
+    "PARTNER_API_DEFAULT_RATE_LIMIT": ("default_rate_limit", _whole(1, 1_000_000)),
+    "PARTNER_API_MAX_SUBSCRIPTIONS_PER_ORG": ("max_subscriptions_per_org", _whole(1, 10_000)),
+    "PARTNER_API_DISPATCH_BATCH_SIZE": ("dispatch_batch_size", _whole(1, 1_000)),
+    "PARTNER_API_DISPATCH_WORKERS": ("dispatch_workers", _whole(1, 200)),
 }

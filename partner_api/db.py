@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 import click
+import peewee
 from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse import db_url
 
@@ -41,7 +42,7 @@ SQLITE_PRAGMAS = {
 }
 
 
-def open_database(url: str):
+def open_database(url: str, max_connections: int = 32):
     """A peewee database for a DATABASE_URL: SQLite (WAL, busy timeout) or pooled PostgreSQL."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
@@ -49,17 +50,17 @@ def open_database(url: str):
         return SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS)
     scheme, rest = url.split("://", 1)
     return db_url.connect(
-        f"postgresql+pool://{rest}", max_connections=32, stale_timeout=300, timeout=10
+        f"postgresql+pool://{rest}", max_connections=max_connections, stale_timeout=300, timeout=10
     )
 
 
-def bind(url: str) -> None:
+def bind(url: str, max_connections: int = 32) -> None:
     """Point the proxy at the database named by `url` (closing any previous one)."""
     if database.obj is not None and not database.is_closed():
         database.close()
     if database.obj is not None and hasattr(database.obj, "close_all"):
         database.obj.close_all()
-    database.initialize(open_database(url))
+    database.initialize(open_database(url, max_connections))
 
 
 def is_postgres() -> bool:
@@ -110,6 +111,23 @@ def app_secret(name: str) -> str:
     return row[0]
 
 
+def database_problem(exc: Exception) -> str:
+    """One line for an operator about a database failure."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "no such table" in text or "does not exist" in text:
+        return "the database is not initialised: run `flask --app wsgi init-db`"
+    return f"database error: {text}"
+
+
+def check_schema() -> None:
+    """Raise RuntimeError (one clear line) unless init-db has created the schema."""
+    try:
+        with database.connection_context():
+            app_secret("cursor_signing_key")
+    except peewee.DatabaseError as exc:
+        raise RuntimeError(database_problem(exc)) from None
+
+
 def init_app(app) -> None:
     """Open a connection per request (pooled on PostgreSQL) and register `init-db`."""
 
@@ -125,5 +143,9 @@ def init_app(app) -> None:
     @app.cli.command("init-db")
     def init_db_command():
         """Create or upgrade the database schema (idempotent)."""
-        apply_schema()
+        try:
+            apply_schema()
+        except peewee.DatabaseError as exc:
+            click.echo(f"error: {database_problem(exc)}", err=True)
+            raise SystemExit(1) from None
         click.echo("database ready")

@@ -172,7 +172,8 @@ class Api(flask_smorest.Api):
             if status == 401:
                 response["headers"] = {
                     "WWW-Authenticate": {
-                        "description": 'The bearer challenge, `Bearer realm="partner-api"`.',
+                        "description": 'The bearer challenge: `Bearer realm="partner-api"`, '
+                        'plus `, error="invalid_token"` when a token was sent but refused.',
                         "schema": {"type": "string"},
                     }
                 }

@@ -6,7 +6,7 @@ Every function validates everything before writing, so a refusal changes nothing
 from __future__ import annotations
 
 from partner_api import clock, ids, scopes, tokens
-from partner_api.db import database
+from partner_api.db import write_transaction
 from partner_api.models import ApiKey, Org
 
 
@@ -18,12 +18,26 @@ class ProvisioningError(ValueError):
         self.code = code
 
 
+MAX_RATE_LIMIT = 1_000_000
+
+
+def _clean_name(value: str, what: str, default: str = "") -> str:
+    """A trimmed, printable UTF-8 name of 1-200 characters."""
+    name = (value or "").strip() or default
+    if not name or len(name) > 200:
+        raise ProvisioningError("invalid_name", f"{what} name must be 1-200 characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProvisioningError("invalid_name", f"{what} name must be valid UTF-8 text") from None
+    if not name.isprintable():
+        raise ProvisioningError("invalid_name", f"{what} name must not contain control characters")
+    return name
+
+
 def create_org(name: str) -> Org:
     """A new org with a non-empty name."""
-    name = (name or "").strip()
-    if not name or len(name) > 200:
-        raise ProvisioningError("invalid_name", "org name must be 1-200 characters")
-    return Org.create(id=ids.new_id("org"), name=name, created_at=clock.now())
+    return Org.create(id=ids.new_id("org"), name=_clean_name(name, "org"), created_at=clock.now())
 
 
 def list_orgs() -> list[Org]:
@@ -33,11 +47,11 @@ def list_orgs() -> list[Org]:
 def create_key(org_id: str, name: str = "", requested_scopes=(), rate_limit: int | None = None):
     """A new key for an org; returns (key, token). The token exists only in this return value."""
     granted = scopes.resolve_scopes(requested_scopes)  # raises before anything is written
-    if rate_limit is not None and rate_limit <= 0:
-        raise ProvisioningError("invalid_rate_limit", "rate limit must be a positive number")
-    name = (name or "").strip() or "default"
-    if len(name) > 200:
-        raise ProvisioningError("invalid_name", "key name must be at most 200 characters")
+    if rate_limit is not None and not 1 <= rate_limit <= MAX_RATE_LIMIT:
+        raise ProvisioningError(
+            "invalid_rate_limit", f"rate limit must be from 1 to {MAX_RATE_LIMIT} per minute"
+        )
+    name = _clean_name(name, "key", default="default")
     org = Org.get_or_none(Org.id == org_id)
     if org is None:
         raise ProvisioningError("org_not_found", f"no org with id {org_id!r}")
@@ -64,7 +78,7 @@ def list_keys(org_id: str | None = None) -> list[ApiKey]:
 
 def revoke_key(key_id: str) -> ApiKey:
     """Revoke a key; it fails authentication on the very next request, in every worker."""
-    with database.atomic():
+    with write_transaction():
         key = ApiKey.get_or_none(ApiKey.id == key_id)
         if key is None:
             raise ProvisioningError("key_not_found", f"no key with id {key_id!r}")

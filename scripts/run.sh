@@ -15,12 +15,23 @@ api_pid=$!
 $BIN/python -m dispatcher &
 dispatcher_pid=$!
 
+interrupted=0
 stop() {
     trap - INT TERM
     kill -TERM "$api_pid" "$dispatcher_pid" 2>/dev/null || true
     wait "$api_pid" "$dispatcher_pid" 2>/dev/null || true
 }
-trap stop INT TERM
-# Whichever process ends first (or Ctrl-C) stops the other.
-wait -n "$api_pid" "$dispatcher_pid" || true
+trap 'interrupted=1' INT TERM
+# Whichever process ends first (or Ctrl-C) stops the other. A process that ends on its own,
+# e.g. gunicorn unable to bind the port, makes `make run` fail with its status.
+status=0
+wait -n "$api_pid" "$dispatcher_pid" || status=$?
 stop
+if [ "$interrupted" = 1 ]; then
+    exit 0
+fi
+if [ "$status" = 0 ]; then
+    status=1  # neither process is meant to stop by itself
+fi
+echo "make run: a process stopped unexpectedly (status $status); see the log above" >&2
+exit "$status"

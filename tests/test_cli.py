@@ -123,3 +123,38 @@ def test_demo_key_is_provisioned_on_first_run_only(runner, db):
     second = runner.invoke(args=["demo-key"])
     assert second.exit_code == 0 and "vc_" not in second.output.replace(key.prefix, "")
     assert ApiKey.select().count() == 1 and Org.select().count() == 1
+
+
+@pytest.mark.parametrize("value", ["1000001", "99999999999999999999"])
+def test_rate_limit_above_the_maximum_is_refused(runner, org, db, value):
+    result = runner.invoke(args=["keys", "create", "--org", org["id"], "--rate-limit", value])
+    assert result.exit_code == 2
+    assert ApiKey.select().count() == 0
+
+
+@pytest.mark.parametrize("name", ["bad\udcff\udcfename", "tab\tname", "line\nbreak", "x" * 201])
+def test_org_names_must_be_printable_utf8(runner, db, name):
+    result = runner.invoke(args=["orgs", "create", name])
+    assert result.exit_code == 2 and "org name" in result.output
+    assert Org.select().count() == 0
+
+
+def test_key_name_with_control_characters_is_refused(runner, org, db):
+    result = runner.invoke(args=["keys", "create", "--org", org["id"], "--name", "a\x1bb"])
+    assert result.exit_code == 2 and "key name" in result.output
+    assert ApiKey.select().count() == 0
+
+
+def test_commands_on_an_uninitialised_database_say_so_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from partner_api.config import ROOT
+
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}"}
+    for command in (["flask", "--app", "wsgi", "orgs", "list"], ["dispatcher", "--once"]):
+        args = [sys.executable, "-m", *command]
+        result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0
+        assert "init-db" in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

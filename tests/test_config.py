@@ -57,6 +57,14 @@ def test_values_are_parsed():
         ("PARTNER_API_ALLOW_HTTP_WEBHOOKS", "maybe"),
         ("PARTNER_API_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/33"),
         ("PARTNER_API_CA_BUNDLE", "/nonexistent/ca.pem"),
+        ("PARTNER_API_CA_BUNDLE", str(ROOT / "schema.sql")),
+        ("PARTNER_API_DELIVERY_TIMEOUT", "1e12"),
+        ("PARTNER_API_DELIVERY_TIMEOUT", "nan"),
+        ("PARTNER_API_POLL_INTERVAL", "1e300"),
+        ("PARTNER_API_RETRY_SCHEDULE", "999999999999"),
+        ("PARTNER_API_RETRY_SCHEDULE", ",".join(["60"] * 21)),
+        ("PARTNER_API_DISPATCH_WORKERS", "100000"),
+        ("PARTNER_API_DEFAULT_RATE_LIMIT", "99999999999"),
         ("DATABASE_URL", "mysql://root@localhost/test"),
     ],
 )
@@ -84,3 +92,10 @@ def test_bad_value_stops_the_cli_with_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if "PARTNER_API_POLL_INTERVAL" in line]
     assert lines and "Traceback" not in result.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_pem_ca_bundle_is_accepted(tmp_path):
+    trustme = pytest.importorskip("trustme")
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    assert Config.from_env({"PARTNER_API_CA_BUNDLE": str(bundle)}).ca_bundle == str(bundle)

@@ -179,3 +179,17 @@ def test_bad_configuration_stops_the_dispatcher_with_one_line(tmp_path, name, va
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and name in result.stderr
+
+
+@pytest.mark.parametrize("mode", [(), ("--once",)], ids=["polling", "once"])
+def test_sigint_then_sigterm_still_finishes_in_flight_and_exits_zero(database_url, mode):
+    with Receiver(delay=1.0) as receiver:
+        seed(receiver, 1)
+        process = start_dispatcher(database_url, *mode, PARTNER_API_POLL_INTERVAL="0.2")
+        assert receiver.first_request.wait(30)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+    assert delivery_statuses() == {"delivered": 1}

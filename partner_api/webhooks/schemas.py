@@ -119,7 +119,8 @@ class FailureSchema(ma.Schema):
         metadata={
             "type": "string",
             "format": "date-time",
-            "description": "When the next attempt is due; null once dead-lettered or cancelled.",
+            "description": "When the retry after this attempt was scheduled; null if this "
+            "attempt dead-lettered the delivery.",
         },
     )
     dead_lettered = Flag()
