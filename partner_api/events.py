@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from partner_api import clock, ids
-from partner_api.db import database
+from partner_api.db import write_transaction
 from partner_api.models import Delivery, Event, Subscription
 
 # New event types are one line here.
@@ -27,7 +27,7 @@ def publish_event(org_id: str, event_type: str, data: dict, *, subscription_id: 
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
     now = clock.now()
-    with database.atomic():
+    with write_transaction():  # reads subscriptions, then writes: take the lock up front
         query = Subscription.select().where(
             (Subscription.org == org_id) & Subscription.deleted_at.is_null()
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +92,31 @@ class WebhookUrlError(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.code, self.message))
+
+
+def resolver_with_deadline(resolver: Resolver, seconds: float) -> Resolver:
+    """`resolver`, but a lookup still running after `seconds` fails as unresolvable, so a slow
+    DNS server cannot hold a web worker (the lookup thread is left to finish on its own)."""
+
+    def resolve(host: str, port: int) -> list[str]:
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["addresses"] = resolver(host, port)
+            except BaseException as exc:  # handed to the caller
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, name="ssrf-dns", daemon=True)
+        worker.start()
+        worker.join(seconds)
+        if worker.is_alive():
+            raise TimeoutError(f"resolving {host} took longer than {seconds:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["addresses"]
+
+    return resolve
 
 
 def system_resolver(host: str, port: int) -> list[str]:

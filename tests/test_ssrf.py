@@ -3,6 +3,7 @@
 import ipaddress
 import pickle
 import socket
+import threading
 
 import pytest
 
@@ -687,3 +688,30 @@ def test_system_resolver_deduplicates_in_order(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
     assert system_resolver(PUBLIC_V4, 443) == [PUBLIC_V6, PUBLIC_V4]
     assert calls == [(PUBLIC_V4, 443, socket.SOCK_STREAM)]
+
+
+def test_resolver_with_deadline_passes_answers_and_errors_through():
+    wrapped = ssrf.resolver_with_deadline(lambda host, port: ["93.184.216.34"], 1.0)
+    assert wrapped("example.com", 443) == ["93.184.216.34"]
+
+    def failing(host, port):
+        raise socket.gaierror("no such name")
+
+    with pytest.raises(socket.gaierror):
+        ssrf.resolver_with_deadline(failing, 1.0)("example.com", 443)
+
+
+def test_a_resolver_slower_than_the_deadline_is_unresolvable():
+    release = threading.Event()
+
+    def hanging(host, port):
+        release.wait(10)
+        return ["93.184.216.34"]
+
+    policy = ssrf.SsrfPolicy(resolver=ssrf.resolver_with_deadline(hanging, 0.1))
+    try:
+        with pytest.raises(ssrf.WebhookUrlError) as excinfo:
+            ssrf.validate_webhook_url("https://slow.example.com/", policy)
+        assert excinfo.value.code == "host_unresolvable"
+    finally:
+        release.set()

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import socket
+import threading
 
 import pytest
 
@@ -1068,3 +1069,30 @@ def test_no_route_crosses_the_org_boundary(client, make_key, clock):
     assert count(Delivery, Delivery.status == "pending") == 1
     failures = client.get(f"{path}/failures", headers=bearer(token_a)).get_json()
     assert len(failures["data"]) == 2
+
+
+def test_create_does_not_wait_on_a_hanging_dns_server(config, make_key):
+    release = threading.Event()
+
+    def hanging(host, port):
+        release.wait(10)
+        return ["93.184.216.34"]
+
+    app = create_app(
+        {
+            "PARTNER_API": config,
+            "TESTING": True,
+            "SSRF_RESOLVER": hanging,
+            "WEBHOOK_DNS_TIMEOUT": 0.2,
+        }
+    )
+    _, _, token = make_key()
+    try:
+        response = app.test_client().post(
+            WEBHOOKS, json={"url": "https://slow.example.com/"}, headers=bearer(token)
+        )
+    finally:
+        release.set()
+    body = assert_problem(response, 422, "host_unresolvable")
+    assert body["errors"][0]["field"] == "url"
+    assert count(Subscription) == 0
