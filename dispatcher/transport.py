@@ -24,6 +24,7 @@ from partner_api import __version__
 from partner_api.ssrf import (
     SsrfPolicy,
     WebhookUrlError,
+    call_with_deadline,
     parse_webhook_url,
     resolve_allowed_addresses,
 )
@@ -122,30 +123,18 @@ class _PinnedMixin:
         return sock
 
     def _resolve(self, attempt: _Attempt) -> list:
-        outcome: dict = {}
-
-        def work() -> None:
-            try:
-                outcome["addresses"] = resolve_allowed_addresses(
-                    self.host, self.port, attempt.policy
-                )
-            except BaseException as exc:  # handed over to the sending thread
-                outcome["error"] = exc
-
-        # A daemon thread: a hung resolver must neither outlive the deadline nor block exit.
-        worker = threading.Thread(target=work, name="webhook-dns", daemon=True)
-        worker.start()
-        worker.join(max(attempt.remaining(), 0.0))
-        if worker.is_alive():
+        try:
+            return call_with_deadline(
+                attempt.remaining(), resolve_allowed_addresses, self.host, self.port, attempt.policy
+            )
+        except TimeoutError:
             attempt.dns_timed_out = True
-            raise u3exc.ConnectTimeoutError(self, "DNS resolution exceeded the deadline")
-        error = outcome.get("error")
-        if isinstance(error, WebhookUrlError):
+            raise u3exc.ConnectTimeoutError(self, "DNS resolution exceeded the deadline") from None
+        except WebhookUrlError as error:
             attempt.refusal = error
-            raise u3exc.NewConnectionError(self, f"Refused by SSRF policy ({error.code})")
-        if error is not None:
+            raise u3exc.NewConnectionError(self, f"Refused by SSRF policy ({error.code})") from None
+        except Exception as error:
             raise u3exc.NewConnectionError(self, "Resolution failed") from error
-        return outcome["addresses"]
 
     def _connect_first(self, addresses: list, attempt: _Attempt) -> socket.socket:
         error: OSError | None = None

@@ -94,29 +94,31 @@ class WebhookUrlError(ValueError):
         return (type(self), (self.code, self.message))
 
 
+def call_with_deadline(seconds: float, func, *args):
+    """`func(*args)`, or TimeoutError once `seconds` pass. getaddrinfo cannot be interrupted,
+    so it runs in a daemon thread that is left to finish on its own (and never blocks exit)."""
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = func(*args)
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="dns-lookup", daemon=True)
+    worker.start()
+    worker.join(max(seconds, 0.0))
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def resolver_with_deadline(resolver: Resolver, seconds: float) -> Resolver:
     """`resolver`, but a lookup still running after `seconds` fails as unresolvable, so a slow
-    DNS server cannot hold a web worker (the lookup thread is left to finish on its own)."""
-
-    def resolve(host: str, port: int) -> list[str]:
-        outcome: dict = {}
-
-        def work() -> None:
-            try:
-                outcome["addresses"] = resolver(host, port)
-            except BaseException as exc:  # handed to the caller
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=work, name="ssrf-dns", daemon=True)
-        worker.start()
-        worker.join(seconds)
-        if worker.is_alive():
-            raise TimeoutError(f"resolving {host} took longer than {seconds:g} s")
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["addresses"]
-
-    return resolve
+    DNS server cannot hold a web worker."""
+    return lambda host, port: call_with_deadline(seconds, resolver, host, port)
 
 
 def system_resolver(host: str, port: int) -> list[str]:
