@@ -33,22 +33,25 @@ class ClaimedDelivery:
     secret: str
 
 
-def _due_ids(now: dt.datetime, limit: int):
+def _due_ids(now: dt.datetime, limit: int, exclude_subscriptions):
     """The due-delivery subquery; served by the (status, next_attempt_at) index."""
-    query = (
-        Delivery.select(Delivery.id)
-        .where((Delivery.status == "pending") & (Delivery.next_attempt_at <= now))
-        .order_by(Delivery.next_attempt_at)
-        .limit(limit)
+    query = Delivery.select(Delivery.id).where(
+        (Delivery.status == "pending") & (Delivery.next_attempt_at <= now)
     )
+    if exclude_subscriptions:
+        query = query.where(Delivery.subscription.not_in(list(exclude_subscriptions)))
+    query = query.order_by(Delivery.next_attempt_at).limit(limit)
     if is_postgres():
         # Concurrent dispatchers skip rows another one is claiming instead of waiting on them.
         query = query.for_update("FOR UPDATE SKIP LOCKED")
     return query
 
 
-def claim_due_deliveries(limit: int, lease_seconds: float) -> list[ClaimedDelivery]:
-    """Lease up to `limit` due deliveries (BEGIN IMMEDIATE on SQLite, SKIP LOCKED on PostgreSQL)."""
+def claim_due_deliveries(
+    limit: int, lease_seconds: float, exclude_subscriptions=()
+) -> list[ClaimedDelivery]:
+    """Lease up to `limit` due deliveries (BEGIN IMMEDIATE on SQLite, SKIP LOCKED on PostgreSQL),
+    skipping those of `exclude_subscriptions`."""
     now = clock.now()
     token = secrets.token_hex(16)
     lease_until = now + dt.timedelta(seconds=lease_seconds)
@@ -56,7 +59,7 @@ def claim_due_deliveries(limit: int, lease_seconds: float) -> list[ClaimedDelive
         claimed = [
             row.id
             for row in Delivery.update(next_attempt_at=lease_until, lease_token=token)
-            .where(Delivery.id.in_(_due_ids(now, limit)))
+            .where(Delivery.id.in_(_due_ids(now, limit, exclude_subscriptions)))
             .returning(Delivery.id)
             .execute()
         ]
@@ -170,3 +173,14 @@ def _count_failure(subscription_id: str, now: dt.datetime, disable_after: int) -
         ).where(Subscription.id == subscription_id).execute()
     # Also when another thread disabled it meanwhile: this delivery was just set pending.
     hold_pending_deliveries(subscription_id)
+
+
+def release_claims(claims: list[ClaimedDelivery]) -> None:
+    """Give back claims that will not be attempted now: due again at once, for any dispatcher."""
+    if not claims:
+        return
+    with write_transaction():
+        for claim in claims:
+            Delivery.update(next_attempt_at=clock.now(), lease_token=None).where(
+                _owned(claim)
+            ).execute()

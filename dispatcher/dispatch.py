@@ -1,11 +1,13 @@
 """The dispatcher: keeps a bounded pool of senders busy with due deliveries.
 
-It claims only as many deliveries as it has free senders, so one slow endpoint occupies one
-sender and never holds back the rest, and it stops claiming as soon as shutdown begins.
+It claims only as many deliveries as it has free senders, and no subscription may hold more
+than half of them, so a slow endpoint with a backlog never holds back the others. It stops
+claiming as soon as shutdown begins.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -15,6 +17,7 @@ from dispatcher.claims import (
     claim_due_deliveries,
     record_delivered,
     record_failed_attempt,
+    release_claims,
 )
 from dispatcher.transport import AttemptResult, WebhookTransport
 from partner_api import clock, signing
@@ -40,8 +43,9 @@ class Dispatcher:
         self._senders = concurrent.futures.ThreadPoolExecutor(
             config.dispatch_workers, thread_name_prefix="sender"
         )
-        self._in_flight: set[concurrent.futures.Future] = set()
+        self._in_flight: dict[concurrent.futures.Future, str] = {}  # → subscription id
         self._lock = threading.Lock()
+        self.per_subscription = max(1, config.dispatch_workers // 2)
 
     def drain(self) -> int:
         """Send everything due now, keeping every sender busy; returns how many were claimed.
@@ -55,13 +59,22 @@ class Dispatcher:
                 self._wait_for_a_sender()
                 continue
             wanted = min(free, self.config.dispatch_batch_size)
+            saturated = self._saturated()
             with database.connection_context():
-                batch = claim_due_deliveries(wanted, self.config.lease_seconds)
-            for claim in batch:
-                self._submit(claim)
-            claimed_total += len(batch)
-            if len(batch) < wanted:
-                break  # nothing more is due right now
+                batch = claim_due_deliveries(
+                    wanted, self.config.lease_seconds, exclude_subscriptions=saturated
+                )
+                over_share = [claim for claim in batch if not self._submit(claim)]
+                # A subscription reached its share mid-batch: give the rest back, due now.
+                release_claims(over_share)
+            claimed_total += len(batch) - len(over_share)
+            if over_share or len(batch) == wanted:
+                continue  # more may be due (a subscription at its share is skipped next time)
+            if saturated:
+                # Only subscriptions at their share may have more due: go on once one frees.
+                self._wait_for_a_sender()
+                continue
+            break  # nothing more is due right now
         return claimed_total
 
     def run_until_idle(self) -> int:
@@ -77,7 +90,7 @@ class Dispatcher:
 
     def wait_in_flight(self) -> None:
         with self._lock:
-            pending = set(self._in_flight)
+            pending = list(self._in_flight)
         concurrent.futures.wait(pending)
 
     def stop(self) -> None:
@@ -93,20 +106,31 @@ class Dispatcher:
         with self._lock:
             return len(self._in_flight)
 
+    def _saturated(self) -> list[str]:
+        """Subscriptions already holding their share of the senders."""
+        with self._lock:
+            counts = collections.Counter(self._in_flight.values())
+        return [sub for sub, count in counts.items() if count >= self.per_subscription]
+
     def _wait_for_a_sender(self) -> None:
         with self._lock:
             pending = set(self._in_flight)
         concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
 
-    def _submit(self, claim: ClaimedDelivery) -> None:
-        future = self._senders.submit(self.attempt, claim)
+    def _submit(self, claim: ClaimedDelivery) -> bool:
+        """Hand a claim to a sender; False if its subscription already has its share."""
         with self._lock:
-            self._in_flight.add(future)
+            held = sum(1 for sub in self._in_flight.values() if sub == claim.subscription_id)
+            if held >= self.per_subscription:
+                return False
+            future = self._senders.submit(self.attempt, claim)
+            self._in_flight[future] = claim.subscription_id
         future.add_done_callback(self._forget)
+        return True
 
     def _forget(self, future) -> None:
         with self._lock:
-            self._in_flight.discard(future)
+            self._in_flight.pop(future, None)
 
     def attempt(self, claim: ClaimedDelivery) -> AttemptResult | None:
         """One signed attempt and its recorded outcome. Never raises: a failure to record is

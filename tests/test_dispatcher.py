@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import threading
 
 import pytest
 
@@ -365,14 +366,42 @@ def test_claim_takes_only_due_pending_deliveries_up_to_the_limit(
 def test_one_poll_keeps_draining_while_batches_are_full(client, partner, clock, dispatcher_factory):
     org, token = partner
     with Receiver() as receiver:
-        subscribe(client, token, receiver.url("receiver.test"))
+        for _ in range(7):
+            subscribe(client, token, receiver.url("receiver.test"))
         with database.connection_context():
-            for n in range(7):
-                publish_event(org.id, "vc.test.ping", {"n": n})
-        dispatcher = dispatcher_factory(dispatch_batch_size=2, dispatch_workers=2)
+            publish_event(org.id, "vc.test.ping", {})
+        dispatcher = dispatcher_factory(dispatch_batch_size=2, dispatch_workers=8)
         assert dispatcher.drain() == 7
         dispatcher.wait_in_flight()
     assert len(receiver.requests) == 7
+
+
+def test_a_slow_subscription_with_a_backlog_gets_at_most_half_the_senders(
+    client, partner, clock, dispatcher_factory
+):
+    org, token = partner
+    with Receiver(delay=1.0) as slow, Receiver() as fast:
+        slow_sub = subscribe(client, token, slow.url("receiver.test"))
+        fast_sub = subscribe(client, token, fast.url("other.test"))
+        with database.connection_context():
+            for n in range(6):
+                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=slow_sub["id"])
+            for n in range(3):
+                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=fast_sub["id"])
+        dispatcher = dispatcher_factory(dispatch_workers=4)
+        poll = threading.Thread(target=dispatcher.run_until_idle)
+        poll.start()
+        started = clock_module.monotonic()
+        while len(fast.requests) < 3 and clock_module.monotonic() - started < 0.9:
+            fast.first_request.wait(0.02)
+        assert len(fast.requests) == 3  # served while the slow receiver still sleeps
+        assert len(slow.requests) == 2  # its share: half of the 4 senders
+        poll.join(30)
+        # The same poll went on with the backlog as the slow senders freed up.
+        assert not poll.is_alive()
+    assert len(slow.requests) == 6
+    with database.connection_context():
+        assert {d.status for d in Delivery.select()} == {"delivered"}
 
 
 def test_a_slow_endpoint_does_not_hold_back_the_others(client, partner, clock, dispatcher_factory):

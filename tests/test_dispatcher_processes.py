@@ -109,6 +109,8 @@ def test_dispatcher_killed_mid_batch_loses_nothing(database_url):
         receiver.delay = 0
         in_flight_before_kill = len(receiver.requests)
         assert delivery_statuses() == {"pending": 8}
+        with database.connection_context():
+            leased = Delivery.select().where(Delivery.lease_token.is_null(False)).count()
 
         config = Config(
             database_url=database_url, webhook_allow_cidrs=LOOPBACK, allow_http_webhooks=True
@@ -126,12 +128,13 @@ def test_dispatcher_killed_mid_batch_loses_nothing(database_url):
             survivor.close()
         finally:
             clock_module.reset_clock()
-    # The dead process had leased one delivery per sender (4); the rest were never claimed.
-    assert claimed_now == 4
-    assert claimed_after_lease == 4
+    # One subscription may use half of the 4 senders: 2 attempts were in flight, and the
+    # process may have died before giving back the rest of its claim.
+    assert 1 <= in_flight_before_kill <= 2 <= leased <= 4
+    assert claimed_now == 8 - leased
+    assert claimed_after_lease == leased
     assert delivery_statuses() == {"delivered": 8}
     assert set(received_event_ids(receiver)) == set(event_ids)
-    assert 1 <= in_flight_before_kill <= 4
 
 
 def test_sigterm_lets_in_flight_attempts_finish_and_exits_zero(database_url):
