@@ -27,6 +27,7 @@ test: $(VENV)/.dev lint
 
 bench: $(VENV)/.dev
 	$(PY) bench/claim_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) bench/dispatch_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
