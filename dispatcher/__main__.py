@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--once", action="store_true", help="drain what is due now and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per poll
+    # Not a line per poll, nor per tick skipped while a long poll is still sending.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     try:
         config = Config.from_env()
     except ConfigError as exc:
@@ -47,8 +48,9 @@ def main(argv=None) -> int:
             return  # a second Ctrl-C or a SIGTERM after SIGINT: already on the way out
         log.info("received %s: finishing in-flight attempts", signal.Signals(signum).name)
         dispatcher.stop()  # the running poll returns at its next step
-        if scheduler is not None:
-            scheduler.shutdown(wait=True)
+        if scheduler is not None and scheduler.running:
+            # No waiting inside a signal handler: close() below waits for the poll.
+            scheduler.shutdown(wait=False)
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)

@@ -7,6 +7,7 @@ deliveries come due again when the lease runs out. Every outcome write is guarde
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import secrets
@@ -33,53 +34,73 @@ class ClaimedDelivery:
     secret: str
 
 
-def _due_ids(now: dt.datetime, limit: int, exclude_subscriptions):
-    """The due-delivery subquery; served by the (status, next_attempt_at) index."""
-    query = Delivery.select(Delivery.id).where(
+CANDIDATES_PER_CLAIM = 4  # rows examined per delivery wanted, to step past busy subscriptions
+
+
+def _candidates(now: dt.datetime, limit: int, saturated: list[str]):
+    """Due deliveries, oldest first, served by the (status, next_attempt_at) index."""
+    query = Delivery.select(Delivery.id, Delivery.subscription).where(
         (Delivery.status == "pending") & (Delivery.next_attempt_at <= now)
     )
-    if exclude_subscriptions:
-        query = query.where(Delivery.subscription.not_in(list(exclude_subscriptions)))
+    if saturated:
+        query = query.where(Delivery.subscription.not_in(saturated))
     query = query.order_by(Delivery.next_attempt_at).limit(limit)
     if is_postgres():
         # Concurrent dispatchers skip rows another one is claiming instead of waiting on them.
         query = query.for_update("FOR UPDATE SKIP LOCKED")
-    return query
+    return list(query.tuples())
 
 
 def claim_due_deliveries(
-    limit: int, lease_seconds: float, exclude_subscriptions=()
+    limit: int, lease_seconds: float, *, in_flight=None, share: int | None = None
 ) -> list[ClaimedDelivery]:
-    """Lease up to `limit` due deliveries (BEGIN IMMEDIATE on SQLite, SKIP LOCKED on PostgreSQL),
-    skipping those of `exclude_subscriptions`."""
+    """Lease up to `limit` due deliveries, oldest first, in one write transaction (BEGIN
+    IMMEDIATE on SQLite, SKIP LOCKED on PostgreSQL).
+
+    With `share`, no subscription ends up with more than `share` deliveries counting those
+    already `in_flight` ({subscription id: attempts running}), so one busy receiver cannot take
+    every sender. Rows of a disabled or deleted subscription met on the way are held or cancelled.
+    """
+    in_flight = collections.Counter(in_flight or {})
     now = clock.now()
     token = secrets.token_hex(16)
-    lease_until = now + dt.timedelta(seconds=lease_seconds)
     with write_transaction():
-        claimed = [
-            row.id
-            for row in Delivery.update(next_attempt_at=lease_until, lease_token=token)
-            .where(Delivery.id.in_(_due_ids(now, limit, exclude_subscriptions)))
-            .returning(Delivery.id)
-            .execute()
-        ]
-        if not claimed:
-            return []
-        rows = list(
-            Delivery.select(Delivery, Event, Subscription)
-            .join(Event, on=(Delivery.event == Event.id))
-            .switch(Delivery)
-            .join(Subscription, on=(Delivery.subscription == Subscription.id))
-            .where(Delivery.id.in_(claimed))
-        )
-        sendable = [row for row in rows if row.subscription.status == "enabled"]
-        unsendable = [row.id for row in rows if row.subscription.status != "enabled"]
-        if unsendable:
-            # Leased while its subscription was being disabled, by a dispatcher that then
-            # died: park it like the subscription's other deliveries.
-            Delivery.update(status="held", lease_token=None).where(
-                Delivery.id.in_(unsendable)
-            ).execute()
+        while True:
+            saturated = [sub for sub, n in in_flight.items() if share and n >= share]
+            picked = []
+            for delivery_id, subscription_id in _candidates(
+                now, limit * CANDIDATES_PER_CLAIM, saturated
+            ):
+                if share and in_flight[subscription_id] >= share:
+                    continue
+                picked.append(delivery_id)
+                in_flight[subscription_id] += 1
+                if len(picked) == limit:
+                    break
+            if not picked:
+                return []
+            leased = [
+                row.id
+                for row in Delivery.update(
+                    next_attempt_at=now + dt.timedelta(seconds=lease_seconds), lease_token=token
+                )
+                .where(Delivery.id.in_(picked) & (Delivery.status == "pending"))
+                .returning(Delivery.id)
+                .execute()
+            ]
+            rows = list(
+                Delivery.select(Delivery, Event, Subscription)
+                .join(Event, on=(Delivery.event == Event.id))
+                .switch(Delivery)
+                .join(Subscription, on=(Delivery.subscription == Subscription.id))
+                .where(Delivery.id.in_(leased))
+                .order_by(Delivery.created_at)
+            )
+            sendable = [row for row in rows if _sendable(row.subscription)]
+            if len(sendable) < len(rows):
+                _park([row for row in rows if not _sendable(row.subscription)])
+            if sendable:
+                break  # else every row was parked: look again, they are no longer due
     return [
         ClaimedDelivery(
             id=row.id,
@@ -92,6 +113,33 @@ def claim_due_deliveries(
         )
         for row in sendable
     ]
+
+
+def _sendable(subscription: Subscription) -> bool:
+    return subscription.status == "enabled" and subscription.deleted_at is None
+
+
+def _park(rows) -> None:
+    """Rows left pending on a subscription that was disabled or deleted around their claim
+    (e.g. leased by a dispatcher that died): hold or cancel them like the subscription's
+    other deliveries. The subscription is re-read here, so an enable that has just
+    committed leaves the row pending, to be sent when its lease runs out."""
+    ids = [row.id for row in rows]
+    Delivery.update(status="cancelled", lease_token=None).where(
+        Delivery.id.in_(ids)
+        & Delivery.subscription.in_(
+            Subscription.select(Subscription.id).where(Subscription.deleted_at.is_null(False))
+        )
+    ).execute()
+    Delivery.update(status="held", lease_token=None).where(
+        Delivery.id.in_(ids)
+        & (Delivery.status == "pending")
+        & Delivery.subscription.in_(
+            Subscription.select(Subscription.id).where(
+                (Subscription.status == "disabled") & Subscription.deleted_at.is_null()
+            )
+        )
+    ).execute()
 
 
 def _owned(claim: ClaimedDelivery):
@@ -173,14 +221,3 @@ def _count_failure(subscription_id: str, now: dt.datetime, disable_after: int) -
         ).where(Subscription.id == subscription_id).execute()
     # Also when another thread disabled it meanwhile: this delivery was just set pending.
     hold_pending_deliveries(subscription_id)
-
-
-def release_claims(claims: list[ClaimedDelivery]) -> None:
-    """Give back claims that will not be attempted now: due again at once, for any dispatcher."""
-    if not claims:
-        return
-    with write_transaction():
-        for claim in claims:
-            Delivery.update(next_attempt_at=clock.now(), lease_token=None).where(
-                _owned(claim)
-            ).execute()

@@ -1,8 +1,8 @@
 """The dispatcher: keeps a bounded pool of senders busy with due deliveries.
 
-It claims only as many deliveries as it has free senders, and no subscription may hold more
-than half of them, so a slow endpoint with a backlog never holds back the others. It stops
-claiming as soon as shutdown begins.
+It claims only as many deliveries as it has free senders, and one subscription gets at most
+half of them (max(1, senders // 2)), so a slow endpoint with a backlog cannot take every
+sender. It stops claiming as soon as shutdown begins.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dispatcher.claims import (
     claim_due_deliveries,
     record_delivered,
     record_failed_attempt,
-    release_claims,
 )
 from dispatcher.transport import AttemptResult, WebhookTransport
 from partner_api import clock, signing
@@ -45,36 +44,42 @@ class Dispatcher:
         )
         self._in_flight: dict[concurrent.futures.Future, str] = {}  # → subscription id
         self._lock = threading.Lock()
+        self._draining = threading.Lock()  # close() waits for a running poll to return
         self.per_subscription = max(1, config.dispatch_workers // 2)
 
     def drain(self) -> int:
         """Send everything due now, keeping every sender busy; returns how many were claimed.
 
-        Returns once nothing more is due; attempts still in flight finish in the background.
+        Returns once nothing more can be claimed (or after waiting a poll interval for a busy
+        sender); attempts still in flight finish in the background.
         """
         claimed_total = 0
-        while not self.stopping.is_set():
-            free = self.config.dispatch_workers - self._busy()
-            if free <= 0:
-                self._wait_for_a_sender()
-                continue
-            wanted = min(free, self.config.dispatch_batch_size)
-            saturated = self._saturated()
-            with database.connection_context():
-                batch = claim_due_deliveries(
-                    wanted, self.config.lease_seconds, exclude_subscriptions=saturated
-                )
-                over_share = [claim for claim in batch if not self._submit(claim)]
-                # A subscription reached its share mid-batch: give the rest back, due now.
-                release_claims(over_share)
-            claimed_total += len(batch) - len(over_share)
-            if over_share or len(batch) == wanted:
-                continue  # more may be due (a subscription at its share is skipped next time)
-            if saturated:
-                # Only subscriptions at their share may have more due: go on once one frees.
-                self._wait_for_a_sender()
-                continue
-            break  # nothing more is due right now
+        with self._draining:
+            while not self.stopping.is_set():
+                free = self.config.dispatch_workers - self._busy()
+                if free <= 0:
+                    if self._wait_for_a_sender():
+                        continue
+                    break
+                in_flight = self._in_flight_by_subscription()
+                with database.connection_context():
+                    batch = claim_due_deliveries(
+                        min(free, self.config.dispatch_batch_size),
+                        self.config.lease_seconds,
+                        in_flight=in_flight,
+                        share=self.per_subscription,
+                    )
+                for claim in batch:
+                    self._submit(claim)
+                claimed_total += len(batch)
+                if batch:
+                    continue
+                # Only subscriptions at their share may have more due: go on when one of
+                # the running attempts ends.
+                at_share = any(n >= self.per_subscription for n in in_flight.values())
+                if at_share and self._wait_for_a_sender():
+                    continue
+                break
         return claimed_total
 
     def run_until_idle(self) -> int:
@@ -99,34 +104,34 @@ class Dispatcher:
 
     def close(self) -> None:
         self.stop()
-        self._senders.shutdown(wait=True)
+        with self._draining:  # a poll in progress returns at its next step
+            self._senders.shutdown(wait=True)
         self.transport.close()
 
     def _busy(self) -> int:
         with self._lock:
             return len(self._in_flight)
 
-    def _saturated(self) -> list[str]:
-        """Subscriptions already holding their share of the senders."""
+    def _in_flight_by_subscription(self) -> collections.Counter:
         with self._lock:
-            counts = collections.Counter(self._in_flight.values())
-        return [sub for sub, count in counts.items() if count >= self.per_subscription]
+            return collections.Counter(self._in_flight.values())
 
-    def _wait_for_a_sender(self) -> None:
+    def _wait_for_a_sender(self) -> bool:
+        """Wait up to a poll interval for an attempt to end; True if one did."""
         with self._lock:
-            pending = set(self._in_flight)
-        concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            pending = list(self._in_flight)
+        done, _ = concurrent.futures.wait(
+            pending,
+            timeout=self.config.poll_interval,
+            return_when=concurrent.futures.FIRST_COMPLETED,
+        )
+        return bool(done)
 
-    def _submit(self, claim: ClaimedDelivery) -> bool:
-        """Hand a claim to a sender; False if its subscription already has its share."""
+    def _submit(self, claim: ClaimedDelivery) -> None:
+        future = self._senders.submit(self.attempt, claim)
         with self._lock:
-            held = sum(1 for sub in self._in_flight.values() if sub == claim.subscription_id)
-            if held >= self.per_subscription:
-                return False
-            future = self._senders.submit(self.attempt, claim)
             self._in_flight[future] = claim.subscription_id
         future.add_done_callback(self._forget)
-        return True
 
     def _forget(self, future) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from partner_api import clock, ids
-from partner_api.db import write_transaction
+from partner_api.db import is_postgres, write_transaction
 from partner_api.models import Delivery, Event, Subscription
 
 # New event types are one line here.
@@ -33,6 +33,10 @@ def publish_event(org_id: str, event_type: str, data: dict, *, subscription_id: 
         )
         if subscription_id is not None:
             query = query.where(Subscription.id == subscription_id)
+        if is_postgres():
+            # A concurrent delete, disable or enable waits for this commit, so its sweep of
+            # the subscription's deliveries also sees the ones created here.
+            query = query.for_update("FOR SHARE")
         event = Event.create(
             id=ids.new_id("evt"), org=org_id, type=event_type, data=data, occurred_at=now
         )

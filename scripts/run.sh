@@ -9,19 +9,19 @@ BIN=.venv/bin
 $BIN/flask --app wsgi init-db
 $BIN/flask --app wsgi demo-key --docs-url "http://127.0.0.1:${PORT}/api/v1/partner/docs"
 
+interrupted=0
+trap 'interrupted=1' INT TERM  # before starting anything, so no signal is missed
 $BIN/gunicorn --bind "127.0.0.1:${PORT}" --workers "${WEB_CONCURRENCY:-2}" \
     --access-logfile - wsgi:app &
 api_pid=$!
 $BIN/python -m dispatcher &
 dispatcher_pid=$!
 
-interrupted=0
 stop() {
     trap - INT TERM
     kill -TERM "$api_pid" "$dispatcher_pid" 2>/dev/null || true
     wait "$api_pid" "$dispatcher_pid" 2>/dev/null || true
 }
-trap 'interrupted=1' INT TERM
 # Whichever process ends first (or Ctrl-C) stops the other. A process that ends on its own,
 # e.g. gunicorn unable to bind the port, makes `make run` fail with its status.
 status=0

@@ -494,3 +494,56 @@ def test_binary_answer_with_nul_bytes_is_audited_not_looped(
     row = delivery(sent["delivery_id"])
     assert row.attempts == 1
     assert row.next_attempt_at == clock.current + dt.timedelta(seconds=60)
+
+
+def test_claim_gives_a_subscription_at_most_its_share_and_takes_the_oldest_first(
+    client, partner, clock, dispatcher_factory
+):
+    from dispatcher.claims import claim_due_deliveries
+
+    org, token = partner
+    busy = subscribe(client, token, "http://receiver.test:9/busy")
+    other = subscribe(client, token, "http://other.test:9/other")
+    with database.connection_context():
+        busy_ids = []
+        for n in range(6):
+            busy_ids.append(
+                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=busy["id"])[1][0].id
+            )
+            clock.advance(1)
+        other_ids = [
+            publish_event(org.id, "vc.test.ping", {}, subscription_id=other["id"])[1][0].id
+            for _ in range(2)
+        ]
+        claims = claim_due_deliveries(4, 60, in_flight={busy["id"]: 1}, share=3)
+    assert [c.id for c in claims[:2]] == busy_ids[:2]  # oldest first, up to the share
+    assert {c.id for c in claims[2:]} == set(other_ids)
+    with database.connection_context():
+        more = claim_due_deliveries(4, 60, in_flight={busy["id"]: 3}, share=3)
+    assert more == []
+
+
+def test_claim_parks_rows_of_disabled_or_deleted_subscriptions_and_goes_on(
+    client, partner, clock, dispatcher_factory
+):
+    from dispatcher.claims import claim_due_deliveries
+
+    org, token = partner
+    disabled = subscribe(client, token, "http://receiver.test:9/a")
+    deleted = subscribe(client, token, "http://receiver.test:9/b")
+    enabled = subscribe(client, token, "http://receiver.test:9/c")
+    with database.connection_context():
+        stale = [
+            publish_event(org.id, "vc.test.ping", {}, subscription_id=sub["id"])[1][0].id
+            for sub in (disabled, deleted)
+        ]
+        claim_due_deliveries(10, 60)  # a dispatcher leases both, then dies
+        Subscription.update(status="disabled").where(Subscription.id == disabled["id"]).execute()
+        Subscription.update(deleted_at=clock.current).where(
+            Subscription.id == deleted["id"]
+        ).execute()
+        clock.advance(61)
+        fresh = publish_event(org.id, "vc.test.ping", {}, subscription_id=enabled["id"])[1][0].id
+        claims = claim_due_deliveries(1, 60)
+    assert [c.id for c in claims] == [fresh]
+    assert [delivery(i).status for i in stale] == ["held", "cancelled"]
