@@ -547,3 +547,32 @@ def test_claim_parks_rows_of_disabled_or_deleted_subscriptions_and_goes_on(
         claims = claim_due_deliveries(1, 60)
     assert [c.id for c in claims] == [fresh]
     assert [delivery(i).status for i in stale] == ["held", "cancelled"]
+
+
+def test_the_readme_verification_recipe_accepts_a_real_delivery(
+    client, partner, clock, dispatcher_factory, monkeypatch
+):
+    import re
+    import time
+
+    from partner_api.config import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    [recipe] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "def verify" in b]
+    namespace: dict = {}
+    exec(recipe, namespace)  # noqa: S102 (our own README)
+    _, token = partner
+    with Receiver() as receiver:
+        sub = subscribe(client, token, receiver.url("receiver.test"))
+        ping(client, token, sub)
+        dispatcher_factory().run_until_idle()
+    [request] = receiver.requests
+    timestamp, signature = (
+        request["headers"]["X-VC-Timestamp"],
+        request["headers"]["X-VC-Signature"],
+    )
+    monkeypatch.setattr(time, "time", lambda: int(timestamp) + 10)
+    assert namespace["verify"](sub["secret"], timestamp, signature, request["body"])
+    assert not namespace["verify"](sub["secret"], timestamp, signature, request["body"] + b" ")
+    monkeypatch.setattr(time, "time", lambda: int(timestamp) + 301)
+    assert not namespace["verify"](sub["secret"], timestamp, signature, request["body"])
