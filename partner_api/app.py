@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from partner_api import __version__, auth, cli, db
+from partner_api import __version__, auth, cli, db, events
 from partner_api.config import Config
 from partner_api.extensions import Api
 
@@ -67,4 +67,5 @@ def _spec_options() -> dict:
             }
         },
         "security": [{"bearerAuth": []}],
+        "webhooks": events.openapi_webhooks(),
     }

@@ -68,3 +68,74 @@ def envelope(event: Event, subscription_id: str) -> bytes:
         },
         separators=(",", ":"),
     ).encode()
+
+
+def openapi_webhooks() -> dict:
+    """OpenAPI 3.1 `webhooks`: what a receiver gets for each event type, and how to verify it."""
+    headers = [
+        {
+            "name": "X-VC-Timestamp",
+            "in": "header",
+            "required": True,
+            "description": "Unix seconds at the moment of this attempt (fresh on every retry). "
+            "Reject deliveries older than 5 minutes.",
+            "schema": {"type": "string", "example": "1795780830"},
+        },
+        {
+            "name": "X-VC-Signature",
+            "in": "header",
+            "required": True,
+            "description": "`v1=` + lowercase hex HMAC-SHA256, keyed with the subscription "
+            "secret's UTF-8 bytes, of `<X-VC-Timestamp>.<raw body bytes>`. Compare in "
+            "constant time.",
+            "schema": {"type": "string", "example": "v1=5257a869e7ecebeda32affa62cdca3fa51cad7e7"},
+        },
+    ]
+    envelope_schema = {
+        "type": "object",
+        "required": ["event", "id", "subscription_id", "occurred_at", "data"],
+        "properties": {
+            "event": {"type": "string", "description": "The event type."},
+            "id": {
+                "type": "string",
+                "description": "Event id; the same on every attempt, "
+                "so receivers can de-duplicate on it.",
+            },
+            "subscription_id": {"type": "string"},
+            "occurred_at": {"type": "string", "format": "date-time"},
+            "data": {"type": "object"},
+        },
+    }
+    return {
+        event_type: {
+            "post": {
+                "summary": description,
+                "description": "POSTed to the subscription URL with `Content-Type: "
+                "application/json`. A 2xx answer within 10 s is success; anything else, "
+                "redirects included (never followed), is retried after 1m, 5m, 30m, 2h, 6h "
+                "and 24h, then dead-lettered.",
+                "security": [],
+                "parameters": headers,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": envelope_schema,
+                            "example": {
+                                "event": event_type,
+                                "id": "evt_uz6lt44a4hpsvjpzaq426i5eoa",
+                                "subscription_id": "wh_tpuhksvmcfwqmj3bgj72wzf2fe",
+                                "occurred_at": "2026-11-27T06:34:08.592Z",
+                                "data": {"message": "Test ping from Partner API."},
+                            },
+                        }
+                    },
+                },
+                "responses": {
+                    "2XX": {"description": "Delivered."},
+                    "default": {"description": "A failed attempt; it will be retried."},
+                },
+            }
+        }
+        for event_type, description in EVENT_TYPES.items()
+    }

@@ -169,3 +169,23 @@ def test_swagger_ui_docs_answer_html(client):
     assert response.mimetype == "text/html"
     assert "swagger" in response.get_data(as_text=True).lower()
     assert "openapi.json" in response.get_data(as_text=True)
+
+
+def test_every_event_type_documents_its_delivery_and_signature_headers(spec):
+    from partner_api.events import EVENT_TYPES
+
+    assert set(spec["webhooks"]) == set(EVENT_TYPES)
+    for event_type, item in spec["webhooks"].items():
+        operation = item["post"]
+        headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+        assert headers == {"X-VC-Timestamp", "X-VC-Signature"}
+        body = operation["requestBody"]["content"]["application/json"]
+        assert body["schema"]["required"] == [
+            "event",
+            "id",
+            "subscription_id",
+            "occurred_at",
+            "data",
+        ]
+        assert body["example"]["event"] == event_type
+        assert operation["security"] == []
