@@ -4,6 +4,7 @@ import pytest
 
 from partner_api import clock as clock_module
 from partner_api import tokens
+from partner_api.db import database
 from partner_api.models import ApiKey, RateLimitWindow
 
 from .conftest import assert_problem, bearer
@@ -51,19 +52,34 @@ def test_missing_authorization_is_401_with_challenge(client):
         "Bearer {good}x",
     ],
 )
-def test_malformed_tokens_are_401_without_lookup(client, make_key, header):
-    _, _, token = make_key()
+def test_malformed_tokens_are_401_without_lookup(client, make_key, header, monkeypatch):
+    _, key, token = make_key()
     bad_checksum = token[:-1] + ("A" if token[-1] != "A" else "B")
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError("a malformed token reached the database")
+
+    monkeypatch.setattr("partner_api.auth.ApiKey.select", no_lookup)
     response = client.get(
         ME, headers={"Authorization": header.format(good=token, bad_checksum=bad_checksum)}
     )
     assert_problem(response, 401, "invalid_token")
     assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    assert "X-RateLimit-Limit" not in response.headers
+    monkeypatch.undo()
+    assert_nothing_written(key)
 
 
-def test_unknown_well_formed_token_is_401(client, make_key):
-    make_key()
+def assert_nothing_written(key):
+    with database.connection_context():
+        assert RateLimitWindow.select().count() == 0
+        assert ApiKey.get_by_id(key.id).last_used_at is None
+
+
+def test_unknown_well_formed_token_is_401_and_writes_nothing(client, make_key):
+    _, key, _ = make_key()
     assert_problem(client.get(ME, headers=bearer(tokens.new_token())), 401, "invalid_token")
+    assert_nothing_written(key)
 
 
 def test_revoked_key_is_401_on_the_next_request(client, make_key, db):
@@ -72,7 +88,9 @@ def test_revoked_key_is_401_on_the_next_request(client, make_key, db):
     from partner_api.provisioning import revoke_key
 
     revoke_key(key.id)
+    hits = RateLimitWindow.get_by_id(key.id).hits
     assert_problem(client.get(ME, headers=bearer(token)), 401, "invalid_token")
+    assert RateLimitWindow.get_by_id(key.id).hits == hits
 
 
 def test_key_without_scope_is_403_naming_the_scope(client, make_key):
