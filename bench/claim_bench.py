@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dispatcher.claims import claim_due_deliveries  # noqa: E402
 from partner_api import clock, ids  # noqa: E402
-from partner_api.db import apply_schema, bind, database  # noqa: E402
+from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
 from partner_api.models import Delivery, Event, Org, Subscription  # noqa: E402
 
 BATCH = 50
@@ -93,12 +93,7 @@ def time_claims() -> float:
 
 def run(url: str, backlog: int, indexed: bool) -> float:
     bind(url)
-    if url.startswith("postgres"):
-        with database.connection_context():
-            database.execute_sql(
-                "DROP TABLE IF EXISTS delivery_failures, deliveries, events, "
-                "webhook_subscriptions, app_secrets, rate_limit_windows, api_keys, orgs CASCADE"
-            )
+    drop_tables()
     apply_schema()
     with database.connection_context():
         fill(backlog)

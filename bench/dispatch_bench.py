@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dispatcher.dispatch import Dispatcher  # noqa: E402
 from partner_api import provisioning  # noqa: E402
 from partner_api.config import Config  # noqa: E402
-from partner_api.db import apply_schema, bind, database  # noqa: E402
+from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
 from partner_api.events import publish_event  # noqa: E402
 from partner_api.ssrf import SsrfPolicy  # noqa: E402
 from partner_api.webhooks.subscriptions import create_subscription  # noqa: E402
@@ -46,19 +46,10 @@ class SlowishReceiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def reset(url: str) -> None:
-    bind(url)
-    if url.startswith("postgres"):
-        with database.connection_context():
-            database.execute_sql(
-                "DROP TABLE IF EXISTS delivery_failures, deliveries, events, "
-                "webhook_subscriptions, app_secrets, rate_limit_windows, api_keys, orgs CASCADE"
-            )
-    apply_schema()
-
-
 def seed(url: str, receiver_url: str, deliveries: int) -> None:
-    reset(url)
+    bind(url)
+    drop_tables()
+    apply_schema()
     policy = SsrfPolicy(allow_http=True, allow_networks=LOOPBACK)
     with database.connection_context():
         org = provisioning.create_org("bench")

@@ -30,9 +30,9 @@ log = logging.getLogger("dispatcher")
 class Dispatcher:
     """Claims due deliveries and sends them concurrently; `drain` is one poll."""
 
-    def __init__(self, config: Config, *, resolver=None, transport: WebhookTransport | None = None):
+    def __init__(self, config: Config, *, resolver=None):
         self.config = config
-        self.transport = transport or WebhookTransport(
+        self.transport = WebhookTransport(
             config.ssrf_policy(resolver),
             timeout=config.delivery_timeout,
             ca_bundle=config.ca_bundle,

@@ -50,10 +50,6 @@ class Config:
         """How long a claimed delivery stays invisible: longer than any attempt can last."""
         return self.delivery_timeout * 3 + 30
 
-    @property
-    def is_postgres(self) -> bool:
-        return self.database_url.startswith(("postgres://", "postgresql://"))
-
     def ssrf_policy(self, resolver=None) -> ssrf.SsrfPolicy:
         """The SSRF policy these settings describe, with an optional injected resolver."""
         kwargs = {

@@ -99,6 +99,19 @@ def apply_schema() -> None:
         )
 
 
+def drop_tables() -> None:
+    """Drop every table schema.sql creates: for test and benchmark scratch databases only."""
+    names = [
+        re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", stmt).group(1)
+        for stmt in schema_statements()
+        if stmt.startswith("CREATE TABLE")
+    ]
+    cascade = " CASCADE" if is_postgres() else ""
+    with database.connection_context():
+        for name in reversed(names):  # dependants first
+            database.execute_sql(f"DROP TABLE IF EXISTS {name}{cascade}")
+
+
 def app_secret(name: str) -> str:
     """A server secret created by init-db."""
     cursor = database.execute_sql(

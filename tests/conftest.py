@@ -12,20 +12,10 @@ import pytest
 from partner_api import clock as clock_module
 from partner_api import create_app, provisioning
 from partner_api.config import Config
-from partner_api.db import apply_schema, bind, database
+from partner_api.db import apply_schema, bind, database, drop_tables
 
 POSTGRES_URL = os.environ.get("PARTNER_API_TEST_POSTGRES_URL")
-TABLES = (
-    "delivery_failures, deliveries, events, webhook_subscriptions, app_secrets, "
-    "rate_limit_windows, api_keys, orgs"
-)
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
-
-
-def _reset_postgres(url: str) -> None:
-    bind(url)
-    with database.connection_context():
-        database.execute_sql(f"DROP TABLE IF EXISTS {TABLES} CASCADE")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -34,7 +24,8 @@ def database_url(request, tmp_path):
     if request.param == "postgres":
         if not POSTGRES_URL:
             pytest.skip("PARTNER_API_TEST_POSTGRES_URL is not set")
-        _reset_postgres(POSTGRES_URL)
+        bind(POSTGRES_URL)
+        drop_tables()
         url = POSTGRES_URL
     else:
         url = f"sqlite:///{tmp_path / 'test.sqlite3'}"

@@ -40,7 +40,7 @@ def test_values_are_parsed():
         ipaddress.ip_network("::1/128"),
     )
     assert config.allow_http_webhooks is True
-    assert config.is_postgres
+    assert config.database_url == "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.mark.parametrize(
