@@ -95,7 +95,7 @@ CREATE TABLE IF NOT EXISTS delivery_failures (
     response_status    INTEGER,
     response_excerpt   TEXT,
     next_attempt_at    TIMESTAMP,
-    dead_lettered      INTEGER NOT NULL
+    dead_lettered      BOOLEAN NOT NULL
 );
 CREATE INDEX IF NOT EXISTS delivery_failures_subscription_time
     ON delivery_failures (subscription_id, attempted_at, id);

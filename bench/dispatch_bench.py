@@ -24,7 +24,6 @@ from partner_api import provisioning  # noqa: E402
 from partner_api.config import Config  # noqa: E402
 from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
 from partner_api.events import publish_event  # noqa: E402
-from partner_api.ssrf import SsrfPolicy  # noqa: E402
 from partner_api.webhooks.subscriptions import create_subscription  # noqa: E402
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -50,11 +49,15 @@ def seed(url: str, receiver_url: str, deliveries: int) -> None:
     bind(url)
     drop_tables()
     apply_schema()
-    policy = SsrfPolicy(allow_http=True, allow_networks=LOOPBACK)
+    config = Config(
+        allow_http_webhooks=True,
+        webhook_allow_cidrs=LOOPBACK,
+        max_subscriptions_per_org=SUBSCRIPTIONS,
+    )
     with database.connection_context():
         org = provisioning.create_org("bench")
         for _ in range(SUBSCRIPTIONS):
-            create_subscription(org.id, receiver_url, None, "", policy, SUBSCRIPTIONS)
+            create_subscription(org.id, receiver_url, None, "", config)
         for n in range(deliveries // SUBSCRIPTIONS):
             publish_event(org.id, "vc.test.ping", {"n": n})
 

@@ -12,11 +12,18 @@ import dataclasses
 import datetime as dt
 import secrets
 
-from partner_api import clock, ids
+from partner_api import clock, ids, retry
 from partner_api.config import Config
-from partner_api.db import is_postgres, write_transaction
+from partner_api.db import locked, write_transaction
 from partner_api.deliveries import hold_pending_deliveries
-from partner_api.models import Delivery, DeliveryFailure, Event, Subscription
+from partner_api.models import (
+    Delivery,
+    DeliveryFailure,
+    DeliveryStatus,
+    Event,
+    Subscription,
+    SubscriptionStatus,
+)
 
 AUTO_DISABLE_REASON = "disabled after {count} consecutive failed delivery attempts"
 
@@ -37,69 +44,28 @@ class ClaimedDelivery:
 CANDIDATES_PER_CLAIM = 4  # rows examined per delivery wanted, to step past busy subscriptions
 
 
-def _candidates(now: dt.datetime, limit: int, saturated: list[str]):
-    """Due deliveries, oldest first, served by the (status, next_attempt_at) index."""
-    query = Delivery.select(Delivery.id, Delivery.subscription).where(
-        (Delivery.status == "pending") & (Delivery.next_attempt_at <= now)
-    )
-    if saturated:
-        query = query.where(Delivery.subscription.not_in(saturated))
-    query = query.order_by(Delivery.next_attempt_at).limit(limit)
-    if is_postgres():
-        # Concurrent dispatchers skip rows another one is claiming instead of waiting on them.
-        query = query.for_update("FOR UPDATE SKIP LOCKED")
-    return list(query.tuples())
-
-
 def claim_due_deliveries(
     limit: int, lease_seconds: float, *, in_flight=None, share: int | None = None
 ) -> list[ClaimedDelivery]:
     """Lease up to `limit` due deliveries, oldest first, in one write transaction (BEGIN
-    IMMEDIATE on SQLite, SKIP LOCKED on PostgreSQL).
+    IMMEDIATE on SQLite, SKIP LOCKED on PostgreSQL): pick within shares, lease, load.
 
     With `share`, no subscription ends up with more than `share` deliveries counting those
     already `in_flight` ({subscription id: attempts running}), so one busy receiver cannot take
     every sender. Rows of a disabled or deleted subscription met on the way are held or cancelled.
     """
-    in_flight = collections.Counter(in_flight or {})
     now = clock.now()
     token = secrets.token_hex(16)
     with write_transaction():
         while True:
-            saturated = [sub for sub, n in in_flight.items() if share and n >= share]
-            picked = []
-            for delivery_id, subscription_id in _candidates(
-                now, limit * CANDIDATES_PER_CLAIM, saturated
-            ):
-                if share and in_flight[subscription_id] >= share:
-                    continue
-                picked.append(delivery_id)
-                in_flight[subscription_id] += 1
-                if len(picked) == limit:
-                    break
+            picked = _pick_within_shares(now, limit, collections.Counter(in_flight or {}), share)
             if not picked:
                 return []
-            leased = [
-                row.id
-                for row in Delivery.update(
-                    next_attempt_at=now + dt.timedelta(seconds=lease_seconds), lease_token=token
-                )
-                .where(Delivery.id.in_(picked) & (Delivery.status == "pending"))
-                .returning(Delivery.id)
-                .execute()
-            ]
-            rows = list(
-                Delivery.select(Delivery, Event, Subscription)
-                .join(Event, on=(Delivery.event == Event.id))
-                .switch(Delivery)
-                .join(Subscription, on=(Delivery.subscription == Subscription.id))
-                .where(Delivery.id.in_(leased))
-                .order_by(Delivery.created_at)
-            )
-            sendable = [row for row in rows if _sendable(row.subscription)]
-            if len(sendable) < len(rows):
-                _park([row for row in rows if not _sendable(row.subscription)])
-            if sendable:
+            rows = _load(_lease(picked, now, lease_seconds, token))
+            unsendable = [row for row in rows if not row.subscription.sendable]
+            if unsendable:
+                _hold_or_cancel(unsendable)
+            if len(unsendable) < len(rows):
                 break  # else every row was parked: look again, they are no longer due
     return [
         ClaimedDelivery(
@@ -111,32 +77,75 @@ def claim_due_deliveries(
             url=row.subscription.url,
             secret=row.subscription.secret,
         )
-        for row in sendable
+        for row in rows
+        if row.subscription.sendable
     ]
 
 
-def _sendable(subscription: Subscription) -> bool:
-    return subscription.status == "enabled" and subscription.deleted_at is None
+def _pick_within_shares(now: dt.datetime, limit: int, in_flight, share: int | None) -> list[str]:
+    """Ids of up to `limit` due deliveries, oldest first, skipping subscriptions at `share`."""
+    saturated = [sub for sub, n in in_flight.items() if share and n >= share]
+    query = Delivery.select(Delivery.id, Delivery.subscription).where(
+        (Delivery.status == DeliveryStatus.PENDING) & (Delivery.next_attempt_at <= now)
+    )
+    if saturated:
+        query = query.where(Delivery.subscription.not_in(saturated))
+    query = query.order_by(Delivery.next_attempt_at).limit(limit * CANDIDATES_PER_CLAIM)
+    # Concurrent dispatchers skip rows another one is claiming instead of waiting on them.
+    candidates = locked(query, "FOR UPDATE SKIP LOCKED").tuples()
+    picked = []
+    for delivery_id, subscription_id in candidates:
+        if share and in_flight[subscription_id] >= share:
+            continue
+        picked.append(delivery_id)
+        in_flight[subscription_id] += 1
+        if len(picked) == limit:
+            break
+    return picked
 
 
-def _park(rows) -> None:
+def _lease(delivery_ids: list[str], now: dt.datetime, lease_seconds: float, token: str):
+    """Stamp the lease on those still pending; returns the ids leased."""
+    query = (
+        Delivery.update(
+            next_attempt_at=now + dt.timedelta(seconds=lease_seconds), lease_token=token
+        )
+        .where(Delivery.id.in_(delivery_ids) & (Delivery.status == DeliveryStatus.PENDING))
+        .returning(Delivery.id)
+    )
+    return [row.id for row in query.execute()]
+
+
+def _load(delivery_ids: list[str]) -> list[Delivery]:
+    """The leased deliveries with their event and subscription, in one query."""
+    return list(
+        Delivery.select(Delivery, Event, Subscription)
+        .join(Event, on=(Delivery.event == Event.id))
+        .switch(Delivery)
+        .join(Subscription, on=(Delivery.subscription == Subscription.id))
+        .where(Delivery.id.in_(delivery_ids))
+        .order_by(Delivery.created_at)
+    )
+
+
+def _hold_or_cancel(rows) -> None:
     """Rows left pending on a subscription that was disabled or deleted around their claim
     (e.g. leased by a dispatcher that died): hold or cancel them like the subscription's
     other deliveries. The subscription is re-read here, so an enable that has just
     committed leaves the row pending, to be sent when its lease runs out."""
-    ids = [row.id for row in rows]
-    Delivery.update(status="cancelled", lease_token=None).where(
-        Delivery.id.in_(ids)
+    delivery_ids = [row.id for row in rows]
+    Delivery.update(status=DeliveryStatus.CANCELLED, lease_token=None).where(
+        Delivery.id.in_(delivery_ids)
         & Delivery.subscription.in_(
             Subscription.select(Subscription.id).where(Subscription.deleted_at.is_null(False))
         )
     ).execute()
-    Delivery.update(status="held", lease_token=None).where(
-        Delivery.id.in_(ids)
-        & (Delivery.status == "pending")
+    Delivery.update(status=DeliveryStatus.HELD, lease_token=None).where(
+        Delivery.id.in_(delivery_ids)
+        & (Delivery.status == DeliveryStatus.PENDING)
         & Delivery.subscription.in_(
             Subscription.select(Subscription.id).where(
-                (Subscription.status == "disabled") & Subscription.deleted_at.is_null()
+                (Subscription.status == SubscriptionStatus.DISABLED) & Subscription.live()
             )
         )
     ).execute()
@@ -152,7 +161,10 @@ def record_delivered(claim: ClaimedDelivery) -> bool:
     with write_transaction():
         updated = (
             Delivery.update(
-                status="delivered", delivered_at=now, attempts=claim.attempt, lease_token=None
+                status=DeliveryStatus.DELIVERED,
+                delivered_at=now,
+                attempts=claim.attempt,
+                lease_token=None,
             )
             .where(_owned(claim))
             .execute()
@@ -169,12 +181,12 @@ def record_failed_attempt(claim: ClaimedDelivery, result, config: Config) -> Del
     subscription at the configured streak. None if the lease was lost (another dispatcher owns
     the delivery now, and will record its own attempt)."""
     now = clock.now()
-    dead = claim.attempt >= config.max_attempts
-    next_at = None if dead else now + dt.timedelta(seconds=config.retry_schedule[claim.attempt - 1])
+    next_at = retry.next_attempt_at(claim.attempt, config.retry_schedule, now)
+    dead = next_at is None
     with write_transaction():
         updated = (
             Delivery.update(
-                status="dead_lettered" if dead else "pending",
+                status=DeliveryStatus.DEAD_LETTERED if dead else DeliveryStatus.PENDING,
                 attempts=claim.attempt,
                 next_attempt_at=now if dead else next_at,
                 lease_token=None,
@@ -198,7 +210,7 @@ def record_failed_attempt(claim: ClaimedDelivery, result, config: Config) -> Del
             response_status=result.status_code,
             response_excerpt=result.response_excerpt,
             next_attempt_at=next_at,
-            dead_lettered=int(dead),
+            dead_lettered=dead,
         )
         _count_failure(claim.subscription_id, now, config.auto_disable_after)
     return failure
@@ -211,11 +223,12 @@ def _count_failure(subscription_id: str, now: dt.datetime, disable_after: int) -
         Subscription.id == subscription_id
     ).execute()
     subscription = Subscription.get_by_id(subscription_id)
-    if subscription.consecutive_failures < disable_after and subscription.status == "enabled":
+    enabled = subscription.status == SubscriptionStatus.ENABLED
+    if subscription.consecutive_failures < disable_after and enabled:
         return
-    if subscription.status == "enabled":
+    if enabled:
         Subscription.update(
-            status="disabled",
+            status=SubscriptionStatus.DISABLED,
             disabled_reason=AUTO_DISABLE_REASON.format(count=subscription.consecutive_failures),
             disabled_at=now,
         ).where(Subscription.id == subscription_id).execute()

@@ -22,7 +22,7 @@ from dispatcher.transport import AttemptResult, WebhookTransport
 from partner_api import clock, signing
 from partner_api.config import Config
 from partner_api.db import database
-from partner_api.events import envelope
+from partner_api.envelope import delivery_body
 
 log = logging.getLogger("dispatcher")
 
@@ -30,10 +30,10 @@ log = logging.getLogger("dispatcher")
 class Dispatcher:
     """Claims due deliveries and sends them concurrently; `drain` is one poll."""
 
-    def __init__(self, config: Config, *, resolver=None):
+    def __init__(self, config: Config):
         self.config = config
         self.transport = WebhookTransport(
-            config.ssrf_policy(resolver),
+            config.ssrf_policy(),
             timeout=config.delivery_timeout,
             ca_bundle=config.ca_bundle,
             pool_maxsize=config.dispatch_workers,
@@ -141,7 +141,7 @@ class Dispatcher:
         """One signed attempt and its recorded outcome. Never raises: a failure to record is
         logged, and the lease makes the delivery due again."""
         try:
-            body = envelope(claim.event, claim.subscription_id)
+            body = delivery_body(claim.event, claim.subscription_id)
             headers = signing.signed_headers(claim.secret, clock.unix(), body)
             result = self.transport.send(claim.url, body, headers)
             with database.connection_context():

@@ -6,9 +6,10 @@ import logging
 
 from flask import Flask
 
-from partner_api import __version__, auth, cli, db, events
+from partner_api import __version__, auth, cli, db
 from partner_api.config import Config
 from partner_api.extensions import Api
+from partner_api.openapi import spec_options
 
 API_PREFIX = "/api/v1/partner"
 MAX_BODY_BYTES = 64 * 1024
@@ -28,7 +29,7 @@ def build_app(test_config=None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
-        API_SPEC_OPTIONS=_spec_options(),
+        API_SPEC_OPTIONS=spec_options(config),
     )
     app.config.update({k: v for k, v in (test_config or {}).items() if k != "PARTNER_API"})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -45,27 +46,3 @@ def build_app(test_config=None) -> Flask:
     api.register_blueprint(webhooks_blp, url_prefix=API_PREFIX)
     cli.init_app(app)
     return app
-
-
-def _spec_options() -> dict:
-    return {
-        "info": {
-            "description": (
-                "Authenticated identity and signed, retried webhooks for partners. "
-                "Every error answers `application/problem+json` (RFC 9457) with a stable "
-                "`code`. Webhook deliveries are POSTed with `X-VC-Timestamp` and "
-                "`X-VC-Signature: v1=<hex HMAC-SHA256 of '<timestamp>.<body>'>`."
-            )
-        },
-        "components": {
-            "securitySchemes": {
-                "bearerAuth": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "An API key token (`vc_…`) provisioned by the operator.",
-                }
-            }
-        },
-        "security": [{"bearerAuth": []}],
-        "webhooks": events.openapi_webhooks(),
-    }

@@ -14,6 +14,7 @@ from flask.cli import AppGroup
 
 from partner_api import clock, provisioning, scopes
 from partner_api.db import database, database_problem
+from partner_api.errors import DomainError
 
 orgs_cli = AppGroup("orgs", help="Create and list partner organisations.")
 keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
@@ -34,8 +35,8 @@ def admin_command(func):
         try:
             with database.connection_context():
                 return func(*args, **kwargs)
-        except (provisioning.ProvisioningError, scopes.ScopeError) as exc:
-            _fail(str(exc))
+        except DomainError as exc:
+            _fail(exc.message)
         except peewee.DatabaseError as exc:
             _fail(database_problem(exc), exit_code=1)
 
@@ -144,10 +145,7 @@ def webhooks_enable(subscription_id, as_json):
     """Re-enable a disabled subscription; its held deliveries resume."""
     from partner_api.webhooks.subscriptions import enable_subscription
 
-    try:
-        subscription = enable_subscription(subscription_id)
-    except LookupError as exc:
-        _fail(exc.args[0])
+    subscription = enable_subscription(subscription_id)
     _emit(
         as_json,
         {"id": subscription.id, "status": subscription.status},

@@ -9,9 +9,10 @@ import dataclasses
 import ipaddress
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
-from partner_api import ssrf
+from partner_api import dns, retry, ssrf
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = f"sqlite:///{ROOT / 'instance' / 'partner_api.sqlite3'}"
@@ -39,26 +40,34 @@ class Config:
     max_subscriptions_per_org: int = 25
     dispatch_batch_size: int = 50
     dispatch_workers: int = 10
+    # Not from the environment: how webhook host names are resolved (tests inject a table), and
+    # how long a create may wait on DNS before answering host_unresolvable.
+    resolver: Callable[[str, int], list[str]] = dataclasses.field(
+        default=dns.system_resolver, compare=False, repr=False
+    )
+    create_dns_timeout: float = 5.0
 
     @property
     def max_attempts(self) -> int:
         """Attempts before dead-lettering: one first try plus one per scheduled retry."""
-        return len(self.retry_schedule) + 1
+        return retry.max_attempts(self.retry_schedule)
 
     @property
     def lease_seconds(self) -> float:
         """How long a claimed delivery stays invisible: longer than any attempt can last."""
         return self.delivery_timeout * 3 + 30
 
-    def ssrf_policy(self, resolver=None) -> ssrf.SsrfPolicy:
-        """The SSRF policy these settings describe, with an optional injected resolver."""
-        kwargs = {
-            "allow_http": self.allow_http_webhooks,
-            "allow_networks": self.webhook_allow_cidrs,
-        }
-        if resolver is not None:
-            kwargs["resolver"] = resolver
-        return ssrf.SsrfPolicy(**kwargs)
+    def ssrf_policy(self, dns_deadline: float | None = None) -> ssrf.SsrfPolicy:
+        """The SSRF policy these settings describe; with `dns_deadline`, a lookup slower than
+        that many seconds fails as unresolvable."""
+        resolver = self.resolver
+        if dns_deadline is not None:
+            resolver = dns.resolver_with_deadline(resolver, dns_deadline)
+        return ssrf.SsrfPolicy(
+            allow_http=self.allow_http_webhooks,
+            allow_networks=self.webhook_allow_cidrs,
+            resolver=resolver,
+        )
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Config:

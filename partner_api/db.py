@@ -79,6 +79,12 @@ def write_transaction():
     return database.atomic()
 
 
+def locked(query, clause: str = "FOR UPDATE"):
+    """`query`, locking the rows it reads until commit on PostgreSQL. On SQLite this is the
+    query unchanged: write_transaction's BEGIN IMMEDIATE already holds the whole database."""
+    return query.for_update(clause) if is_postgres() else query
+
+
 def schema_statements() -> list[str]:
     """The statements of schema.sql, comments removed."""
     lines = [
@@ -92,11 +98,26 @@ def apply_schema() -> None:
     with database.connection_context(), database.atomic():
         for statement in schema_statements():
             database.execute_sql(statement)
+        _upgrade_columns()
         database.execute_sql(
             f"INSERT INTO app_secrets (name, value) VALUES ({database.param}, {database.param}) "
             "ON CONFLICT (name) DO NOTHING",
             ("cursor_signing_key", secrets.token_hex(32)),
         )
+
+
+def _upgrade_columns() -> None:
+    """Bring columns created by an older schema.sql to their current type."""
+    if not is_postgres():
+        return  # SQLite stores booleans as 0/1 whatever the declared type
+    database.execute_sql(
+        "DO $$ BEGIN "
+        "IF (SELECT data_type FROM information_schema.columns WHERE table_name = "
+        "'delivery_failures' AND column_name = 'dead_lettered' "
+        "AND table_schema = current_schema()) = 'integer' THEN "
+        "ALTER TABLE delivery_failures ALTER COLUMN dead_lettered TYPE BOOLEAN "
+        "USING dead_lettered <> 0; END IF; END $$"
+    )
 
 
 def drop_tables() -> None:

@@ -8,15 +8,15 @@ delivery changed under it cannot overwrite the new state.
 from __future__ import annotations
 
 from partner_api import clock
-from partner_api.models import Delivery
+from partner_api.models import Delivery, DeliveryStatus
 
 
 def cancel_open_deliveries(subscription_id: str) -> int:
     """The subscription is gone: nothing pending or held will ever be sent."""
     return (
-        Delivery.update(status="cancelled", lease_token=None)
+        Delivery.update(status=DeliveryStatus.CANCELLED, lease_token=None)
         .where(
-            (Delivery.subscription == subscription_id) & Delivery.status.in_(("pending", "held"))
+            (Delivery.subscription == subscription_id) & Delivery.status.in_(DeliveryStatus.OPEN)
         )
         .execute()
     )
@@ -29,10 +29,10 @@ def hold_pending_deliveries(subscription_id: str) -> int:
     writer (or the next claim, if their dispatcher died) holds them afterwards.
     """
     return (
-        Delivery.update(status="held")
+        Delivery.update(status=DeliveryStatus.HELD)
         .where(
             (Delivery.subscription == subscription_id)
-            & (Delivery.status == "pending")
+            & (Delivery.status == DeliveryStatus.PENDING)
             & Delivery.lease_token.is_null()
         )
         .execute()
@@ -42,7 +42,11 @@ def hold_pending_deliveries(subscription_id: str) -> int:
 def release_held_deliveries(subscription_id: str) -> int:
     """The subscription is enabled again: its held deliveries are due now."""
     return (
-        Delivery.update(status="pending", next_attempt_at=clock.now(), lease_token=None)
-        .where((Delivery.subscription == subscription_id) & (Delivery.status == "held"))
+        Delivery.update(
+            status=DeliveryStatus.PENDING, next_attempt_at=clock.now(), lease_token=None
+        )
+        .where(
+            (Delivery.subscription == subscription_id) & (Delivery.status == DeliveryStatus.HELD)
+        )
         .execute()
     )

@@ -1,6 +1,5 @@
-"""The one error shape: RFC 9457 `application/problem+json` with a stable `code` member.
-
-Every error from every route leaves through `problem_response`; no view builds one by hand.
+"""Errors: `DomainError` (a work function's refusal, with a stable `code`) and the one HTTP shape,
+RFC 9457 `application/problem+json`, that every error from every route leaves through.
 """
 
 from __future__ import annotations
@@ -29,6 +28,47 @@ DEFAULT_CODES = {
     429: "rate_limited",
     500: "internal_error",
 }
+
+
+class DomainError(Exception):
+    """A refusal by a work function: a stable `code` and a human `message`.
+
+    Work functions raise it and know nothing of HTTP; the API renders it with the status that
+    `STATUS_BY_CODE` gives its code, the admin CLI as one `error: …` line with exit status 2.
+    `field` names the offending input (`location` says where: json, query or path).
+    """
+
+    def __init__(self, code: str, message: str, *, field=None, location: str = "json", **extra):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.location = location
+        self.extra = extra
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):  # picklable with its code (errors cross process pools in tests)
+        return (type(self), (self.code, self.message))
+
+
+# The HTTP status of each domain code; a code not listed here is a validation error (422).
+STATUS_BY_CODE = {
+    "invalid_cursor": 400,
+    "secret_mismatch": 403,
+    "org_not_found": 404,
+    "key_not_found": 404,
+    "subscription_not_found": 404,
+    "delivery_not_found": 404,
+    "subscription_limit_reached": 409,
+    "subscription_disabled": 409,
+}
+
+
+def status_for(code: str) -> int:
+    """The HTTP status a domain code answers with."""
+    return STATUS_BY_CODE.get(code, 422)
 
 
 class ApiError(Exception):
@@ -78,6 +118,14 @@ def problem_body(status, code, detail, errors=None, **extra) -> dict:
         body["errors"] = errors
     body.update(extra)
     return body
+
+
+def from_domain_error(error: DomainError) -> ApiError:
+    """The HTTP answer for a work function's refusal."""
+    errors = None
+    if error.field is not None:
+        errors = [{"location": error.location, "field": error.field, "message": error.message}]
+    return ApiError(status_for(error.code), error.code, error.message, errors=errors, **error.extra)
 
 
 def problem_response(error: ApiError):
@@ -140,4 +188,5 @@ def handle_unexpected(error: Exception):
 
 def register_error_handlers(app) -> None:
     app.register_error_handler(ApiError, problem_response)
+    app.register_error_handler(DomainError, lambda exc: problem_response(from_domain_error(exc)))
     app.register_error_handler(Exception, handle_unexpected)

@@ -10,89 +10,21 @@ import json
 
 import flask_smorest
 import marshmallow as ma
-from flask_smorest.utils import prepare_response
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
-from partner_api import ssrf
 from partner_api.errors import (
-    DEFAULT_CODES,
-    PROBLEM_CONTENT_TYPE,
     ApiError,
     ProblemSchema,
     from_http_exception,
-    problem_body,
     problem_response,
     register_error_handlers,
 )
-
-_EXAMPLE_DETAILS = {
-    400: ("invalid_json", "The request body is not valid JSON."),
-    401: ("invalid_token", "The bearer token is missing, malformed, unknown or revoked."),
-    403: ("insufficient_scope", "This API key lacks the webhooks:manage scope."),
-    404: ("subscription_not_found", "No such webhook subscription."),
-    405: ("method_not_allowed", "This method is not allowed on this resource."),
-    409: ("subscription_disabled", "The subscription is disabled."),
-    413: ("payload_too_large", "The request body is too large."),
-    415: ("unsupported_media_type", "Send the request body as application/json."),
-    422: ("validation_error", "The request has invalid fields."),
-    429: ("rate_limited", "Rate limit of 600 requests per minute exceeded."),
-    500: ("internal_error", "An unexpected error occurred."),
-}
-
-# Every `code` an error of each status can carry, listed in the documented responses.
-_STATUS_CODES = {
-    400: ("invalid_json", "invalid_cursor"),
-    401: ("authentication_required", "invalid_token"),
-    403: ("insufficient_scope", "secret_mismatch"),
-    404: ("not_found", "subscription_not_found"),
-    405: ("method_not_allowed",),
-    409: ("subscription_limit_reached", "subscription_disabled"),
-    413: ("payload_too_large",),
-    415: ("unsupported_media_type",),
-    422: ("validation_error", "unknown_event_type", *sorted(ssrf.ERROR_CODES)),
-    429: ("rate_limited",),
-    500: ("internal_error",),
-}
-
-# Sent on every authenticated answer (so on everything but a 401); documented once as header
-# components and referenced from each response.
-_RATE_LIMIT_HEADER_DOCS = {
-    "X-RateLimit-Limit": {
-        "description": "Requests allowed per one-minute window for this key.",
-        "schema": {"type": "integer"},
-    },
-    "X-RateLimit-Remaining": {
-        "description": "Requests left in the current window.",
-        "schema": {"type": "integer"},
-    },
-    "X-RateLimit-Reset": {
-        "description": "Unix seconds when the current window ends.",
-        "schema": {"type": "integer"},
-    },
-}
-RATE_LIMIT_HEADERS = {
-    name: {"$ref": f"#/components/headers/{name}"} for name in _RATE_LIMIT_HEADER_DOCS
-}
+from partner_api.openapi import RATE_LIMIT_HEADERS, register_error_responses
 
 
 class StrictParser(FlaskParser):
     """Unknown fields are errors everywhere; non-JSON bodies are 415, broken JSON is 400."""
-
-    DEFAULT_UNKNOWN_BY_LOCATION = {
-        location: ma.RAISE
-        for location in (
-            "json",
-            "query",
-            "path",
-            "view_args",
-            "form",
-            "headers",
-            "cookies",
-            "files",
-            "json_or_form",
-        )
-    }
 
     def _raw_load_json(self, req):
         if not req.get_data(cache=True):
@@ -117,7 +49,7 @@ class StrictParser(FlaskParser):
 
 
 class Blueprint(flask_smorest.Blueprint):
-    ARGUMENTS_PARSER = StrictParser()
+    ARGUMENTS_PARSER = StrictParser(unknown=ma.RAISE)
 
     def response(self, status_code, schema=None, **kwargs):
         """A success response, documented with the rate-limit headers every one carries."""
@@ -148,51 +80,7 @@ class Api(flask_smorest.Api):
         return problem_response(from_http_exception(error))
 
     def _register_responses(self):
-        """Error responses as problem+json components, each with an example."""
-        for name, header in _RATE_LIMIT_HEADER_DOCS.items():
-            self.spec.components.header(name, header)
-        for status, (code, detail) in _EXAMPLE_DETAILS.items():
-            example = problem_body(status, code, detail)
-            if status == 422:
-                example["errors"] = [
-                    {
-                        "location": "json",
-                        "field": "url",
-                        "message": "Missing data for required field.",
-                    }
-                ]
-            if status == 403:
-                example["required_scope"] = "webhooks:manage"
-            codes = ", ".join(f"`{code}`" for code in _STATUS_CODES[status])
-            response = {
-                "description": f"{http.HTTPStatus(status).phrase}; `code` is one of {codes}.",
-                "schema": self.ERROR_SCHEMA,
-                "example": example,
-            }
-            if status == 401:
-                response["headers"] = {
-                    "WWW-Authenticate": {
-                        "description": 'The bearer challenge: `Bearer realm="partner-api"`, '
-                        'plus `, error="invalid_token"` when a token was sent but refused.',
-                        "schema": {"type": "string"},
-                    }
-                }
-            elif status != 405:  # a 405 is answered by routing, before any key is counted
-                response["headers"] = dict(RATE_LIMIT_HEADERS)
-            if status == 429:
-                response["headers"]["Retry-After"] = {
-                    "description": "Seconds until the window resets.",
-                    "schema": {"type": "integer"},
-                }
-            prepare_response(response, self.spec, PROBLEM_CONTENT_TYPE)
-            self.spec.components.response(http.HTTPStatus(status).name, response, lazy=True)
-        response = {
-            "description": "Any other error.",
-            "schema": self.ERROR_SCHEMA,
-            "example": problem_body(500, DEFAULT_CODES[500], _EXAMPLE_DETAILS[500][1]),
-        }
-        prepare_response(response, self.spec, PROBLEM_CONTENT_TYPE)
-        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+        register_error_responses(self.spec, self.ERROR_SCHEMA)
 
 
 class NoQuerySchema(ma.Schema):

@@ -9,6 +9,7 @@ import json
 
 from peewee import (
     BigIntegerField,
+    BooleanField,
     DateTimeField,
     ForeignKeyField,
     IntegerField,
@@ -17,6 +18,22 @@ from peewee import (
 )
 
 from partner_api.db import database
+
+
+class SubscriptionStatus:
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+class DeliveryStatus:
+    PENDING = "pending"  # due at next_attempt_at
+    HELD = "held"  # its subscription is disabled
+    DELIVERED = "delivered"
+    DEAD_LETTERED = "dead_lettered"
+    CANCELLED = "cancelled"  # its subscription was deleted
+    OPEN = (PENDING, HELD)
+    FINISHED = (DELIVERED, DEAD_LETTERED, CANCELLED)
+    ALL = OPEN + FINISHED
 
 
 class JSONTextField(TextField):
@@ -80,7 +97,7 @@ class Subscription(BaseModel):
     events = JSONTextField()
     description = TextField()
     secret = TextField()
-    status = TextField()  # enabled | disabled
+    status = TextField()  # SubscriptionStatus
     disabled_reason = TextField(null=True)
     disabled_at = DateTimeField(null=True)
     consecutive_failures = IntegerField()
@@ -89,6 +106,17 @@ class Subscription(BaseModel):
 
     class Meta:
         table_name = "webhook_subscriptions"
+
+    @classmethod
+    def live(cls, org_id: str | None = None):
+        """The condition for subscriptions not deleted (of one org, if given)."""
+        condition = cls.deleted_at.is_null()
+        return condition if org_id is None else condition & (cls.org == org_id)
+
+    @property
+    def sendable(self) -> bool:
+        """Enabled and not deleted: its deliveries may be attempted."""
+        return self.status == SubscriptionStatus.ENABLED and self.deleted_at is None
 
 
 class Event(BaseModel):
@@ -106,7 +134,7 @@ class Delivery(BaseModel):
     id = TextField(primary_key=True)
     event = ForeignKeyField(Event, column_name="event_id")
     subscription = ForeignKeyField(Subscription, column_name="subscription_id")
-    status = TextField()  # pending | held | delivered | dead_lettered | cancelled
+    status = TextField()  # DeliveryStatus
     attempts = IntegerField()
     next_attempt_at = DateTimeField()
     lease_token = TextField(null=True)
@@ -131,7 +159,7 @@ class DeliveryFailure(BaseModel):
     response_status = IntegerField(null=True)
     response_excerpt = TextField(null=True)
     next_attempt_at = DateTimeField(null=True)
-    dead_lettered = IntegerField()
+    dead_lettered = BooleanField()
 
     class Meta:
         table_name = "delivery_failures"

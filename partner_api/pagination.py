@@ -13,7 +13,7 @@ import marshmallow as ma
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from partner_api import db
-from partner_api.errors import ApiError
+from partner_api.errors import DomainError
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -65,11 +65,11 @@ def decode_cursor(scope: str, cursor: str) -> tuple[dt.datetime, str]:
             raise ValueError("cursor belongs to another list")
         return dt.datetime.fromisoformat(moment), str(row_id)
     except (BadSignature, ValueError, TypeError):
-        raise ApiError(
-            400,
+        raise DomainError(
             "invalid_cursor",
             "The cursor is malformed or not valid for this list.",
-            errors=[{"location": "query", "field": "cursor", "message": "Invalid cursor."}],
+            field="cursor",
+            location="query",
         )
 
 

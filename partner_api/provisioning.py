@@ -7,16 +7,8 @@ from __future__ import annotations
 
 from partner_api import clock, ids, scopes, tokens
 from partner_api.db import write_transaction
+from partner_api.errors import DomainError
 from partner_api.models import ApiKey, Org
-
-
-class ProvisioningError(ValueError):
-    """A refused admin request; `.code` is stable."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
 
 MAX_RATE_LIMIT = 1_000_000
 
@@ -25,13 +17,13 @@ def _clean_name(value: str, what: str, default: str = "") -> str:
     """A trimmed, printable UTF-8 name of 1-200 characters."""
     name = (value or "").strip() or default
     if not name or len(name) > 200:
-        raise ProvisioningError("invalid_name", f"{what} name must be 1-200 characters")
+        raise DomainError("invalid_name", f"{what} name must be 1-200 characters")
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise ProvisioningError("invalid_name", f"{what} name must be valid UTF-8 text") from None
+        raise DomainError("invalid_name", f"{what} name must be valid UTF-8 text") from None
     if not name.isprintable():
-        raise ProvisioningError("invalid_name", f"{what} name must not contain control characters")
+        raise DomainError("invalid_name", f"{what} name must not contain control characters")
     return name
 
 
@@ -48,13 +40,13 @@ def create_key(org_id: str, name: str = "", requested_scopes=(), rate_limit: int
     """A new key for an org; returns (key, token). The token exists only in this return value."""
     granted = scopes.resolve_scopes(requested_scopes)  # raises before anything is written
     if rate_limit is not None and not 1 <= rate_limit <= MAX_RATE_LIMIT:
-        raise ProvisioningError(
+        raise DomainError(
             "invalid_rate_limit", f"rate limit must be from 1 to {MAX_RATE_LIMIT} per minute"
         )
     name = _clean_name(name, "key", default="default")
     org = Org.get_or_none(Org.id == org_id)
     if org is None:
-        raise ProvisioningError("org_not_found", f"no org with id {org_id!r}")
+        raise DomainError("org_not_found", f"no org with id {org_id!r}")
     token = tokens.new_token()
     key = ApiKey.create(
         id=ids.new_id("key"),
@@ -81,7 +73,7 @@ def revoke_key(key_id: str) -> ApiKey:
     with write_transaction():
         key = ApiKey.get_or_none(ApiKey.id == key_id)
         if key is None:
-            raise ProvisioningError("key_not_found", f"no key with id {key_id!r}")
+            raise DomainError("key_not_found", f"no key with id {key_id!r}")
         if key.revoked_at is None:
             key.revoked_at = clock.now()
             key.save(only=[ApiKey.revoked_at])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from partner_api.errors import DomainError
+
 IDENTITY_READ = "identity:read"
 WEBHOOKS_MANAGE = "webhooks:manage"
 GRANTABLE = (IDENTITY_READ, WEBHOOKS_MANAGE)
@@ -21,26 +23,20 @@ RESERVED = (
 )
 
 
-class ScopeError(ValueError):
-    """A requested scope cannot be granted; `.code` is `reserved_scope` or `unknown_scope`."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
-
 def resolve_scopes(requested) -> list[str]:
-    """The scopes a new key gets: the requested ones plus the always-granted ones, sorted."""
+    """The scopes a new key gets: the requested ones plus the always-granted ones, sorted.
+
+    Raises DomainError `reserved_scope` or `unknown_scope`."""
     granted = set(ALWAYS_GRANTED)
     for scope in requested:
         if scope in RESERVED:
-            raise ScopeError(
+            raise DomainError(
                 "reserved_scope",
                 f"scope {scope!r} is reserved for a resource family that is not available yet; "
                 f"grantable scopes: {', '.join(GRANTABLE)}",
             )
         if scope not in GRANTABLE:
-            raise ScopeError(
+            raise DomainError(
                 "unknown_scope",
                 f"unknown scope {scope!r}; grantable scopes: {', '.join(GRANTABLE)}",
             )

@@ -3,9 +3,12 @@ a controllable clock, and helpers to provision keys."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import os
+import socket
+from typing import NamedTuple
 
 import pytest
 
@@ -16,6 +19,27 @@ from partner_api.db import apply_schema, bind, database, drop_tables
 
 POSTGRES_URL = os.environ.get("PARTNER_API_TEST_POSTGRES_URL")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+# What the injected resolver answers: public names, private ones, and local receivers.
+DNS = {
+    "hooks.example.com": ["93.184.216.34"],
+    "other.example.com": ["93.184.216.35"],
+    "internal.example.com": ["10.0.0.5"],
+    "mixed.example.com": ["93.184.216.34", "10.0.0.5"],
+    "receiver.test": ["127.0.0.1"],
+    "other.test": ["127.0.0.1"],
+}
+
+
+class FakeResolver:
+    """Injectable DNS: a mutable name → addresses table; other names do not exist."""
+
+    def __init__(self, table):
+        self.table = dict(table)
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return list(self.table[host])
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -37,18 +61,36 @@ def database_url(request, tmp_path):
 
 
 @pytest.fixture
-def config(database_url):
+def resolver():
+    """The DNS every app and dispatcher of a test resolves webhook hosts with."""
+    return FakeResolver(DNS)
+
+
+@pytest.fixture
+def config(database_url, resolver):
     return Config(
         database_url=database_url,
         webhook_allow_cidrs=LOOPBACK,
         allow_http_webhooks=True,
+        resolver=resolver,
     )
 
 
 @pytest.fixture
-def app(config):
-    app = create_app({"PARTNER_API": config, "TESTING": True})
-    yield app
+def make_app(config):
+    """Another app on the same database, with some settings replaced."""
+
+    def make(**overrides):
+        return create_app(
+            {"PARTNER_API": dataclasses.replace(config, **overrides), "TESTING": True}
+        )
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture
@@ -89,15 +131,21 @@ def db(app):
         yield database
 
 
+class ProvisionedKey(NamedTuple):
+    org: object
+    key: object
+    token: str
+
+
 @pytest.fixture
 def make_key(app):
-    """Provision an org (or reuse one) and a key; returns (org, key, token)."""
+    """Provision an org (or reuse one) and a key; returns ProvisionedKey(org, key, token)."""
 
     def make(scopes=("webhooks:manage",), rate_limit=None, org=None, org_name="Acme"):
         with database.connection_context():
             org = org or provisioning.create_org(org_name)
             key, token = provisioning.create_key(org.id, "test", scopes, rate_limit)
-        return org, key, token
+        return ProvisionedKey(org, key, token)
 
     return make
 

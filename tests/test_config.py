@@ -72,6 +72,7 @@ def test_bad_value_is_refused_naming_the_variable(name, value):
     with pytest.raises(ConfigError) as excinfo:
         Config.from_env({name: value})
     assert str(excinfo.value).startswith(name)
+    assert str(excinfo.value).count(name) == 1  # named once, not "NAME: NAME: …"
 
 
 def test_bad_value_stops_the_cli_with_one_line(tmp_path):

@@ -28,32 +28,6 @@ HOOKS = "/api/v1/partner/webhooks"
 SCHEDULE = (60, 300, 1800, 7200, 21600, 86400)
 
 
-class Resolver:
-    """Injectable DNS: a mutable name → addresses table."""
-
-    def __init__(self, table):
-        self.table = dict(table)
-        self.calls = []
-
-    def __call__(self, host, port):
-        self.calls.append(host)
-        if host not in self.table:
-            raise OSError(f"unknown host {host}")
-        return list(self.table[host])
-
-
-@pytest.fixture
-def resolver():
-    return Resolver({"receiver.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
-
-
-@pytest.fixture
-def app(config, resolver):
-    from partner_api import create_app
-
-    return create_app({"PARTNER_API": config, "TESTING": True, "SSRF_RESOLVER": resolver})
-
-
 @pytest.fixture
 def partner(client, make_key):
     """(org, token) of a partner allowed to manage webhooks."""
@@ -62,11 +36,11 @@ def partner(client, make_key):
 
 
 @pytest.fixture
-def dispatcher_factory(config, resolver):
+def dispatcher_factory(config):
     made = []
 
     def make(**overrides):
-        dispatcher = Dispatcher(dataclasses.replace(config, **overrides), resolver=resolver)
+        dispatcher = Dispatcher(dataclasses.replace(config, **overrides))
         made.append(dispatcher)
         return dispatcher
 
@@ -248,7 +222,7 @@ def test_twenty_consecutive_failures_disable_and_enable_resumes_held_deliveries(
 def test_enable_unknown_subscription_fails_cleanly(runner):
     result = runner.invoke(args=["webhooks", "enable", "wh_missing"])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: no webhook subscription with id 'wh_missing'"
+    assert result.output.strip() == "error: No webhook subscription with id 'wh_missing'."
 
 
 def test_a_success_resets_the_consecutive_failure_count(client, partner, clock, dispatcher_factory):

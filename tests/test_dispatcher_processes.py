@@ -21,7 +21,6 @@ from partner_api.config import ROOT, Config
 from partner_api.db import database
 from partner_api.events import publish_event
 from partner_api.models import Delivery
-from partner_api.ssrf import SsrfPolicy
 from partner_api.webhooks.subscriptions import create_subscription
 
 from .receivers import Receiver
@@ -52,10 +51,10 @@ def start_dispatcher(database_url: str, *args: str, **env) -> subprocess.Popen:
 
 def seed(receiver: Receiver, events: int) -> list[str]:
     """An org, a subscription to the receiver's IP literal, and `events` published events."""
-    policy = SsrfPolicy(allow_http=True, allow_networks=LOOPBACK)
+    config = Config(allow_http_webhooks=True, webhook_allow_cidrs=LOOPBACK)
     with database.connection_context():
         org = provisioning.create_org("Acme")
-        create_subscription(org.id, receiver.url(), None, "", policy, 5)
+        create_subscription(org.id, receiver.url(), None, "", config)
         return [publish_event(org.id, "vc.test.ping", {"n": n})[0].id for n in range(events)]
 
 

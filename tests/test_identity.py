@@ -94,7 +94,7 @@ def test_revoked_key_is_401_on_the_next_request(client, make_key, db):
 
 
 def test_key_without_scope_is_403_naming_the_scope(client, make_key):
-    _, _, token = make_key(scopes=[])
+    token = make_key(scopes=[]).token
     response = client.get("/api/v1/partner/webhooks", headers=bearer(token))
     body = assert_problem(response, 403, "insufficient_scope")
     assert body["required_scope"] == "webhooks:manage"
@@ -103,7 +103,7 @@ def test_key_without_scope_is_403_naming_the_scope(client, make_key):
 
 
 def test_rate_limit_admits_exactly_the_limit_then_429(client, make_key, clock):
-    _, _, token = make_key(rate_limit=3)
+    token = make_key(rate_limit=3).token
     statuses = [client.get(ME, headers=bearer(token)).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
     response = client.get(ME, headers=bearer(token))
@@ -115,7 +115,7 @@ def test_rate_limit_admits_exactly_the_limit_then_429(client, make_key, clock):
 
 
 def test_default_rate_limit_applies_without_override(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     assert client.get(ME, headers=bearer(token)).headers["X-RateLimit-Limit"] == "600"
 
 
@@ -133,7 +133,7 @@ def test_last_used_at_is_written_only_when_stale(client, make_key, clock, db):
 
 
 def test_unknown_query_parameter_is_422_naming_the_parameter(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     body = assert_problem(
         client.get(ME + "?expand=all", headers=bearer(token)), 422, "validation_error"
     )
@@ -152,7 +152,7 @@ def test_wrong_method_is_405_problem(client, make_key):
 
 
 def test_unexpected_exception_is_500_without_internals(app, make_key, monkeypatch):
-    _, _, token = make_key()
+    token = make_key().token
 
     def explode(*args, **kwargs):
         raise RuntimeError("secret internal detail")

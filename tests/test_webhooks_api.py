@@ -1,24 +1,22 @@
 """The webhook subscriptions API: create, list, delete, test ping and the failure audit.
 
 Every storage test runs on SQLite and PostgreSQL (see conftest). DNS never leaves the process:
-the app gets `fake_resolver`, so `hooks.example.com` is public and `internal.example.com` private.
+the conftest resolver makes `hooks.example.com` public and `internal.example.com` private.
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
 import json
 import logging
 import re
-import socket
 import threading
 
 import pytest
 
 from partner_api import clock as clock_module
-from partner_api import create_app, ids
+from partner_api import ids
 from partner_api.db import database
 from partner_api.events import EVENT_TYPES, publish_event
 from partner_api.models import Delivery, DeliveryFailure, Event, Subscription
@@ -54,44 +52,14 @@ FAILURE_FIELDS = {
     "next_attempt_at",
     "dead_lettered",
 }
-DNS = {
-    "hooks.example.com": ["93.184.216.34"],
-    "other.example.com": ["93.184.216.35"],
-    "internal.example.com": ["10.0.0.5"],
-    "mixed.example.com": ["93.184.216.34", "10.0.0.5"],
-}
-
-
-def fake_resolver(host: str, port: int) -> list[str]:
-    """The injected DNS: a fixed table; every other name does not exist."""
-    try:
-        return list(DNS[host])
-    except KeyError:
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
-
-
-def _make_app(config, **overrides):
-    return create_app(
-        {
-            "PARTNER_API": dataclasses.replace(config, **overrides),
-            "TESTING": True,
-            "SSRF_RESOLVER": fake_resolver,
-        }
-    )
 
 
 @pytest.fixture
-def app(config):
-    """The conftest app, but resolving names through `fake_resolver`."""
-    return _make_app(config)
-
-
-@pytest.fixture
-def make_client(app, config):
+def make_client(make_app):
     """A client of another app on the same database, with some settings replaced."""
 
     def make(**overrides):
-        return _make_app(config, **overrides).test_client()
+        return make_app(**overrides).test_client()
 
     return make
 
@@ -208,7 +176,7 @@ def add_failures(subscription_id: str, clock, how_many: int, *, step=60, dead_le
 
 
 def test_create_returns_secret_once_and_list_never_shows_it(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     response = create(client, token, description="Production receiver")
     assert response.status_code == 201
     body = response.get_json()
@@ -235,13 +203,13 @@ def test_create_returns_secret_once_and_list_never_shows_it(client, make_key, cl
 
 
 def test_each_subscription_gets_its_own_secret(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     secrets = {created(client, token)["secret"] for _ in range(3)}
     assert len(secrets) == 3
 
 
 def test_events_default_to_every_catalogued_type_and_are_deduplicated(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     assert created(client, token)["events"] == sorted(EVENT_TYPES)
     assert created(client, token, events=["vc.test.ping", "vc.test.ping"])["events"] == [
         "vc.test.ping"
@@ -249,14 +217,14 @@ def test_events_default_to_every_catalogued_type_and_are_deduplicated(client, ma
 
 
 def test_url_is_stored_normalised(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     body = created(client, token, url="HTTPS://Hooks.Example.COM:443")
     assert body["url"] == "https://hooks.example.com/"
 
 
 def test_secret_never_reaches_logs_or_other_answers(client, make_key, clock, caplog):
     caplog.set_level(logging.DEBUG)
-    _, _, token = make_key()
+    token = make_key().token
     first = create(client, token)
     secret = first.get_json()["secret"]
     subscription_id = first.get_json()["id"]
@@ -292,7 +260,7 @@ def test_secret_never_reaches_logs_or_other_answers(client, make_key, clock, cap
 
 
 def test_unknown_event_type_is_422_and_stores_nothing(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     response = create(client, token, events=["vc.test.ping", "vc.lead.created"])
     body = assert_problem(response, 422, "unknown_event_type")
     assert body["errors"][0]["field"] == "events"
@@ -318,7 +286,7 @@ def test_unknown_event_type_is_422_and_stores_nothing(client, make_key):
 def test_invalid_create_body_is_422_validation_error_and_stores_nothing(
     client, make_key, body, field
 ):
-    _, _, token = make_key()
+    token = make_key().token
     response = client.post(WEBHOOKS, json=body, headers=bearer(token))
     problem = assert_problem(response, 422, "validation_error")
     assert field in [error["field"] for error in problem["errors"]]
@@ -328,7 +296,7 @@ def test_invalid_create_body_is_422_validation_error_and_stores_nothing(
 
 @pytest.mark.parametrize("body", [[GOOD_URL], "https://hooks.example.com/", 7, None])
 def test_create_body_that_is_not_an_object_is_422(client, make_key, body):
-    _, _, token = make_key()
+    token = make_key().token
     response = client.post(
         WEBHOOKS, data=json.dumps(body), headers=bearer(token), content_type="application/json"
     )
@@ -345,7 +313,7 @@ def test_create_body_that_is_not_an_object_is_422(client, make_key, body):
     ],
 )
 def test_non_json_body_is_415_and_stores_nothing(client, make_key, data, content_type):
-    _, _, token = make_key()
+    token = make_key().token
     kwargs = {"content_type": content_type} if content_type else {}
     response = client.post(WEBHOOKS, data=data, headers=bearer(token), **kwargs)
     assert_problem(response, 415, "unsupported_media_type")
@@ -376,7 +344,7 @@ def test_non_json_body_is_415_and_stores_nothing(client, make_key, data, content
     ],
 )
 def test_broken_json_is_400_invalid_json(client, make_key, raw):
-    _, _, token = make_key()
+    token = make_key().token
     response = client.post(
         WEBHOOKS, data=raw, headers=bearer(token), content_type="application/json"
     )
@@ -385,7 +353,7 @@ def test_broken_json_is_400_invalid_json(client, make_key, raw):
 
 
 def test_lone_surrogate_secret_on_test_ping_is_400(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     target = created(client, token)
     response = client.post(
         f"{WEBHOOKS}/{target['id']}/test",
@@ -399,7 +367,7 @@ def test_lone_surrogate_secret_on_test_ping_is_400(client, make_key):
 
 @pytest.mark.parametrize("description", ["nul\x00byte", "bell\x07", "esc\x1b[31m"])
 def test_control_characters_in_description_are_refused(client, make_key, description):
-    _, _, token = make_key()
+    token = make_key().token
     response = client.post(
         WEBHOOKS, json={"url": GOOD_URL, "description": description}, headers=bearer(token)
     )
@@ -409,14 +377,14 @@ def test_control_characters_in_description_are_refused(client, make_key, descrip
 
 
 def test_body_over_64_kib_is_413_and_stores_nothing(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     response = create(client, token, description="x" * (64 * 1024))
     assert_problem(response, 413, "payload_too_large")
     assert count(Subscription) == 0
 
 
 def test_unknown_query_parameter_on_create_is_422(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     response = client.post(WEBHOOKS + "?dry_run=1", json={"url": GOOD_URL}, headers=bearer(token))
     body = assert_problem(response, 422, "validation_error")
     assert body["errors"] == [
@@ -446,7 +414,7 @@ def test_unknown_query_parameter_on_create_is_422(client, make_key):
 def test_ssrf_refusals_at_create_are_422_naming_url_and_store_nothing(
     strict_client, make_key, url, code
 ):
-    _, _, token = make_key()
+    token = make_key().token
     response = strict_client.post(WEBHOOKS, json={"url": url}, headers=bearer(token))
     body = assert_problem(response, 422, code)
     assert len(body["errors"]) == 1
@@ -456,13 +424,13 @@ def test_ssrf_refusals_at_create_are_422_naming_url_and_store_nothing(
 
 
 def test_strict_policy_still_accepts_a_public_https_url(strict_client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     assert created(strict_client, token)["url"] == GOOD_URL
 
 
 def test_allow_list_and_http_settings_reach_the_create_check(client, make_key):
     """The test config allows http:// and exempts 127.0.0.0/8; private space stays refused."""
-    _, _, token = make_key()
+    token = make_key().token
     assert created(client, token, url="http://127.0.0.1:8080/hook")["url"] == (
         "http://127.0.0.1:8080/hook"
     )
@@ -473,7 +441,7 @@ def test_allow_list_and_http_settings_reach_the_create_check(client, make_key):
 def test_subscription_cap_is_per_org_and_deleting_frees_a_slot(make_client, make_key):
     capped = make_client(max_subscriptions_per_org=2)
     org, _, token = make_key()
-    _, _, other_token = make_key(org_name="Other")
+    other_token = make_key(org_name="Other").token
     first = created(capped, token)
     created(capped, token)
     body = assert_problem(create(capped, token), 409, "subscription_limit_reached")
@@ -511,7 +479,7 @@ def test_every_webhook_route_needs_a_token(client, method, path, kwargs):
 
 @pytest.mark.parametrize(("method", "path", "kwargs"), ROUTES, ids=ROUTE_IDS)
 def test_every_webhook_route_needs_webhooks_manage(client, make_key, method, path, kwargs):
-    _, _, token = make_key(scopes=[])
+    token = make_key(scopes=[]).token
     response = getattr(client, method)(path, headers=bearer(token), **kwargs)
     body = assert_problem(response, 403, "insufficient_scope")
     assert body["required_scope"] == "webhooks:manage"
@@ -521,7 +489,7 @@ def test_every_webhook_route_needs_webhooks_manage(client, make_key, method, pat
 
 @pytest.mark.parametrize(("method", "path", "kwargs"), ROUTES, ids=ROUTE_IDS)
 def test_unknown_query_parameter_is_422_on_every_route(client, make_key, method, path, kwargs):
-    _, _, token = make_key()
+    token = make_key().token
     response = getattr(client, method)(path + "?verbose=1", headers=bearer(token), **kwargs)
     body = assert_problem(response, 422, "validation_error")
     assert {"location": "query", "field": "verbose", "message": "Unknown field."} in body["errors"]
@@ -547,7 +515,7 @@ def test_wrong_method_on_a_webhook_route_is_405_problem(client, method, path, al
 
 
 def test_list_is_newest_first_in_the_page_envelope(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     assert client.get(WEBHOOKS, headers=bearer(token)).get_json() == {
         "data": [],
         "has_more": False,
@@ -567,7 +535,7 @@ def test_list_is_newest_first_in_the_page_envelope(client, make_key, clock):
 
 @pytest.mark.parametrize("limit", ["0", "101", "x", "-1", "1.5", ""])
 def test_list_limit_outside_1_to_100_is_422(client, make_key, limit):
-    _, _, token = make_key()
+    token = make_key().token
     response = client.get(f"{WEBHOOKS}?limit={limit}", headers=bearer(token))
     body = assert_problem(response, 422, "validation_error")
     assert body["errors"][0]["field"] == "limit" and body["errors"][0]["location"] == "query"
@@ -575,7 +543,7 @@ def test_list_limit_outside_1_to_100_is_422(client, make_key, limit):
 
 @pytest.mark.parametrize("limit", [1, 100])
 def test_list_limit_bounds_are_accepted(client, make_key, limit):
-    _, _, token = make_key()
+    token = make_key().token
     created(client, token)
     created(client, token)
     page = client.get(WEBHOOKS, headers=bearer(token), query_string={"limit": limit}).get_json()
@@ -587,7 +555,7 @@ def test_list_limit_bounds_are_accepted(client, make_key, limit):
 def test_cursor_pagination_walks_every_page_without_duplicates_or_gaps(
     client, make_key, clock, limit
 ):
-    _, _, token = make_key()
+    token = make_key().token
     for index in range(7):
         created(client, token)
         # Some share a timestamp (ties broken by id), one step is sub-second.
@@ -604,7 +572,7 @@ def test_cursor_pagination_walks_every_page_without_duplicates_or_gaps(
 
 
 def test_pages_are_stable_when_subscriptions_are_created_between_fetches(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     original = []
     for _ in range(5):
         original.append(created(client, token)["id"])
@@ -622,7 +590,7 @@ def test_pages_are_stable_when_subscriptions_are_created_between_fetches(client,
 
 
 def test_tampered_or_garbage_cursor_is_400_invalid_cursor(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     created(client, token)
     clock.advance(1)
     created(client, token)
@@ -641,7 +609,11 @@ def test_tampered_or_garbage_cursor_is_400_invalid_cursor(client, make_key, cloc
         response = client.get(WEBHOOKS, headers=bearer(token), query_string={"cursor": bad})
         body = assert_problem(response, 400, "invalid_cursor")
         assert body["errors"] == [
-            {"location": "query", "field": "cursor", "message": "Invalid cursor."}
+            {
+                "location": "query",
+                "field": "cursor",
+                "message": "The cursor is malformed or not valid for this list.",
+            }
         ]
     assert (
         client.get(WEBHOOKS, headers=bearer(token), query_string={"cursor": cursor}).status_code
@@ -650,8 +622,8 @@ def test_tampered_or_garbage_cursor_is_400_invalid_cursor(client, make_key, cloc
 
 
 def test_cursor_from_another_orgs_list_is_400(client, make_key, clock):
-    _, _, token = make_key()
-    _, _, other_token = make_key(org_name="Other")
+    token = make_key().token
+    other_token = make_key(org_name="Other").token
     for _ in range(2):
         created(client, token)
         created(client, other_token)
@@ -662,7 +634,7 @@ def test_cursor_from_another_orgs_list_is_400(client, make_key, clock):
 
 
 def test_failures_cursor_is_refused_on_the_subscriptions_list_and_back(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     subscription = created(client, token)
     clock.advance(1)
     created(client, token)
@@ -679,7 +651,7 @@ def test_failures_cursor_is_refused_on_the_subscriptions_list_and_back(client, m
 
 
 def test_cursor_survives_deletion_of_the_row_it_points_at(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     made = []
     for _ in range(4):
         made.append(created(client, token)["id"])
@@ -695,7 +667,7 @@ def test_cursor_survives_deletion_of_the_row_it_points_at(client, make_key, cloc
 
 
 def test_deleted_subscriptions_disappear_from_the_list(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     made = []
     for _ in range(3):
         made.append(created(client, token)["id"])
@@ -709,7 +681,7 @@ def test_deleted_subscriptions_disappear_from_the_list(client, make_key, clock):
 
 
 def test_delete_is_204_then_404(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     subscription = created(client, token)
     response = client.delete(f"{WEBHOOKS}/{subscription['id']}", headers=bearer(token))
     assert response.status_code == 204
@@ -734,7 +706,7 @@ def test_delete_is_204_then_404(client, make_key):
     ],
 )
 def test_malformed_or_unknown_subscription_id_is_404(client, make_key, bad_id):
-    _, _, token = make_key()
+    token = make_key().token
     subscription = created(client, token)
     for method, suffix, kwargs in [
         ("delete", "", {}),
@@ -749,7 +721,7 @@ def test_malformed_or_unknown_subscription_id_is_404(client, make_key, bad_id):
 
 
 def test_upper_case_spelling_of_a_real_id_is_404(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     subscription = created(client, token)
     response = client.delete(f"{WEBHOOKS}/{subscription['id'].upper()}", headers=bearer(token))
     assert_problem(response, 404, "subscription_not_found")
@@ -757,8 +729,8 @@ def test_upper_case_spelling_of_a_real_id_is_404(client, make_key):
 
 
 def test_deleting_another_orgs_subscription_is_404_and_leaves_it_alone(client, make_key):
-    _, _, token = make_key()
-    _, _, other_token = make_key(org_name="Other")
+    token = make_key().token
+    other_token = make_key(org_name="Other").token
     theirs = created(client, other_token)
     response = client.delete(f"{WEBHOOKS}/{theirs['id']}", headers=bearer(token))
     assert_problem(response, 404, "subscription_not_found")
@@ -845,7 +817,7 @@ WRONG_SECRETS = {
 
 @pytest.mark.parametrize("wrong", list(WRONG_SECRETS))
 def test_test_ping_with_a_wrong_secret_is_403_and_writes_nothing(client, make_key, wrong):
-    _, _, token = make_key()
+    token = make_key().token
     target = created(client, token)
     other = created(client, token)
     secret = WRONG_SECRETS[wrong](target["secret"], other["secret"])
@@ -872,7 +844,7 @@ def test_test_ping_with_a_wrong_secret_is_403_and_writes_nothing(client, make_ke
 def test_test_ping_without_a_usable_secret_is_refused_and_writes_nothing(
     client, make_key, kwargs, status, code
 ):
-    _, _, token = make_key()
+    token = make_key().token
     target = created(client, token)
     response = client.post(f"{WEBHOOKS}/{target['id']}/test", headers=bearer(token), **kwargs)
     body = assert_problem(response, status, code)
@@ -882,7 +854,7 @@ def test_test_ping_without_a_usable_secret_is_refused_and_writes_nothing(
 
 
 def test_test_ping_on_a_disabled_subscription_is_409_and_writes_nothing(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     target = created(client, token)
     with database.connection_context():
         Subscription.update(
@@ -908,8 +880,8 @@ def test_test_ping_on_a_disabled_subscription_is_409_and_writes_nothing(client, 
 
 
 def test_test_ping_on_another_orgs_or_a_deleted_subscription_is_404(client, make_key):
-    _, _, token = make_key()
-    _, _, other_token = make_key(org_name="Other")
+    token = make_key().token
+    other_token = make_key(org_name="Other").token
     theirs = created(client, other_token)
     mine = created(client, token)
     response = client.post(
@@ -928,7 +900,7 @@ def test_test_ping_on_another_orgs_or_a_deleted_subscription_is_404(client, make
 
 
 def test_failures_of_a_new_subscription_is_an_empty_page(client, make_key):
-    _, _, token = make_key()
+    token = make_key().token
     subscription = created(client, token)
     response = client.get(f"{WEBHOOKS}/{subscription['id']}/failures", headers=bearer(token))
     assert response.status_code == 200
@@ -937,7 +909,7 @@ def test_failures_of_a_new_subscription_is_an_empty_page(client, make_key):
 
 
 def test_failures_are_newest_first_with_every_field(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     subscription = created(client, token)
     other = created(client, token)
     rows = add_failures(subscription["id"], clock, 4, dead_letter_last=True)
@@ -975,7 +947,7 @@ def test_failures_are_newest_first_with_every_field(client, make_key, clock):
 
 @pytest.mark.parametrize(("step", "limit"), [(60, 2), (0, 2), (0.25, 3)])
 def test_failure_pages_are_stable_while_new_failures_arrive(client, make_key, clock, step, limit):
-    _, _, token = make_key()
+    token = make_key().token
     subscription = created(client, token)
     path = f"{WEBHOOKS}/{subscription['id']}/failures"
     add_failures(subscription["id"], clock, 3, step=step)
@@ -1000,7 +972,7 @@ def test_failure_pages_are_stable_while_new_failures_arrive(client, make_key, cl
 
 
 def test_failures_cursor_tampered_or_from_another_subscription_is_400(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     first = created(client, token)
     second = created(client, token)
     add_failures(first["id"], clock, 2)
@@ -1020,7 +992,7 @@ def test_failures_cursor_tampered_or_from_another_subscription_is_400(client, ma
 
 @pytest.mark.parametrize("limit", ["0", "101", "x"])
 def test_failures_limit_outside_1_to_100_is_422(client, make_key, limit):
-    _, _, token = make_key()
+    token = make_key().token
     subscription = created(client, token)
     response = client.get(
         f"{WEBHOOKS}/{subscription['id']}/failures?limit={limit}", headers=bearer(token)
@@ -1029,7 +1001,7 @@ def test_failures_limit_outside_1_to_100_is_422(client, make_key, limit):
 
 
 def test_failures_of_a_deleted_subscription_are_404(client, make_key, clock):
-    _, _, token = make_key()
+    token = make_key().token
     subscription = created(client, token)
     add_failures(subscription["id"], clock, 1)
     assert (
@@ -1044,7 +1016,7 @@ def test_failures_of_a_deleted_subscription_are_404(client, make_key, clock):
 
 def test_no_route_crosses_the_org_boundary(client, make_key, clock):
     org_a, _, token_a = make_key(org_name="Acme")
-    _, _, token_b = make_key(org_name="Globex")
+    token_b = make_key(org_name="Globex").token
     theirs = created(client, token_a)
     mine = created(client, token_b, url="https://other.example.com/hook")
     add_failures(theirs["id"], clock, 2)
@@ -1071,22 +1043,15 @@ def test_no_route_crosses_the_org_boundary(client, make_key, clock):
     assert len(failures["data"]) == 2
 
 
-def test_create_does_not_wait_on_a_hanging_dns_server(config, make_key):
+def test_create_does_not_wait_on_a_hanging_dns_server(make_app, make_key):
     release = threading.Event()
 
     def hanging(host, port):
         release.wait(10)
         return ["93.184.216.34"]
 
-    app = create_app(
-        {
-            "PARTNER_API": config,
-            "TESTING": True,
-            "SSRF_RESOLVER": hanging,
-            "WEBHOOK_DNS_TIMEOUT": 0.2,
-        }
-    )
-    _, _, token = make_key()
+    app = make_app(resolver=hanging, create_dns_timeout=0.2)
+    token = make_key().token
     try:
         response = app.test_client().post(
             WEBHOOKS, json={"url": "https://slow.example.com/"}, headers=bearer(token)

@@ -10,11 +10,12 @@ import hmac
 import secrets
 
 from partner_api import clock, ids, ssrf
-from partner_api.db import is_postgres, write_transaction
+from partner_api.config import Config
+from partner_api.db import locked, write_transaction
 from partner_api.deliveries import cancel_open_deliveries, release_held_deliveries
-from partner_api.errors import ApiError
+from partner_api.errors import DomainError
 from partner_api.events import EVENT_TYPES, publish_event
-from partner_api.models import DeliveryFailure, Org, Subscription
+from partner_api.models import DeliveryFailure, Org, Subscription, SubscriptionStatus
 from partner_api.pagination import paginate
 
 SECRET_PREFIX = "whsec_"
@@ -25,52 +26,31 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def _url_error(error: ssrf.WebhookUrlError) -> ApiError:
-    return ApiError(
-        422,
-        error.code,
-        error.message,
-        errors=[{"location": "json", "field": "url", "message": error.message}],
-    )
-
-
 def _check_event_types(events) -> list[str]:
     unknown = [event for event in events if event not in EVENT_TYPES]
     if unknown:
         known = ", ".join(sorted(EVENT_TYPES))
-        message = f"Unknown event type {unknown[0]!r}; known types: {known}."
-        raise ApiError(
-            422,
+        raise DomainError(
             "unknown_event_type",
-            message,
-            errors=[{"location": "json", "field": "events", "message": message}],
+            f"Unknown event type {unknown[0]!r}; known types: {known}.",
+            field="events",
         )
     return sorted(set(events))
 
 
-def create_subscription(
-    org_id: str, url: str, events, description: str, policy: ssrf.SsrfPolicy, max_per_org: int
-):
+def create_subscription(org_id: str, url: str, events, description: str, config: Config):
     """Validate everything (URL and SSRF policy first), then store; returns (sub, secret)."""
     event_types = _check_event_types(events if events is not None else list(EVENT_TYPES))
-    try:
-        checked = ssrf.validate_webhook_url(url, policy)
-    except ssrf.WebhookUrlError as error:
-        raise _url_error(error)
+    checked = ssrf.validate_webhook_url(url, config.ssrf_policy(config.create_dns_timeout))
     secret = new_secret()
     with write_transaction():
-        if is_postgres():  # serialise creates per org so the cap cannot be overshot
-            Org.select().where(Org.id == org_id).for_update().execute()
-        live = (
-            Subscription.select()
-            .where((Subscription.org == org_id) & Subscription.deleted_at.is_null())
-            .count()
-        )
-        if live >= max_per_org:
-            raise ApiError(
-                409,
+        # Serialise creates per org so the cap cannot be overshot.
+        locked(Org.select().where(Org.id == org_id)).execute()
+        live = Subscription.select().where(Subscription.live(org_id)).count()
+        if live >= config.max_subscriptions_per_org:
+            raise DomainError(
                 "subscription_limit_reached",
-                f"This org already has the maximum of {max_per_org} webhook "
+                f"This org already has the maximum of {config.max_subscriptions_per_org} webhook "
                 "subscriptions; delete one first.",
             )
         subscription = Subscription.create(
@@ -80,7 +60,7 @@ def create_subscription(
             events=event_types,
             description=description,
             secret=secret,
-            status="enabled",
+            status=SubscriptionStatus.ENABLED,
             consecutive_failures=0,
             created_at=clock.now(),
         )
@@ -88,32 +68,29 @@ def create_subscription(
 
 
 def list_subscriptions(org_id: str, limit: int, cursor: str | None) -> dict:
-    query = Subscription.select().where(
-        (Subscription.org == org_id) & Subscription.deleted_at.is_null()
-    )
+    query = Subscription.select().where(Subscription.live(org_id))
     return paginate(
         query, Subscription.created_at, Subscription.id, f"subscriptions:{org_id}", limit, cursor
     )
 
 
-def get_subscription(org_id: str, subscription_id: str, lock: bool = False) -> Subscription:
-    """The org's live subscription, or 404 (also for other orgs' ids and malformed ids).
+def get_subscription(org_id: str | None, subscription_id: str, lock: bool = False):
+    """The live subscription (of `org_id`, unless None: operators see every org's), or
+    `subscription_not_found` (also for other orgs' ids and malformed ids).
 
-    `lock` (inside a write transaction) holds the row until commit on PostgreSQL; SQLite's
-    BEGIN IMMEDIATE already holds the whole database.
+    `lock` (inside a write transaction) holds the row until commit.
     """
     subscription = None
     if ids.looks_like("wh", subscription_id):
         query = Subscription.select().where(
-            (Subscription.id == subscription_id)
-            & (Subscription.org == org_id)
-            & Subscription.deleted_at.is_null()
+            (Subscription.id == subscription_id) & Subscription.live(org_id)
         )
-        if lock and is_postgres():
-            query = query.for_update()
-        subscription = query.first()
+        subscription = (locked(query) if lock else query).first()
     if subscription is None:
-        raise ApiError(404, "subscription_not_found", "No such webhook subscription.")
+        raise DomainError(
+            "subscription_not_found",
+            f"No webhook subscription with id {subscription_id!r}.",
+        )
     return subscription
 
 
@@ -129,13 +106,12 @@ def delete_subscription(org_id: str, subscription_id: str) -> None:
 def enable_subscription(subscription_id: str) -> Subscription:
     """Operator action: re-enable an (auto-)disabled subscription; held deliveries resume."""
     with write_transaction():
-        subscription = Subscription.get_or_none(
-            (Subscription.id == subscription_id) & Subscription.deleted_at.is_null()
-        )
-        if subscription is None:
-            raise LookupError(f"no webhook subscription with id {subscription_id!r}")
+        subscription = get_subscription(None, subscription_id)
         Subscription.update(
-            status="enabled", disabled_reason=None, disabled_at=None, consecutive_failures=0
+            status=SubscriptionStatus.ENABLED,
+            disabled_reason=None,
+            disabled_at=None,
+            consecutive_failures=0,
         ).where(Subscription.id == subscription.id).execute()
         release_held_deliveries(subscription.id)
     return Subscription.get_by_id(subscription_id)
@@ -146,12 +122,11 @@ def send_test_ping(org_id: str, subscription_id: str, secret: str):
     with write_transaction():  # the subscription cannot change between the checks and the publish
         subscription = get_subscription(org_id, subscription_id, lock=True)
         if not hmac.compare_digest(secret.encode(), subscription.secret.encode()):
-            raise ApiError(
-                403, "secret_mismatch", "The secret does not match this subscription's secret."
+            raise DomainError(
+                "secret_mismatch", "The secret does not match this subscription's secret."
             )
-        if subscription.status != "enabled":
-            raise ApiError(
-                409,
+        if subscription.status != SubscriptionStatus.ENABLED:
+            raise DomainError(
                 "subscription_disabled",
                 "The subscription is disabled; an operator must re-enable it first.",
             )

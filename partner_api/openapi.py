@@ -1,0 +1,218 @@
+"""The OpenAPI document's shared parts: top-level options, documented error answers and the
+`webhooks` section, with wording generated from the configuration the code runs on.
+"""
+
+from __future__ import annotations
+
+import http
+
+from flask_smorest.utils import prepare_response
+
+from partner_api import retry, webhook_url
+from partner_api.config import Config
+from partner_api.errors import DEFAULT_CODES, PROBLEM_CONTENT_TYPE, problem_body
+from partner_api.events import EVENT_TYPES
+
+# An example answer per status, and every `code` an error of that status can carry.
+_EXAMPLE_DETAILS = {
+    400: ("invalid_json", "The request body is not valid JSON."),
+    401: ("invalid_token", "The bearer token is missing, malformed, unknown or revoked."),
+    403: ("insufficient_scope", "This API key lacks the webhooks:manage scope."),
+    404: ("subscription_not_found", "No such webhook subscription."),
+    405: ("method_not_allowed", "This method is not allowed on this resource."),
+    409: ("subscription_disabled", "The subscription is disabled."),
+    413: ("payload_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "Send the request body as application/json."),
+    422: ("validation_error", "The request has invalid fields."),
+    429: ("rate_limited", "Rate limit of 600 requests per minute exceeded."),
+    500: ("internal_error", "An unexpected error occurred."),
+}
+_STATUS_CODES = {
+    400: ("invalid_json", "invalid_cursor"),
+    401: ("authentication_required", "invalid_token"),
+    403: ("insufficient_scope", "secret_mismatch"),
+    404: ("not_found", "subscription_not_found"),
+    405: ("method_not_allowed",),
+    409: ("subscription_limit_reached", "subscription_disabled"),
+    413: ("payload_too_large",),
+    415: ("unsupported_media_type",),
+    422: ("validation_error", "unknown_event_type", *sorted(webhook_url.ERROR_CODES)),
+    429: ("rate_limited",),
+    500: ("internal_error",),
+}
+
+# Sent on every authenticated answer (so on everything but a 401); documented once as header
+# components and referenced from each response.
+_RATE_LIMIT_HEADER_DOCS = {
+    "X-RateLimit-Limit": {
+        "description": "Requests allowed per one-minute window for this key.",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "Requests left in the current window.",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Reset": {
+        "description": "Unix seconds when the current window ends.",
+        "schema": {"type": "integer"},
+    },
+}
+RATE_LIMIT_HEADERS = {
+    name: {"$ref": f"#/components/headers/{name}"} for name in _RATE_LIMIT_HEADER_DOCS
+}
+
+
+def spec_options(config: Config) -> dict:
+    """flask-smorest's API_SPEC_OPTIONS: description, security and the `webhooks` section."""
+    return {
+        "info": {
+            "description": (
+                "Authenticated identity and signed, retried webhooks for partners. "
+                "Every error answers `application/problem+json` (RFC 9457) with a stable "
+                "`code`. Webhook deliveries are POSTed with `X-VC-Timestamp` and "
+                "`X-VC-Signature: v1=<hex HMAC-SHA256 of '<timestamp>.<body>'>`."
+            )
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key token (`vc_…`) provisioned by the operator.",
+                }
+            }
+        },
+        "security": [{"bearerAuth": []}],
+        "webhooks": webhooks_section(config),
+    }
+
+
+def register_error_responses(spec, error_schema) -> None:
+    """Error responses as problem+json components, each with an example and its codes."""
+    for name, header in _RATE_LIMIT_HEADER_DOCS.items():
+        spec.components.header(name, header)
+    for status in _EXAMPLE_DETAILS:
+        response = _error_response(status, error_schema)
+        prepare_response(response, spec, PROBLEM_CONTENT_TYPE)
+        spec.components.response(http.HTTPStatus(status).name, response, lazy=True)
+    response = {
+        "description": "Any other error.",
+        "schema": error_schema,
+        "example": problem_body(500, DEFAULT_CODES[500], _EXAMPLE_DETAILS[500][1]),
+    }
+    prepare_response(response, spec, PROBLEM_CONTENT_TYPE)
+    spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+
+def _error_response(status: int, error_schema) -> dict:
+    code, detail = _EXAMPLE_DETAILS[status]
+    example = problem_body(status, code, detail)
+    if status == 422:
+        example["errors"] = [
+            {"location": "json", "field": "url", "message": "Missing data for required field."}
+        ]
+    if status == 403:
+        example["required_scope"] = "webhooks:manage"
+    codes = ", ".join(f"`{code}`" for code in _STATUS_CODES[status])
+    response = {
+        "description": f"{http.HTTPStatus(status).phrase}; `code` is one of {codes}.",
+        "schema": error_schema,
+        "example": example,
+    }
+    if status == 401:
+        response["headers"] = {
+            "WWW-Authenticate": {
+                "description": 'The bearer challenge: `Bearer realm="partner-api"`, '
+                'plus `, error="invalid_token"` when a token was sent but refused.',
+                "schema": {"type": "string"},
+            }
+        }
+    elif status != 405:  # a 405 is answered by routing, before any key is counted
+        response["headers"] = dict(RATE_LIMIT_HEADERS)
+    if status == 429:
+        response["headers"]["Retry-After"] = {
+            "description": "Seconds until the window resets.",
+            "schema": {"type": "integer"},
+        }
+    return response
+
+
+_SIGNATURE_HEADERS = [
+    {
+        "name": "X-VC-Timestamp",
+        "in": "header",
+        "required": True,
+        "description": "Unix seconds at the moment of this attempt (fresh on every retry). "
+        "Reject deliveries older than 5 minutes.",
+        "schema": {"type": "string", "example": "1795780830"},
+    },
+    {
+        "name": "X-VC-Signature",
+        "in": "header",
+        "required": True,
+        "description": "`v1=` + lowercase hex HMAC-SHA256, keyed with the subscription "
+        "secret's UTF-8 bytes, of `<X-VC-Timestamp>.<raw body bytes>`. Compare in "
+        "constant time.",
+        "schema": {"type": "string", "example": "v1=5257a869e7ecebeda32affa62cdca3fa51cad7e7"},
+    },
+]
+_ENVELOPE_SCHEMA = {
+    "type": "object",
+    "required": ["event", "id", "subscription_id", "occurred_at", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "The event type."},
+        "id": {
+            "type": "string",
+            "description": "Event id; the same on every attempt, so receivers can "
+            "de-duplicate on it.",
+        },
+        "subscription_id": {"type": "string"},
+        "occurred_at": {"type": "string", "format": "date-time"},
+        "data": {"type": "object"},
+    },
+}
+
+
+def delivery_terms(config: Config) -> str:
+    """How a delivery succeeds or is retried, in the words of the running configuration."""
+    return (
+        f"A 2xx answer within {retry.describe_seconds(config.delivery_timeout)} is success; "
+        "anything else, redirects included (never followed), is retried after "
+        f"{retry.describe_schedule(config.retry_schedule)}, then dead-lettered "
+        f"({config.max_attempts} attempts in all)."
+    )
+
+
+def webhooks_section(config: Config) -> dict:
+    """OpenAPI 3.1 `webhooks`: what a receiver gets for each event type, and how to verify it."""
+    return {
+        event_type: {
+            "post": {
+                "summary": description,
+                "description": "POSTed to the subscription URL with `Content-Type: "
+                f"application/json`. {delivery_terms(config)}",
+                "security": [],
+                "parameters": _SIGNATURE_HEADERS,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": _ENVELOPE_SCHEMA,
+                            "example": {
+                                "event": event_type,
+                                "id": "evt_uz6lt44a4hpsvjpzaq426i5eoa",
+                                "subscription_id": "wh_tpuhksvmcfwqmj3bgj72wzf2fe",
+                                "occurred_at": "2026-11-27T06:34:08.592Z",
+                                "data": {"message": "Test ping from Partner API."},
+                            },
+                        }
+                    },
+                },
+                "responses": {
+                    "2XX": {"description": "Delivered."},
+                    "default": {"description": "A failed attempt; it will be retried."},
+                },
+            }
+        }
+        for event_type, description in EVENT_TYPES.items()
+    }
