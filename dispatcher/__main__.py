@@ -29,19 +29,53 @@ def main(argv=None) -> int:
     # Not a line per poll, nor per tick skipped while a long poll is still sending.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     try:
-        config = Config.from_env()
-    except ConfigError as exc:
-        print(f"dispatcher: configuration error: {exc}", file=sys.stderr)
-        return 2
-    # One pooled connection per sender, plus the polling thread and some slack.
-    db.bind(config.database_url, max_connections=config.dispatch_workers + 4)
-    try:
-        db.check_schema()
-    except RuntimeError as exc:
+        config = _load_config()
+    except (ConfigError, RuntimeError) as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return 2
     dispatcher = Dispatcher(config)
-    scheduler = None if args.once else BlockingScheduler()
+    scheduler = None if args.once else _poll_scheduler(dispatcher, config.poll_interval)
+    _stop_on_signals(dispatcher, scheduler)
+    try:
+        if scheduler is None:
+            log.info("drained %d deliveries", dispatcher.run_until_idle())
+        else:
+            log.info("dispatcher polling every %ss", config.poll_interval)
+            scheduler.start()
+    finally:
+        dispatcher.close()  # waits for in-flight attempts
+    log.info("dispatcher stopped")
+    return 0
+
+
+def _load_config() -> Config:
+    """The validated configuration, with the database bound and its schema checked."""
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        raise ConfigError(f"configuration error: {exc}") from None
+    # One pooled connection per sender, plus the polling thread and some slack.
+    db.bind(config.database_url, max_connections=config.dispatch_workers + 4)
+    db.check_schema()  # RuntimeError with one clear line
+    return config
+
+
+def _poll_scheduler(dispatcher: Dispatcher, interval: float) -> BlockingScheduler:
+    scheduler = BlockingScheduler()
+    scheduler.add_job(
+        dispatcher.poll,
+        "interval",
+        seconds=interval,
+        id="poll",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.datetime.now(datetime.UTC),  # first poll right away
+    )
+    return scheduler
+
+
+def _stop_on_signals(dispatcher: Dispatcher, scheduler: BlockingScheduler | None) -> None:
+    """SIGTERM/SIGINT: stop claiming; main() then waits for the attempts in flight."""
 
     def shutdown(signum, frame):
         if dispatcher.stopping.is_set():
@@ -49,30 +83,11 @@ def main(argv=None) -> int:
         log.info("received %s: finishing in-flight attempts", signal.Signals(signum).name)
         dispatcher.stop()  # the running poll returns at its next step
         if scheduler is not None and scheduler.running:
-            # No waiting inside a signal handler: close() below waits for the poll.
+            # No waiting inside a signal handler: close() in main() waits for the poll.
             scheduler.shutdown(wait=False)
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    try:
-        if args.once:
-            log.info("drained %d deliveries", dispatcher.run_until_idle())
-        else:
-            scheduler.add_job(
-                dispatcher.drain,
-                "interval",
-                seconds=config.poll_interval,
-                id="drain",
-                max_instances=1,
-                coalesce=True,
-                next_run_time=datetime.datetime.now(datetime.UTC),  # first poll right away
-            )
-            log.info("dispatcher polling every %ss", config.poll_interval)
-            scheduler.start()
-    finally:
-        dispatcher.close()  # waits for in-flight attempts
-    log.info("dispatcher stopped")
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ log = logging.getLogger("dispatcher")
 
 
 class Dispatcher:
-    """Claims due deliveries and sends them concurrently; `drain` is one poll."""
+    """Claims due deliveries and sends them concurrently; `poll` claims and sends what is due."""
 
     def __init__(self, config: Config):
         self.config = config
@@ -44,17 +44,17 @@ class Dispatcher:
         )
         self._in_flight: dict[concurrent.futures.Future, str] = {}  # → subscription id
         self._lock = threading.Lock()
-        self._draining = threading.Lock()  # close() waits for a running poll to return
+        self._polling = threading.Lock()  # close() waits for a running poll to return
         self.per_subscription = max(1, config.dispatch_workers // 2)
 
-    def drain(self) -> int:
+    def poll(self) -> int:
         """Send everything due now, keeping every sender busy; returns how many were claimed.
 
         Returns once nothing more can be claimed (or after waiting a poll interval for a busy
         sender); attempts still in flight finish in the background.
         """
         claimed_total = 0
-        with self._draining:
+        with self._polling:
             while not self.stopping.is_set():
                 free = self.config.dispatch_workers - self._busy()
                 if free <= 0:
@@ -83,10 +83,10 @@ class Dispatcher:
         return claimed_total
 
     def run_until_idle(self) -> int:
-        """`--once`: drain, wait for in-flight attempts, repeat until nothing is due."""
+        """`--once`: poll, wait for in-flight attempts, repeat until nothing is due."""
         total = 0
         while not self.stopping.is_set():
-            claimed = self.drain()
+            claimed = self.poll()
             self.wait_in_flight()
             total += claimed
             if not claimed:
@@ -104,7 +104,7 @@ class Dispatcher:
 
     def close(self) -> None:
         self.stop()
-        with self._draining:  # a poll in progress returns at its next step
+        with self._polling:  # a poll in progress returns at its next step
             self._senders.shutdown(wait=True)
         self.transport.close()
 
@@ -149,7 +149,7 @@ class Dispatcher:
                     next_step = "delivered" if record_delivered(claim) else "lease_lost"
                 else:
                     failure = record_failed_attempt(claim, result, self.config)
-                    next_step = _describe(failure)
+                    next_step = _next_step(failure)
             log.info(
                 "delivery=%s attempt=%d outcome=%s status=%s duration_ms=%d next=%s",
                 claim.id,
@@ -165,7 +165,7 @@ class Dispatcher:
             return None
 
 
-def _describe(failure) -> str:
+def _next_step(failure) -> str:
     if failure is None:
         return "lease_lost"
     if failure.dead_lettered:

@@ -9,12 +9,14 @@ import functools
 import json
 
 import click
+import marshmallow as ma
 import peewee
 from flask.cli import AppGroup
 
-from partner_api import clock, provisioning, scopes
+from partner_api import provisioning, scopes
 from partner_api.db import database, database_problem
 from partner_api.errors import DomainError
+from partner_api.fields import Timestamp
 
 orgs_cli = AppGroup("orgs", help="Create and list partner organisations.")
 keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
@@ -47,22 +49,28 @@ def _emit(as_json: bool, payload, text: str) -> None:
     click.echo(json.dumps(payload, indent=2) if as_json else text)
 
 
-def org_dict(org) -> dict:
-    return {"id": org.id, "name": org.name, "created_at": clock.isoformat(org.created_at)}
+class OrgRecord(ma.Schema):
+    id = ma.fields.String()
+    name = ma.fields.String()
+    created_at = Timestamp()
 
 
-def key_dict(key) -> dict:
-    return {
-        "id": key.id,
-        "org_id": key.org_id,
-        "name": key.name,
-        "prefix": key.prefix,
-        "scopes": key.scope_list,
-        "rate_limit": key.rate_limit,
-        "created_at": clock.isoformat(key.created_at),
-        "last_used_at": clock.isoformat(key.last_used_at),
-        "revoked_at": clock.isoformat(key.revoked_at),
-    }
+class KeyRecord(ma.Schema):
+    """A key as the CLI shows it: never its token (only `keys create` adds that, once)."""
+
+    id = ma.fields.String()
+    org_id = ma.fields.String()
+    name = ma.fields.String()
+    prefix = ma.fields.String()
+    scopes = ma.fields.List(ma.fields.String(), attribute="scope_list")
+    rate_limit = ma.fields.Integer(allow_none=True)
+    created_at = Timestamp()
+    last_used_at = Timestamp(allow_none=True)
+    revoked_at = Timestamp(allow_none=True)
+
+
+org_dict = OrgRecord().dump
+key_dict = KeyRecord().dump
 
 
 @orgs_cli.command("create")

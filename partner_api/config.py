@@ -91,7 +91,7 @@ def _database_url(value: str) -> str:
     return value
 
 
-def _whole(low: int, high: int):
+def _whole_number(low: int, high: int):
     def parse(value: str) -> int:
         number = int(value)
         if not low <= number <= high:
@@ -101,7 +101,7 @@ def _whole(low: int, high: int):
     return parse
 
 
-def _seconds(high: float):
+def _positive_seconds(high: float):
     def parse(value: str) -> float:
         number = float(value)
         if not 0 < number <= high:  # also refuses nan
@@ -144,14 +144,17 @@ MAX_RETRIES = 20
 _VARIABLES = {
     "DATABASE_URL": ("database_url", _database_url),
     "PARTNER_API_RETRY_SCHEDULE": ("retry_schedule", _schedule),
-    "PARTNER_API_DELIVERY_TIMEOUT": ("delivery_timeout", _seconds(300)),
-    "PARTNER_API_POLL_INTERVAL": ("poll_interval", _seconds(3600)),
-    "PARTNER_API_AUTO_DISABLE_AFTER": ("auto_disable_after", _whole(1, 1_000_000)),
+    "PARTNER_API_DELIVERY_TIMEOUT": ("delivery_timeout", _positive_seconds(300)),
+    "PARTNER_API_POLL_INTERVAL": ("poll_interval", _positive_seconds(3600)),
+    "PARTNER_API_AUTO_DISABLE_AFTER": ("auto_disable_after", _whole_number(1, 1_000_000)),
     "PARTNER_API_WEBHOOK_ALLOW_CIDRS": ("webhook_allow_cidrs", ssrf.parse_allow_cidrs),
     "PARTNER_API_ALLOW_HTTP_WEBHOOKS": ("allow_http_webhooks", _boolean),
     "PARTNER_API_CA_BUNDLE": ("ca_bundle", _ca_bundle),
-    "PARTNER_API_DEFAULT_RATE_LIMIT": ("default_rate_limit", _whole(1, 1_000_000)),
-    "PARTNER_API_MAX_SUBSCRIPTIONS_PER_ORG": ("max_subscriptions_per_org", _whole(1, 10_000)),
-    "PARTNER_API_DISPATCH_BATCH_SIZE": ("dispatch_batch_size", _whole(1, 1_000)),
-    "PARTNER_API_DISPATCH_WORKERS": ("dispatch_workers", _whole(1, 200)),
+    "PARTNER_API_DEFAULT_RATE_LIMIT": ("default_rate_limit", _whole_number(1, 1_000_000)),
+    "PARTNER_API_MAX_SUBSCRIPTIONS_PER_ORG": (
+        "max_subscriptions_per_org",
+        _whole_number(1, 10_000),
+    ),
+    "PARTNER_API_DISPATCH_BATCH_SIZE": ("dispatch_batch_size", _whole_number(1, 1_000)),
+    "PARTNER_API_DISPATCH_WORKERS": ("dispatch_workers", _whole_number(1, 200)),
 }

@@ -53,15 +53,15 @@ def _signer() -> URLSafeSerializer:
     return _serializer(db.app_secret("cursor_signing_key"))
 
 
-def encode_cursor(scope: str, moment: dt.datetime, row_id: str) -> str:
-    return _signer().dumps([scope, moment.isoformat(), row_id])
+def encode_cursor(list_name: str, moment: dt.datetime, row_id: str) -> str:
+    return _signer().dumps([list_name, moment.isoformat(), row_id])
 
 
-def decode_cursor(scope: str, cursor: str) -> tuple[dt.datetime, str]:
-    """The (time, id) a cursor points after; 400 invalid_cursor if it is not ours for `scope`."""
+def decode_cursor(list_name: str, cursor: str) -> tuple[dt.datetime, str]:
+    """The (time, id) a cursor points after; `invalid_cursor` unless it is ours for `list_name`."""
     try:
-        cursor_scope, moment, row_id = _signer().loads(cursor)
-        if cursor_scope != scope:
+        cursor_list, moment, row_id = _signer().loads(cursor)
+        if cursor_list != list_name:
             raise ValueError("cursor belongs to another list")
         return dt.datetime.fromisoformat(moment), str(row_id)
     except (BadSignature, ValueError, TypeError):
@@ -73,10 +73,10 @@ def decode_cursor(scope: str, cursor: str) -> tuple[dt.datetime, str]:
         )
 
 
-def paginate(query, time_field, id_field, scope: str, limit: int, cursor: str | None) -> dict:
+def paginate(query, time_field, id_field, list_name: str, limit: int, cursor: str | None) -> dict:
     """One page of `query`, newest first, keyset on (time, id) so pages are stable."""
     if cursor:
-        moment, row_id = decode_cursor(scope, cursor)
+        moment, row_id = decode_cursor(list_name, cursor)
         query = query.where((time_field < moment) | ((time_field == moment) & (id_field < row_id)))
     rows = list(query.order_by(time_field.desc(), id_field.desc()).limit(limit + 1))
     has_more = len(rows) > limit
@@ -85,6 +85,6 @@ def paginate(query, time_field, id_field, scope: str, limit: int, cursor: str | 
     if has_more:
         last = rows[-1]
         next_cursor = encode_cursor(
-            scope, getattr(last, time_field.name), getattr(last, id_field.name)
+            list_name, getattr(last, time_field.name), getattr(last, id_field.name)
         )
     return {"data": rows, "has_more": has_more, "next_cursor": next_cursor}

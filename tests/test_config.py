@@ -100,3 +100,17 @@ def test_a_pem_ca_bundle_is_accepted(tmp_path):
     bundle = tmp_path / "ca.pem"
     trustme.CA().cert_pem.write_to_path(str(bundle))
     assert Config.from_env({"PARTNER_API_CA_BUNDLE": str(bundle)}).ca_bundle == str(bundle)
+
+
+def test_domain_error_codes_map_to_their_http_status():
+    from partner_api.errors import DomainError, from_domain_error, status_for
+
+    assert status_for("subscription_not_found") == 404
+    assert status_for("secret_mismatch") == 403
+    assert status_for("subscription_limit_reached") == 409
+    assert status_for("invalid_cursor") == 400
+    assert status_for("reserved_scope") == 422  # any other refusal is a validation error
+    error = from_domain_error(DomainError("invalid_url", "Bad.", field="url"))
+    assert (error.status, error.code) == (422, "invalid_url")
+    assert error.errors == [{"location": "json", "field": "url", "message": "Bad."}]
+    assert from_domain_error(DomainError("subscription_not_found", "No.")).errors is None

@@ -345,7 +345,7 @@ def test_one_poll_keeps_draining_while_batches_are_full(client, partner, clock, 
         with database.connection_context():
             publish_event(org.id, "vc.test.ping", {})
         dispatcher = dispatcher_factory(dispatch_batch_size=2, dispatch_workers=8)
-        assert dispatcher.drain() == 7
+        assert dispatcher.poll() == 7
         dispatcher.wait_in_flight()
     assert len(receiver.requests) == 7
 
@@ -389,10 +389,10 @@ def test_a_slow_endpoint_does_not_hold_back_the_others(client, partner, clock, d
                 publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=fast_sub["id"])
         dispatcher = dispatcher_factory(dispatch_workers=2)
         started = clock_module.monotonic()
-        dispatcher.drain()
+        dispatcher.poll()
         # One sender is stuck on the slow receiver; the other serves the fast one meanwhile.
         while len(fast.requests) < 5 and clock_module.monotonic() - started < 1.2:
-            dispatcher.drain()
+            dispatcher.poll()
             fast.first_request.wait(0.02)
         assert len(fast.requests) == 5
         assert len(slow.requests) == 1  # arrived, its answer still 1.5 s away

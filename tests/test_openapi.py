@@ -189,3 +189,15 @@ def test_every_event_type_documents_its_delivery_and_signature_headers(spec):
         ]
         assert body["example"]["event"] == event_type
         assert operation["security"] == []
+
+
+def test_delivery_terms_in_the_document_follow_the_running_configuration(make_app):
+    default = make_app().test_client().get(OPENAPI).get_json()
+    text = default["webhooks"]["vc.test.ping"]["post"]["description"]
+    assert "within 10s" in text and "1m, 5m, 30m, 2h, 6h and 24h" in text
+    assert "(7 attempts in all)" in text
+
+    custom = make_app(retry_schedule=(30, 90), delivery_timeout=2.5)
+    text = custom.test_client().get(OPENAPI).get_json()["webhooks"]["vc.test.ping"]["post"]
+    assert "within 2.5s" in text["description"]
+    assert "after 30s and 1m30s, then dead-lettered (3 attempts in all)" in text["description"]

@@ -2,7 +2,7 @@
 
 from flask import g
 
-from partner_api import clock, scopes
+from partner_api import scopes
 from partner_api.auth import require_scope
 from partner_api.extensions import Blueprint, NoQuerySchema
 from partner_api.identity.schemas import MeSchema
@@ -20,14 +20,8 @@ def me(_query):
     """Identity of the calling key, its scopes and rate-limit headroom"""
     key, state = g.api_key, g.rate_limit
     return {
-        "org": {"id": key.org.id, "name": key.org.name},
-        "key": {
-            "id": key.id,
-            "name": key.name,
-            "prefix": key.prefix,
-            "created_at": clock.isoformat(key.created_at),
-            "last_used_at": clock.isoformat(key.last_used_at),
-        },
+        "org": key.org,
+        "key": key,
         "scopes": key.scope_list,
         "rate_limit": {
             "limit": state.limit,

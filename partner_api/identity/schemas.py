@@ -2,6 +2,8 @@
 
 import marshmallow as ma
 
+from partner_api.fields import Timestamp
+
 
 class OrgSchema(ma.Schema):
     id = ma.fields.String(metadata={"example": "org_5x2c7qkq3w6yq4n2m7hb5r3v2e"})
@@ -12,8 +14,8 @@ class KeySchema(ma.Schema):
     id = ma.fields.String(metadata={"example": "key_q4n2m7hb5r3v2e5x2c7qkq3w6y"})
     name = ma.fields.String(metadata={"example": "production"})
     prefix = ma.fields.String(metadata={"example": "vc_4fG7aQ2z"})
-    created_at = ma.fields.String(metadata={"format": "date-time"})
-    last_used_at = ma.fields.String(allow_none=True, metadata={"format": "date-time"})
+    created_at = Timestamp()
+    last_used_at = Timestamp(allow_none=True)
 
 
 class RateLimitSchema(ma.Schema):

@@ -17,7 +17,7 @@ from partner_api.webhooks.schemas import (
 )
 
 blp = Blueprint("webhooks", __name__, description="Webhook subscriptions and their deliveries.")
-manage = require_scope(scopes.WEBHOOKS_MANAGE)
+manage_webhooks = require_scope(scopes.WEBHOOKS_MANAGE)
 SUBSCRIPTION_ID = [
     {
         "in": "path",
@@ -36,7 +36,7 @@ def _org_id() -> str:
 
 
 @blp.post("/webhooks")
-@manage
+@manage_webhooks
 @blp.arguments(NoQuerySchema, location="query")
 @blp.arguments(SubscriptionCreateSchema)
 @blp.response(201, SubscriptionCreatedSchema)
@@ -54,7 +54,7 @@ def create_webhook(_query, body):
 
 
 @blp.get("/webhooks")
-@manage
+@manage_webhooks
 @blp.arguments(ListQuerySchema, location="query")
 @blp.response(200, SubscriptionPageSchema)
 @blp.errors(400, 401, 403, 422, 429)
@@ -64,7 +64,7 @@ def list_webhooks(query):
 
 
 @blp.delete("/webhooks/<string:subscription_id>", parameters=SUBSCRIPTION_ID)
-@manage
+@manage_webhooks
 @blp.arguments(NoQuerySchema, location="query")
 @blp.response(204)
 @blp.errors(401, 403, 404, 422, 429)
@@ -74,7 +74,7 @@ def delete_webhook(_query, subscription_id):
 
 
 @blp.post("/webhooks/<string:subscription_id>/test", parameters=SUBSCRIPTION_ID)
-@manage
+@manage_webhooks
 @blp.arguments(NoQuerySchema, location="query")
 @blp.arguments(TestPingSchema)
 @blp.response(202, TestPingResultSchema)
@@ -86,7 +86,7 @@ def test_webhook(_query, body, subscription_id):
 
 
 @blp.get("/webhooks/<string:subscription_id>/failures", parameters=SUBSCRIPTION_ID)
-@manage
+@manage_webhooks
 @blp.arguments(ListQuerySchema, location="query")
 @blp.response(200, FailurePageSchema)
 @blp.errors(400, 401, 403, 404, 422, 429)

@@ -2,26 +2,9 @@
 
 import marshmallow as ma
 
-from partner_api import clock
 from partner_api.events import EVENT_TYPES
+from partner_api.fields import Timestamp
 from partner_api.pagination import page_schema
-
-
-class Timestamp(ma.fields.Field):
-    """A stored naive-UTC datetime as RFC 3339 text."""
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        return clock.isoformat(value)
-
-
-class Flag(ma.fields.Boolean):
-    """A boolean stored as an integer 0/1: always a JSON true/false on the wire.
-
-    (marshmallow 4's Boolean passes values through on dump, so a stored 1 would leak as 1.)
-    """
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        return None if value is None else bool(value)
 
 
 class SubscriptionCreateSchema(ma.Schema):
@@ -65,9 +48,9 @@ class SubscriptionSchema(ma.Schema):
         allow_none=True,
         metadata={"description": "Why it was disabled (e.g. after consecutive failed attempts)."},
     )
-    disabled_at = Timestamp(allow_none=True, metadata={"type": "string", "format": "date-time"})
+    disabled_at = Timestamp(allow_none=True)
     consecutive_failures = ma.fields.Integer()
-    created_at = Timestamp(metadata={"type": "string", "format": "date-time"})
+    created_at = Timestamp()
 
 
 class SubscriptionCreatedSchema(SubscriptionSchema):
@@ -100,7 +83,7 @@ class FailureSchema(ma.Schema):
     event_id = ma.fields.String(attribute="event_id")
     event_type = ma.fields.String(metadata={"example": "vc.test.ping"})
     attempt = ma.fields.Integer(metadata={"description": "Attempt number, 1-based."})
-    attempted_at = Timestamp(metadata={"type": "string", "format": "date-time"})
+    attempted_at = Timestamp()
     duration_ms = ma.fields.Integer()
     error_kind = ma.fields.String(
         metadata={
@@ -117,13 +100,11 @@ class FailureSchema(ma.Schema):
     next_attempt_at = Timestamp(
         allow_none=True,
         metadata={
-            "type": "string",
-            "format": "date-time",
             "description": "When the retry after this attempt was scheduled; null if this "
             "attempt dead-lettered the delivery.",
         },
     )
-    dead_lettered = Flag()
+    dead_lettered = ma.fields.Boolean()
 
 
 SubscriptionPageSchema = page_schema(SubscriptionSchema, "SubscriptionPageSchema")
