@@ -78,7 +78,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     delivered_at     TIMESTAMP
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_subscription ON deliveries (subscription_id, status);
+-- Serves the claim's per-subscription probe for due work and every per-subscription sweep.
+DROP INDEX IF EXISTS deliveries_subscription;
+CREATE INDEX IF NOT EXISTS deliveries_subscription_due
+    ON deliveries (subscription_id, status, next_attempt_at);
 
 -- The failure audit: one row per failed attempt.
 CREATE TABLE IF NOT EXISTS delivery_failures (

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from dispatcher.dispatch import Dispatcher
@@ -61,7 +62,8 @@ def _load_config() -> Config:
 
 
 def _poll_scheduler(dispatcher: Dispatcher, interval: float) -> BlockingScheduler:
-    scheduler = BlockingScheduler()
+    # One worker thread: polls never overlap, and the poll keeps one database connection.
+    scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(1)})
     scheduler.add_job(
         dispatcher.poll,
         "interval",

@@ -12,6 +12,9 @@ import dataclasses
 import datetime as dt
 import secrets
 
+from peewee import fn
+
+from dispatcher import shares
 from partner_api import clock, ids, retry
 from partner_api.config import Config
 from partner_api.db import locked, write_transaction
@@ -39,34 +42,38 @@ class ClaimedDelivery:
     subscription_id: str
     url: str
     secret: str
-
-
-CANDIDATES_PER_CLAIM = 4  # rows examined per delivery wanted, to step past busy subscriptions
+    org_id: str = ""
+    failing: bool = False  # the subscription's last attempt failed
 
 
 def claim_due_deliveries(
-    limit: int, lease_seconds: float, *, in_flight=None, share: int | None = None
+    limit: int,
+    lease_seconds: float,
+    *,
+    policy: shares.SharePolicy | None = None,
+    running: collections.Counter | None = None,
+    known: dict[str, shares.Subscriber] | None = None,
+    headroom: int = 1,
 ) -> list[ClaimedDelivery]:
-    """Lease up to `limit` due deliveries, oldest first, in one write transaction (BEGIN
-    IMMEDIATE on SQLite, SKIP LOCKED on PostgreSQL): pick within shares, lease, load.
+    """Lease up to `limit` due deliveries in one write transaction (BEGIN IMMEDIATE on SQLite,
+    SKIP LOCKED on PostgreSQL): find who has work due, choose, lease, load.
 
-    With `share`, no subscription ends up with more than `share` deliveries counting those
-    already `in_flight` ({subscription id: attempts running}), so one busy receiver cannot take
-    every sender. Rows of a disabled or deleted subscription met on the way are held or cancelled.
+    With a `policy`, the choice follows the sharing rules (`shares.choose`) given what is
+    `running` per subscription and what the dispatcher `known`s of them (slowness); without,
+    oldest first. Within one subscription, oldest first always. Due rows of a disabled
+    subscription met on the way are held.
     """
     now = clock.now()
     token = secrets.token_hex(16)
     with write_transaction():
-        while True:
-            picked = _pick_within_shares(now, limit, collections.Counter(in_flight or {}), share)
-            if not picked:
-                return []
-            rows = _load(_lease(picked, now, lease_seconds, token))
-            unsendable = [row for row in rows if not row.subscription.sendable]
-            if unsendable:
-                _hold_or_cancel(unsendable)
-            if len(unsendable) < len(rows):
-                break  # else every row was parked: look again, they are no longer due
+        if policy is None:
+            _subscribers_with_work_due(now, {})  # holds what disabled subscriptions have due
+            leased = _lease(_oldest_due(None, limit, now), now, lease_seconds, token)
+        else:
+            leased = _lease_within_shares(
+                limit, lease_seconds, now, token, policy, running, known, headroom
+            )
+        rows = _load(leased)
     return [
         ClaimedDelivery(
             id=row.id,
@@ -76,41 +83,99 @@ def claim_due_deliveries(
             subscription_id=row.subscription.id,
             url=row.subscription.url,
             secret=row.subscription.secret,
+            org_id=row.subscription.org_id,
+            failing=row.subscription.consecutive_failures > 0,
         )
         for row in rows
-        if row.subscription.sendable
     ]
 
 
-def _pick_within_shares(now: dt.datetime, limit: int, in_flight, share: int | None) -> list[str]:
-    """Ids of up to `limit` due deliveries, oldest first, skipping subscriptions at `share`."""
-    saturated = [sub for sub, n in in_flight.items() if share and n >= share]
-    query = Delivery.select(Delivery.id, Delivery.subscription).where(
-        (Delivery.status == DeliveryStatus.PENDING) & (Delivery.next_attempt_at <= now)
-    )
-    if saturated:
-        query = query.where(Delivery.subscription.not_in(saturated))
-    query = query.order_by(Delivery.next_attempt_at).limit(limit * CANDIDATES_PER_CLAIM)
-    # Concurrent dispatchers skip rows another one is claiming instead of waiting on them.
-    candidates = locked(query, "FOR UPDATE SKIP LOCKED").tuples()
-    picked = []
-    for delivery_id, subscription_id in candidates:
-        if share and in_flight[subscription_id] >= share:
-            continue
-        picked.append(delivery_id)
-        in_flight[subscription_id] += 1
-        if len(picked) == limit:
+def _lease_within_shares(
+    limit, lease_seconds, now, token, policy, running, known, headroom
+) -> list[str]:
+    """Choose by the sharing rules and lease, round after round: a subscription that has
+    fewer due rows than it was given leaves its turn to the others."""
+    known = known or {}
+    due = _subscribers_with_work_due(now, known)
+    subscribers = {**known, **due}
+    running = collections.Counter(running or {})
+    waiting = {sub: limit for sub in due}
+    leased: list[str] = []
+    while len(leased) < limit and waiting:
+        wanted = shares.choose(waiting, subscribers, running, limit - len(leased), policy, headroom)
+        if not wanted:
             break
-    return picked
+        for sub, count in wanted.items():
+            got = _lease(_oldest_due(sub, count, now), now, lease_seconds, token)
+            leased.extend(got)
+            running[sub] += len(got)
+            waiting[sub] -= len(got)
+            if len(got) < count:
+                waiting[sub] = 0  # it has nothing more due
+        waiting = {sub: n for sub, n in waiting.items() if n > 0}
+    return leased
+
+
+def _subscribers_with_work_due(now: dt.datetime, known: dict) -> dict[str, shares.Subscriber]:
+    """Enabled subscriptions with due deliveries, the oldest work first. One index probe per
+    live subscription (deliveries_subscription_due), so the cost follows the number of
+    subscriptions, not the backlog. Due rows of disabled ones are held on the way."""
+    oldest = Delivery.select(fn.MIN(Delivery.next_attempt_at)).where(
+        (Delivery.subscription == Subscription.id) & _due(now)
+    )
+    rows = [
+        row
+        for row in Subscription.select(
+            Subscription.id,
+            Subscription.org,
+            Subscription.status,
+            Subscription.consecutive_failures,
+            oldest.alias("oldest"),
+        )
+        .where(Subscription.live())
+        .tuples()
+        if row[4] is not None
+    ]
+    rows.sort(key=lambda row: str(row[4]))
+    disabled = [row[0] for row in rows if row[2] != SubscriptionStatus.ENABLED]
+    if disabled:
+        _hold_due(disabled, now)
+    return {
+        sub_id: shares.Subscriber(
+            sub_id,
+            org_id,
+            failing=failures > 0,
+            slow=known[sub_id].slow if sub_id in known else False,
+            untried=known[sub_id].untried if sub_id in known else True,
+        )
+        for sub_id, org_id, status, failures, _ in rows
+        if status == SubscriptionStatus.ENABLED
+    }
+
+
+def _due(now: dt.datetime):
+    return (Delivery.status == DeliveryStatus.PENDING) & (Delivery.next_attempt_at <= now)
+
+
+def _oldest_due(subscription_id: str | None, count: int, now: dt.datetime) -> list[str]:
+    """Ids of the `count` oldest due deliveries (of one subscription, unless None); rows
+    another dispatcher is claiming right now are skipped, not waited for."""
+    query = Delivery.select(Delivery.id).where(_due(now))
+    if subscription_id is not None:
+        query = query.where(Delivery.subscription == subscription_id)
+    query = query.order_by(Delivery.next_attempt_at).limit(count)
+    return [row[0] for row in locked(query, "FOR UPDATE SKIP LOCKED").tuples()]
 
 
 def _lease(delivery_ids: list[str], now: dt.datetime, lease_seconds: float, token: str):
-    """Stamp the lease on those still pending; returns the ids leased."""
+    """Stamp the lease on those still due; returns the ids leased."""
+    if not delivery_ids:
+        return []
     query = (
         Delivery.update(
             next_attempt_at=now + dt.timedelta(seconds=lease_seconds), lease_token=token
         )
-        .where(Delivery.id.in_(delivery_ids) & (Delivery.status == DeliveryStatus.PENDING))
+        .where(Delivery.id.in_(delivery_ids) & _due(now))
         .returning(Delivery.id)
     )
     return [row.id for row in query.execute()]
@@ -118,34 +183,30 @@ def _lease(delivery_ids: list[str], now: dt.datetime, lease_seconds: float, toke
 
 def _load(delivery_ids: list[str]) -> list[Delivery]:
     """The leased deliveries with their event and subscription, in one query."""
+    if not delivery_ids:
+        return []
     return list(
         Delivery.select(Delivery, Event, Subscription)
         .join(Event, on=(Delivery.event == Event.id))
         .switch(Delivery)
         .join(Subscription, on=(Delivery.subscription == Subscription.id))
         .where(Delivery.id.in_(delivery_ids))
-        .order_by(Delivery.created_at)
+        .order_by(Delivery.next_attempt_at, Delivery.created_at)
     )
 
 
-def _hold_or_cancel(rows) -> None:
-    """Rows left pending on a subscription that was disabled or deleted around their claim
-    (e.g. leased by a dispatcher that died): hold or cancel them like the subscription's
-    other deliveries. The subscription is re-read here, so an enable that has just
-    committed leaves the row pending, to be sent when its lease runs out."""
-    delivery_ids = [row.id for row in rows]
-    Delivery.update(status=DeliveryStatus.CANCELLED, lease_token=None).where(
-        Delivery.id.in_(delivery_ids)
-        & Delivery.subscription.in_(
-            Subscription.select(Subscription.id).where(Subscription.deleted_at.is_null(False))
-        )
-    ).execute()
+def _hold_due(subscription_ids: list[str], now: dt.datetime) -> None:
+    """Due rows left pending on a disabled subscription (e.g. leased by a dispatcher that died):
+    hold them like its other deliveries. The subscription is re-read in the statement, so an
+    enable that has just committed leaves them pending. (Deleting a subscription cancels every
+    open row, leased or not, so no pending row outlives its subscription.)"""
     Delivery.update(status=DeliveryStatus.HELD, lease_token=None).where(
-        Delivery.id.in_(delivery_ids)
-        & (Delivery.status == DeliveryStatus.PENDING)
+        _due(now)
         & Delivery.subscription.in_(
             Subscription.select(Subscription.id).where(
-                (Subscription.status == SubscriptionStatus.DISABLED) & Subscription.live()
+                Subscription.id.in_(subscription_ids)
+                & (Subscription.status == SubscriptionStatus.DISABLED)
+                & Subscription.live()
             )
         )
     ).execute()
@@ -155,65 +216,107 @@ def _owned(claim: ClaimedDelivery):
     return (Delivery.id == claim.id) & (Delivery.lease_token == claim.lease_token)
 
 
-def record_delivered(claim: ClaimedDelivery) -> bool:
-    """Mark delivered and reset the subscription's failure streak; False if the lease was lost."""
+def record_outcomes(outcomes, config: Config) -> list[str]:
+    """Record many attempts' outcomes in one write transaction; for each, what happens next:
+    `delivered`, `retry_at:<time>`, `dead_lettered` or `lease_lost` (another dispatcher owns
+    the delivery now, and records its own attempt). `outcomes` are (claim, result) pairs."""
     now = clock.now()
+    steps: dict[str, str] = {}
     with write_transaction():
-        updated = (
-            Delivery.update(
-                status=DeliveryStatus.DELIVERED,
-                delivered_at=now,
-                attempts=claim.attempt,
-                lease_token=None,
-            )
-            .where(_owned(claim))
-            .execute()
-        )
-        if updated:
-            Subscription.update(consecutive_failures=0).where(
-                Subscription.id == claim.subscription_id
-            ).execute()
-    return bool(updated)
+        delivered = [claim for claim, result in outcomes if result.ok]
+        for claim in _record_delivered(delivered, now):
+            steps[claim.id] = "delivered"
+        for claim, result in outcomes:
+            if not result.ok:
+                failure = _record_failure(claim, result, config, now)
+                steps[claim.id] = _next_step(failure)
+    return [steps.get(claim.id, "lease_lost") for claim, _ in outcomes]
+
+
+def record_delivered(claim: ClaimedDelivery) -> bool:
+    """Mark one delivery delivered; False if the lease was lost."""
+    with write_transaction():
+        return bool(_record_delivered([claim], clock.now()))
 
 
 def record_failed_attempt(claim: ClaimedDelivery, result, config: Config) -> DeliveryFailure | None:
-    """Audit a failed attempt, schedule the next one or dead-letter, and auto-disable the
-    subscription at the configured streak. None if the lease was lost (another dispatcher owns
-    the delivery now, and will record its own attempt)."""
-    now = clock.now()
-    next_at = retry.next_attempt_at(claim.attempt, config.retry_schedule, now)
-    dead = next_at is None
+    """Record one failed attempt (see `_record_failure`)."""
     with write_transaction():
-        updated = (
-            Delivery.update(
-                status=DeliveryStatus.DEAD_LETTERED if dead else DeliveryStatus.PENDING,
-                attempts=claim.attempt,
-                next_attempt_at=now if dead else next_at,
+        return _record_failure(claim, result, config, clock.now())
+
+
+def _record_delivered(claims: list[ClaimedDelivery], now: dt.datetime) -> list[ClaimedDelivery]:
+    """Mark delivered (one statement per claim batch) and end the subscriptions' failure
+    streaks; returns the claims whose lease still held."""
+    by_token = collections.defaultdict(list)
+    for claim in claims:
+        by_token[claim.lease_token].append(claim)
+    done = []
+    for token, group in by_token.items():
+        updated = {
+            row.id
+            for row in Delivery.update(
+                status=DeliveryStatus.DELIVERED,
+                delivered_at=now,
+                attempts=Delivery.attempts + 1,  # the claim's attempt: only the holder writes
                 lease_token=None,
             )
-            .where(_owned(claim))
+            .where((Delivery.lease_token == token) & Delivery.id.in_([c.id for c in group]))
+            .returning(Delivery.id)
             .execute()
+        }
+        done.extend(claim for claim in group if claim.id in updated)
+    streaks = sorted({claim.subscription_id for claim in done})
+    if streaks:
+        Subscription.update(consecutive_failures=0).where(
+            Subscription.id.in_(streaks) & (Subscription.consecutive_failures != 0)
+        ).execute()
+    return done
+
+
+def _record_failure(claim: ClaimedDelivery, result, config: Config, now: dt.datetime):
+    """Audit a failed attempt, schedule the next one or dead-letter, and auto-disable the
+    subscription at the configured streak. None if the lease was lost."""
+    next_at = retry.next_attempt_at(claim.attempt, config.retry_schedule, now)
+    dead = next_at is None
+    updated = (
+        Delivery.update(
+            status=DeliveryStatus.DEAD_LETTERED if dead else DeliveryStatus.PENDING,
+            attempts=claim.attempt,
+            next_attempt_at=now if dead else next_at,
+            lease_token=None,
         )
-        if not updated:
-            return None
-        failure = DeliveryFailure.create(
-            id=ids.new_id("att"),
-            delivery=claim.id,
-            subscription=claim.subscription_id,
-            event=claim.event.id,
-            event_type=claim.event.type,
-            attempt=claim.attempt,
-            attempted_at=now,
-            duration_ms=result.duration_ms,
-            error_kind=result.error_kind,
-            error_message=result.error_message or result.error_kind,
-            response_status=result.status_code,
-            response_excerpt=result.response_excerpt,
-            next_attempt_at=next_at,
-            dead_lettered=dead,
-        )
-        _count_failure(claim.subscription_id, now, config.auto_disable_after)
+        .where(_owned(claim))
+        .execute()
+    )
+    if not updated:
+        return None
+    failure = DeliveryFailure.create(
+        id=ids.new_id("att"),
+        delivery=claim.id,
+        subscription=claim.subscription_id,
+        event=claim.event.id,
+        event_type=claim.event.type,
+        attempt=claim.attempt,
+        attempted_at=now,
+        duration_ms=result.duration_ms,
+        error_kind=result.error_kind,
+        error_message=result.error_message or result.error_kind,
+        response_status=result.status_code,
+        response_excerpt=result.response_excerpt,
+        next_attempt_at=next_at,
+        dead_lettered=dead,
+    )
+    _count_failure(claim.subscription_id, now, config.auto_disable_after)
     return failure
+
+
+def _next_step(failure) -> str:
+    if failure is None:
+        return "lease_lost"
+    if failure.dead_lettered:
+        return "dead_lettered"
+    return f"retry_at:{clock.isoformat(failure.next_attempt_at)}"
 
 
 def _count_failure(subscription_id: str, now: dt.datetime, disable_after: int) -> None:

@@ -1,30 +1,164 @@
-"""The dispatcher: keeps a bounded pool of senders busy with due deliveries.
+"""The dispatcher: keeps a bounded pool of senders busy with due deliveries, shared fairly.
 
-It claims only as many deliveries as it has free senders, and one subscription gets at most
-half of them (max(1, senders // 2)), so a slow endpoint with a backlog cannot take every
-sender. It stops claiming as soon as shutdown begins.
+A poll claims due deliveries in batches (leased ahead, at most twice what the sharing rules let
+run), starts them on free senders by the rules in `shares.py`, and hands every outcome to one
+recorder thread that writes them in batches. It stops claiming as soon as shutdown begins.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
+import dataclasses
 import logging
+import queue
 import threading
+import time
 
-from dispatcher.claims import (
-    ClaimedDelivery,
-    claim_due_deliveries,
-    record_delivered,
-    record_failed_attempt,
-)
+import peewee
+
+from dispatcher import shares
+from dispatcher.claims import ClaimedDelivery, claim_due_deliveries, record_outcomes
 from dispatcher.transport import AttemptResult, WebhookTransport
 from partner_api import clock, signing
 from partner_api.config import Config
 from partner_api.db import database
 from partner_api.envelope import delivery_body
+from partner_api.models import Delivery
 
 log = logging.getLogger("dispatcher")
+HEADROOM = 2  # a claim leases up to twice what may run, so senders never wait on a claim
+RECORD_BATCH = 200  # most outcomes written in one transaction
+RECORD_TRIES = 5  # a batch the database refuses this often is left to the leases
+
+
+@contextlib.contextmanager
+def kept_connection():
+    """The calling thread's connection, kept open between uses (opening a SQLite connection,
+    and closing the last one, which checkpoints the WAL, cost more than the work itself) and
+    dropped after a database error so the next use reconnects."""
+    database.connect(reuse_if_open=True)
+    try:
+        yield
+    except (peewee.DatabaseError, peewee.InterfaceError):
+        with contextlib.suppress(Exception):
+            database.close()
+        raise
+
+
+class SubscriberHealth:
+    """What this dispatcher saw of each subscription: who it is, whether its last attempt
+    failed, whether its attempts are slow. Shared by the poll, the senders and the recorder."""
+
+    def __init__(self, slow_after: float):
+        self.slow_after = slow_after
+        self._known: dict[str, shares.Subscriber] = {}
+        self._lock = threading.Lock()
+
+    def claimed(self, claim: ClaimedDelivery) -> None:
+        with self._lock:
+            seen = self._known.get(claim.subscription_id)
+            self._known[claim.subscription_id] = shares.Subscriber(
+                claim.subscription_id,
+                claim.org_id,
+                failing=claim.failing,
+                slow=seen.slow if seen is not None else False,
+                untried=seen.untried if seen is not None else True,
+            )
+
+    def observed(self, claim: ClaimedDelivery, result: AttemptResult) -> None:
+        """An attempt ended: a success makes the subscription healthy (or slow, if it took
+        long) at once; a failure makes it failing until its next success."""
+        slow = result.duration_ms >= self.slow_after * 1000
+        with self._lock:
+            self._known[claim.subscription_id] = shares.Subscriber(
+                claim.subscription_id, claim.org_id, failing=not result.ok, slow=slow
+            )
+
+    def snapshot(self, running_since: dict[str, float]) -> dict[str, shares.Subscriber]:
+        """Everyone known, with an attempt running longer than `slow_after` counting as slow."""
+        now = time.monotonic()
+        with self._lock:
+            known = dict(self._known)
+        for sub, started in running_since.items():
+            if sub in known and now - started >= self.slow_after and not known[sub].slow:
+                known[sub] = dataclasses.replace(known[sub], slow=True)
+        return known
+
+
+class OutcomeRecorder:
+    """One thread that writes attempt outcomes in batches and logs one line per attempt."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    def put(self, claim: ClaimedDelivery, result: AttemptResult) -> None:
+        self._queue.put((claim, result))
+
+    def flush(self) -> None:
+        """Wait until every outcome handed over so far is written (or given up on)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            if batch[0] is None:
+                self._queue.task_done()
+                break
+            while len(batch) < RECORD_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # after this batch
+                    self._queue.task_done()
+                    break
+                batch.append(item)
+            try:
+                self._record(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+        with contextlib.suppress(Exception):
+            database.close()
+
+    def _record(self, batch) -> None:
+        for attempt in range(1, RECORD_TRIES + 1):
+            try:
+                with kept_connection():
+                    steps = record_outcomes(batch, self.config)
+                break
+            except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+                if attempt == RECORD_TRIES:
+                    log.error(
+                        "could not record %d outcomes (%s); their leases make them due again",
+                        len(batch),
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc),
+                    )
+                    return
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        for (claim, result), step in zip(batch, steps, strict=True):
+            log.info(
+                "delivery=%s subscription=%s attempt=%d outcome=%s status=%s duration_ms=%d "
+                "next=%s",
+                claim.id,
+                claim.subscription_id,
+                claim.attempt,
+                "ok" if result.ok else result.error_kind,
+                result.status_code if result.status_code is not None else "-",
+                result.duration_ms,
+                step,
+            )
 
 
 class Dispatcher:
@@ -38,47 +172,46 @@ class Dispatcher:
             ca_bundle=config.ca_bundle,
             pool_maxsize=config.dispatch_workers,
         )
+        self.policy = shares.SharePolicy(config.dispatch_workers)
+        self.health = SubscriberHealth(slow_after=min(1.0, config.delivery_timeout / 2))
+        self.recorder = OutcomeRecorder(config)
         self.stopping = threading.Event()
         self._senders = concurrent.futures.ThreadPoolExecutor(
             config.dispatch_workers, thread_name_prefix="sender"
         )
-        self._in_flight: dict[concurrent.futures.Future, str] = {}  # → subscription id
         self._lock = threading.Lock()
+        self._in_flight: dict[concurrent.futures.Future, tuple[str, float]] = {}
+        self._ready: dict[str, collections.deque[ClaimedDelivery]] = {}  # leased, not started
         self._polling = threading.Lock()  # close() waits for a running poll to return
-        self.per_subscription = max(1, config.dispatch_workers // 2)
 
     def poll(self) -> int:
-        """Send everything due now, keeping every sender busy; returns how many were claimed.
+        """Claim and send what is due, keeping every sender busy; returns how many were claimed.
 
-        Returns once nothing more can be claimed (or after waiting a poll interval for a busy
-        sender); attempts still in flight finish in the background.
+        Returns once nothing more is due (or after waiting a poll interval for a busy sender);
+        attempts still in flight finish in the background.
         """
         claimed_total = 0
         with self._polling:
-            while not self.stopping.is_set():
-                free = self.config.dispatch_workers - self._busy()
-                if free <= 0:
-                    if self._wait_for_a_sender():
-                        continue
-                    break
-                in_flight = self._in_flight_by_subscription()
-                with database.connection_context():
-                    batch = claim_due_deliveries(
-                        min(free, self.config.dispatch_batch_size),
-                        self.config.lease_seconds,
-                        in_flight=in_flight,
-                        share=self.per_subscription,
-                    )
-                for claim in batch:
-                    self._submit(claim)
-                claimed_total += len(batch)
-                if batch:
+            try:
+                with kept_connection():
+                    claimed_total = self._poll_until_idle()
+            except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+                log.error("poll stopped by a database error, retrying next poll: %s", exc)
+        return claimed_total
+
+    def _poll_until_idle(self) -> int:
+        claimed_total = 0
+        while not self.stopping.is_set():
+            self._start_ready()
+            claimed = 0
+            if self._ready_count() < self.config.dispatch_workers:
+                claimed = self._claim()
+                claimed_total += claimed
+                if claimed:
                     continue
-                # Only subscriptions at their share may have more due: go on when one of
-                # the running attempts ends.
-                at_share = any(n >= self.per_subscription for n in in_flight.values())
-                if at_share and self._wait_for_a_sender():
-                    continue
+            if self._ready_count() == 0 and not self._any_at_cap():
+                break  # nothing is due that a free sender could take
+            if not self._wait_for_a_sender():
                 break
         return claimed_total
 
@@ -89,14 +222,16 @@ class Dispatcher:
             claimed = self.poll()
             self.wait_in_flight()
             total += claimed
-            if not claimed:
+            if not claimed and self._ready_count() == 0:
                 break
         return total
 
     def wait_in_flight(self) -> None:
+        """Wait for every attempt running now, and for its outcome to be written."""
         with self._lock:
             pending = list(self._in_flight)
         concurrent.futures.wait(pending)
+        self.recorder.flush()
 
     def stop(self) -> None:
         """Stop claiming; attempts in flight finish (each bounded by the delivery deadline)."""
@@ -106,31 +241,123 @@ class Dispatcher:
         self.stop()
         with self._polling:  # a poll in progress returns at its next step
             self._senders.shutdown(wait=True)
+        self.recorder.close()
+        self._release_ready()
         self.transport.close()
+        with contextlib.suppress(Exception):
+            database.close()
+
+    # -- claiming and starting ---------------------------------------------------------------
+
+    def _claim(self) -> int:
+        limit = min(self.config.dispatch_batch_size, self.config.dispatch_workers * HEADROOM)
+        limit -= self._ready_count()
+        if limit <= 0:
+            return 0
+        running = self._running_by_subscription()
+        with self._lock:
+            for sub, waiting in self._ready.items():
+                running[sub] += len(waiting)
+        batch = claim_due_deliveries(
+            limit,
+            self.config.lease_seconds,
+            policy=self.policy,
+            running=running,
+            known=self.health.snapshot(self._running_since()),
+            headroom=HEADROOM,
+        )
+        with self._lock:
+            for claim in batch:
+                self.health.claimed(claim)
+                self._ready.setdefault(claim.subscription_id, collections.deque()).append(claim)
+        return len(batch)
+
+    def _start_ready(self) -> None:
+        """Start ready deliveries on free senders, by the sharing rules."""
+        free = self.config.dispatch_workers - self._busy()
+        if free <= 0:
+            return
+        subscribers = self.health.snapshot(self._running_since())
+        with self._lock:
+            waiting = {sub: len(items) for sub, items in self._ready.items() if items}
+        chosen = shares.choose(
+            waiting, subscribers, self._running_by_subscription(), free, self.policy
+        )
+        for sub, count in chosen.items():
+            for _ in range(count):
+                with self._lock:
+                    claim = self._ready[sub].popleft()
+                    if not self._ready[sub]:
+                        del self._ready[sub]
+                self._submit(claim)
+
+    def _any_at_cap(self) -> bool:
+        """Whether some subscription is held back by its cap (it may have more due)."""
+        subscribers = self.health.snapshot(self._running_since())
+        running = self._running_by_subscription()
+        return any(
+            n >= self.policy.cap(subscribers[sub])
+            for sub, n in running.items()
+            if sub in subscribers
+        )
+
+    def _release_ready(self) -> None:
+        """Leased but never started (shutdown): make them due again now, not at lease end."""
+        with self._lock:
+            leftover = [claim for items in self._ready.values() for claim in items]
+            self._ready.clear()
+        if not leftover:
+            return
+        try:
+            with kept_connection(), database.atomic():
+                for claim in leftover:
+                    Delivery.update(next_attempt_at=clock.now(), lease_token=None).where(
+                        (Delivery.id == claim.id) & (Delivery.lease_token == claim.lease_token)
+                    ).execute()
+        except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+            log.error("could not release %d unstarted claims (%s)", len(leftover), exc)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _ready_count(self) -> int:
+        with self._lock:
+            return sum(len(items) for items in self._ready.values())
 
     def _busy(self) -> int:
         with self._lock:
             return len(self._in_flight)
 
-    def _in_flight_by_subscription(self) -> collections.Counter:
+    def _running_by_subscription(self) -> collections.Counter:
         with self._lock:
-            return collections.Counter(self._in_flight.values())
+            return collections.Counter(sub for sub, _ in self._in_flight.values())
+
+    def _running_since(self) -> dict[str, float]:
+        """Per subscription, when its oldest running attempt started."""
+        since: dict[str, float] = {}
+        with self._lock:
+            for sub, started in self._in_flight.values():
+                since[sub] = min(started, since.get(sub, started))
+        return since
 
     def _wait_for_a_sender(self) -> bool:
         """Wait up to a poll interval for an attempt to end; True if one did."""
         with self._lock:
             pending = list(self._in_flight)
+        if not pending:
+            return False
         done, _ = concurrent.futures.wait(
             pending,
             timeout=self.config.poll_interval,
             return_when=concurrent.futures.FIRST_COMPLETED,
         )
+        for future in done:  # now, not when its callback gets to run: no busy loop meanwhile
+            self._forget(future)
         return bool(done)
 
     def _submit(self, claim: ClaimedDelivery) -> None:
-        future = self._senders.submit(self.attempt, claim)
         with self._lock:
-            self._in_flight[future] = claim.subscription_id
+            future = self._senders.submit(self.attempt, claim)
+            self._in_flight[future] = (claim.subscription_id, time.monotonic())
         future.add_done_callback(self._forget)
 
     def _forget(self, future) -> None:
@@ -138,36 +365,15 @@ class Dispatcher:
             self._in_flight.pop(future, None)
 
     def attempt(self, claim: ClaimedDelivery) -> AttemptResult | None:
-        """One signed attempt and its recorded outcome. Never raises: a failure to record is
-        logged, and the lease makes the delivery due again."""
+        """One signed attempt; its outcome goes to the recorder. Never raises: an unexpected
+        error is logged, and the lease makes the delivery due again."""
         try:
             body = delivery_body(claim.event, claim.subscription_id)
             headers = signing.signed_headers(claim.secret, clock.unix(), body)
             result = self.transport.send(claim.url, body, headers)
-            with database.connection_context():
-                if result.ok:
-                    next_step = "delivered" if record_delivered(claim) else "lease_lost"
-                else:
-                    failure = record_failed_attempt(claim, result, self.config)
-                    next_step = _next_step(failure)
-            log.info(
-                "delivery=%s attempt=%d outcome=%s status=%s duration_ms=%d next=%s",
-                claim.id,
-                claim.attempt,
-                "ok" if result.ok else result.error_kind,
-                result.status_code if result.status_code is not None else "-",
-                result.duration_ms,
-                next_step,
-            )
+            self.health.observed(claim, result)
+            self.recorder.put(claim, result)
             return result
         except Exception:
             log.exception("delivery=%s attempt=%d outcome=error", claim.id, claim.attempt)
             return None
-
-
-def _next_step(failure) -> str:
-    if failure is None:
-        return "lease_lost"
-    if failure.dead_lettered:
-        return "dead_lettered"
-    return f"retry_at:{clock.isoformat(failure.next_attempt_at)}"

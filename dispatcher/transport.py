@@ -6,6 +6,7 @@ Owns the requests/urllib3 setup (no proxies, no redirects, capped answers) and t
 from __future__ import annotations
 
 import contextlib
+import heapq
 import http.cookiejar
 import socket
 import ssl
@@ -90,6 +91,35 @@ class _Attempt:
         with self._lock:
             self._finished = True
             return self.expired
+
+
+class _Watchdog:
+    """One thread that expires attempts at their deadlines (a timer thread per attempt would
+    cost a thread start on every delivery)."""
+
+    def __init__(self):
+        self._heap: list[tuple[float, int, _Attempt]] = []
+        self._wake = threading.Condition()
+        self._count = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, attempt: _Attempt) -> None:
+        with self._wake:
+            self._count += 1
+            heapq.heappush(self._heap, (attempt.deadline, self._count, attempt))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._wake.wait(timeout)
+                _, _, attempt = heapq.heappop(self._heap)
+            attempt.expire()  # a no-op for an attempt that already finished
 
 
 class _PinnedMixin:
@@ -278,22 +308,20 @@ class WebhookTransport:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         self._session = session
+        self._watchdog = _Watchdog()
 
     def send(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptResult:
         """POST once within the deadline; never raises. A resolver still busy at the deadline
         counts as 'timeout' (not 'dns_error', which means the name does not resolve)."""
         attempt = _Attempt(self._policy, self._timeout)
-        watchdog = threading.Timer(self._timeout, attempt.expire)
-        watchdog.daemon = True
         failure: Exception | None = None
         _local.attempt = attempt
         try:
-            watchdog.start()
+            self._watchdog.watch(attempt)
             self._exchange(url, body, headers, attempt)
         except Exception as exc:  # send() reports every failure as a result, never raises
             failure = exc
         finally:
-            watchdog.cancel()
             _local.attempt = None
         expired = attempt.finish()
         if failure is not None or expired:

@@ -16,10 +16,12 @@ import threading
 import pytest
 
 from dispatcher.dispatch import Dispatcher
+from dispatcher.shares import SharePolicy, Subscriber
 from partner_api import clock as clock_module
 from partner_api.db import database
 from partner_api.events import publish_event
 from partner_api.models import Delivery, DeliveryFailure, Subscription
+from partner_api.webhooks.subscriptions import delete_subscription
 
 from .conftest import bearer
 from .receivers import Receiver
@@ -357,19 +359,25 @@ def test_a_slow_subscription_with_a_backlog_gets_at_most_half_the_senders(
     with Receiver(delay=1.0) as slow, Receiver() as fast:
         slow_sub = subscribe(client, token, slow.url("receiver.test"))
         fast_sub = subscribe(client, token, fast.url("other.test"))
+        dispatcher = dispatcher_factory(dispatch_workers=4)
+        with database.connection_context():  # one answer each: both are tried, neither fails
+            for sub in (slow_sub, fast_sub):
+                publish_event(org.id, "vc.test.ping", {}, subscription_id=sub["id"])
+        dispatcher.run_until_idle()
+        slow.requests.clear()
+        fast.requests.clear()
         with database.connection_context():
             for n in range(6):
                 publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=slow_sub["id"])
             for n in range(3):
                 publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=fast_sub["id"])
-        dispatcher = dispatcher_factory(dispatch_workers=4)
         poll = threading.Thread(target=dispatcher.run_until_idle)
         poll.start()
         started = clock_module.monotonic()
         while len(fast.requests) < 3 and clock_module.monotonic() - started < 0.9:
             fast.first_request.wait(0.02)
         assert len(fast.requests) == 3  # served while the slow receiver still sleeps
-        assert len(slow.requests) == 2  # its share: half of the 4 senders
+        assert len(slow.requests) == 2  # its share: half of the 4 senders (slow, not failing)
         poll.join(30)
         # The same poll went on with the backlog as the slow senders freed up.
         assert not poll.is_alive()
@@ -489,15 +497,18 @@ def test_claim_gives_a_subscription_at_most_its_share_and_takes_the_oldest_first
             publish_event(org.id, "vc.test.ping", {}, subscription_id=other["id"])[1][0].id
             for _ in range(2)
         ]
-        claims = claim_due_deliveries(4, 60, in_flight={busy["id"]: 1}, share=3)
-    assert [c.id for c in claims[:2]] == busy_ids[:2]  # oldest first, up to the share
-    assert {c.id for c in claims[2:]} == set(other_ids)
+        policy = SharePolicy(senders=6)  # a healthy subscription's share: 3
+        tried = {sub["id"]: Subscriber(sub["id"], org.id) for sub in (busy, other)}
+        claims = claim_due_deliveries(4, 60, policy=policy, running={busy["id"]: 1}, known=tried)
+    claimed = [c.id for c in claims]
+    assert [i for i in claimed if i in busy_ids] == busy_ids[:2]  # oldest first, to the share
+    assert {i for i in claimed if i not in busy_ids} == set(other_ids)
     with database.connection_context():
-        more = claim_due_deliveries(4, 60, in_flight={busy["id"]: 3}, share=3)
+        more = claim_due_deliveries(4, 60, policy=policy, running={busy["id"]: 3}, known=tried)
     assert more == []
 
 
-def test_claim_parks_rows_of_disabled_or_deleted_subscriptions_and_goes_on(
+def test_claim_holds_rows_of_disabled_subscriptions_and_deleting_cancels_leased_ones(
     client, partner, clock, dispatcher_factory
 ):
     from dispatcher.claims import claim_due_deliveries
@@ -513,9 +524,7 @@ def test_claim_parks_rows_of_disabled_or_deleted_subscriptions_and_goes_on(
         ]
         claim_due_deliveries(10, 60)  # a dispatcher leases both, then dies
         Subscription.update(status="disabled").where(Subscription.id == disabled["id"]).execute()
-        Subscription.update(deleted_at=clock.current).where(
-            Subscription.id == deleted["id"]
-        ).execute()
+        delete_subscription(org.id, deleted["id"])
         clock.advance(61)
         fresh = publish_event(org.id, "vc.test.ping", {}, subscription_id=enabled["id"])[1][0].id
         claims = claim_due_deliveries(1, 60)
@@ -550,3 +559,26 @@ def test_the_readme_verification_recipe_accepts_a_real_delivery(
     assert not namespace["verify"](sub["secret"], timestamp, signature, request["body"] + b" ")
     monkeypatch.setattr(time, "time", lambda: int(timestamp) + 301)
     assert not namespace["verify"](sub["secret"], timestamp, signature, request["body"])
+
+
+def test_claim_probes_untried_and_failing_subscriptions_one_at_a_time(client, partner, clock):
+    from dispatcher.claims import claim_due_deliveries
+
+    org, token = partner
+    new = subscribe(client, token, "http://receiver.test:9/new")
+    failing = subscribe(client, token, "http://other.test:9/failing")
+    with database.connection_context():
+        Subscription.update(consecutive_failures=3).where(
+            Subscription.id == failing["id"]
+        ).execute()
+        for _ in range(4):
+            for sub in (new, failing):
+                publish_event(org.id, "vc.test.ping", {}, subscription_id=sub["id"])
+        claims = claim_due_deliveries(10, 60, policy=SharePolicy(senders=10))
+        tried = {new["id"]: Subscriber(new["id"], org.id)}  # it answered since
+        more = claim_due_deliveries(10, 60, policy=SharePolicy(senders=10), known=tried)
+    assert sorted(c.subscription_id for c in claims) == sorted([new["id"], failing["id"]])
+    assert [c.failing for c in claims if c.subscription_id == failing["id"]] == [True]
+    # Running nothing, the tried subscription gets its share; the failing one one more probe.
+    assert sorted(c.subscription_id for c in more).count(new["id"]) == 3
+    assert sorted(c.subscription_id for c in more).count(failing["id"]) == 1

@@ -1,0 +1,115 @@
+"""How a dispatcher shares its senders: across orgs first, then across an org's subscriptions,
+with a budget for subscriptions that are failing or slow. Pure functions, no database.
+
+- Orgs take turns: each round, the org with the fewest attempts running goes first, and in it
+  the subscription with the fewest running; so a partner with work due gets the next free
+  sender whatever other partners have queued.
+- A healthy subscription runs at most half of the senders at once (its share).
+- A failing subscription (its last attempt failed) runs one attempt at a time: a probe. Its
+  next success makes it healthy again, with its full share. So does an untried one (no
+  outcome seen by this dispatcher yet, e.g. after a restart) until its first answer.
+- Failing and slow subscriptions together run at most `senders - reserve` attempts, so dead or
+  slow endpoints never hold the senders that healthy ones need.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Subscriber:
+    """What the sharing rules need to know of a subscription with work waiting."""
+
+    subscription_id: str
+    org_id: str
+    failing: bool = False  # its last attempt failed (consecutive_failures > 0)
+    slow: bool = False  # its attempts take long, or one is running long now
+    untried: bool = False  # no outcome seen yet: it may be dead
+
+    @property
+    def suspect(self) -> bool:
+        return self.failing or self.slow or self.untried
+
+
+@dataclasses.dataclass(frozen=True)
+class SharePolicy:
+    """The limits for a dispatcher with `senders` concurrent attempts."""
+
+    senders: int
+
+    @property
+    def share(self) -> int:
+        """Most attempts one healthy subscription runs at once."""
+        return max(1, self.senders // 2)
+
+    @property
+    def reserve(self) -> int:
+        """Senders that failing and slow subscriptions never take."""
+        return max(1, self.senders // 4) if self.senders > 1 else 0
+
+    @property
+    def suspect_budget(self) -> int:
+        """Most attempts failing and slow subscriptions run at once, all together."""
+        return max(1, self.senders - self.reserve)
+
+    def cap(self, subscriber: Subscriber) -> int:
+        return 1 if subscriber.failing or subscriber.untried else self.share
+
+
+def choose(
+    waiting: dict[str, int],
+    subscribers: dict[str, Subscriber],
+    running: collections.Counter,
+    limit: int,
+    policy: SharePolicy,
+    headroom: int = 1,
+) -> collections.Counter:
+    """How many of each subscription's `waiting` deliveries to take, at most `limit` in all.
+
+    `waiting` lists subscriptions in priority order (oldest work first) with how many they
+    have; `running` counts what each already has going. Caps and the suspect budget are
+    multiplied by `headroom` (a claim may lease ahead of what runs now).
+    """
+    running = collections.Counter(running)
+    suspect_running = sum(n for sub, n in running.items() if _suspect(subscribers, sub))
+    org_running = collections.Counter()
+    for sub, n in running.items():
+        if sub in subscribers:
+            org_running[subscribers[sub].org_id] += n
+    orgs: dict[str, list[str]] = {}
+    for sub in waiting:
+        orgs.setdefault(subscribers[sub].org_id, []).append(sub)
+    left = dict(waiting)
+    taken: collections.Counter = collections.Counter()
+
+    def eligible(sub: str) -> bool:
+        subscriber = subscribers[sub]
+        if left[sub] <= 0 or running[sub] >= policy.cap(subscriber) * headroom:
+            return False
+        return not subscriber.suspect or suspect_running < policy.suspect_budget * headroom
+
+    while sum(taken.values()) < limit:
+        progressed = False
+        for org in sorted(orgs, key=lambda o: org_running[o]):  # stable: oldest work first
+            candidates = [sub for sub in orgs[org] if eligible(sub)]
+            if not candidates:
+                continue
+            sub = min(candidates, key=lambda s: running[s])
+            left[sub] -= 1
+            taken[sub] += 1
+            running[sub] += 1
+            org_running[org] += 1
+            suspect_running += subscribers[sub].suspect
+            progressed = True
+            if sum(taken.values()) >= limit:
+                break
+        if not progressed:
+            break
+    return taken
+
+
+def _suspect(subscribers: dict[str, Subscriber], sub: str) -> bool:
+    subscriber = subscribers.get(sub)
+    return subscriber is not None and subscriber.suspect
