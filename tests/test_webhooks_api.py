@@ -423,6 +423,26 @@ def test_ssrf_refusals_at_create_are_422_naming_url_and_store_nothing(
     assert count(Subscription) == 0
 
 
+@pytest.mark.parametrize("host", ["internal.example.com", "mixed.example.com"])
+def test_create_refusal_does_not_reveal_what_a_name_resolves_to(strict_client, make_key, host):
+    _, _, token = make_key()
+    response = strict_client.post(WEBHOOKS, json={"url": f"https://{host}/"}, headers=bearer(token))
+    body = assert_problem(response, 422, "address_not_allowed")
+    assert body["detail"] == f"Webhook host {host} resolves to an address that is not allowed."
+    assert "10.0.0.5" not in response.get_data(as_text=True)
+    assert count(Subscription) == 0
+
+
+def test_create_refusal_of_an_ip_literal_names_the_typed_address(strict_client, make_key):
+    _, _, token = make_key()
+    response = strict_client.post(
+        WEBHOOKS, json={"url": "https://10.0.0.5/"}, headers=bearer(token)
+    )
+    body = assert_problem(response, 422, "address_not_allowed")
+    assert "10.0.0.5" in body["detail"]
+    assert count(Subscription) == 0
+
+
 def test_strict_policy_still_accepts_a_public_https_url(strict_client, make_key):
     token = make_key().token
     assert created(strict_client, token)["url"] == GOOD_URL
