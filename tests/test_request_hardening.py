@@ -1,5 +1,5 @@
-"""Requests an outside review sent to break the HTTP edge: over-long chunked bodies and slash
-merging under a forged Host."""
+"""Requests an outside review sent to break the HTTP edge: over-long chunked bodies, slash
+merging under a forged Host, and caching of the one answer that carries a secret."""
 
 from __future__ import annotations
 
@@ -124,3 +124,10 @@ def test_doubled_slashes_are_404_not_a_redirect_to_a_forged_host(client, make_ke
     assert_problem(response, 404, "not_found")
     assert "Location" not in response.headers
     assert "evil.example" not in response.get_data(as_text=True)
+
+
+def test_the_answer_carrying_the_secret_is_not_stored_by_caches(client, make_key):
+    _, _, token = make_key()
+    response = client.post(WEBHOOKS, json={"url": LOOPBACK_URL}, headers=bearer(token))
+    assert response.status_code == 201 and response.get_json()["secret"].startswith("whsec_")
+    assert response.headers["Cache-Control"] == "no-store"

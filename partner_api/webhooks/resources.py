@@ -4,7 +4,7 @@ from flask import current_app, g
 
 from partner_api import scopes
 from partner_api.auth import require_scope
-from partner_api.extensions import Blueprint, NoQuerySchema
+from partner_api.extensions import RATE_LIMIT_HEADERS, Blueprint, NoQuerySchema
 from partner_api.pagination import ListQuerySchema
 from partner_api.webhooks import subscriptions
 from partner_api.webhooks.schemas import (
@@ -31,6 +31,16 @@ SUBSCRIPTION_ID = [
 ]
 
 
+NO_STORE = "no-store"
+CREATED_HEADERS = {
+    **RATE_LIMIT_HEADERS,
+    "Cache-Control": {
+        "description": "Always `no-store`: the answer carries the signing secret.",
+        "schema": {"type": "string", "const": NO_STORE},
+    },
+}
+
+
 def _org_id() -> str:
     return g.api_key.org_id
 
@@ -39,7 +49,7 @@ def _org_id() -> str:
 @manage_webhooks
 @blp.arguments(NoQuerySchema, location="query")
 @blp.arguments(SubscriptionCreateSchema)
-@blp.response(201, SubscriptionCreatedSchema)
+@blp.response(201, SubscriptionCreatedSchema, headers=CREATED_HEADERS)
 @blp.errors(400, 401, 403, 409, 413, 415, 422, 429)
 def create_webhook(_query, body):
     """Create a webhook subscription (its signing secret is returned only here)"""
@@ -50,7 +60,8 @@ def create_webhook(_query, body):
         body["description"],
         current_app.config["PARTNER_API"],
     )
-    return subscription  # the one response that includes `secret`
+    # The one response that includes `secret`: no cache or proxy may keep a copy.
+    return subscription, {"Cache-Control": NO_STORE}
 
 
 @blp.get("/webhooks")
