@@ -8,7 +8,7 @@ import logging
 from flask import Flask
 from werkzeug.wsgi import get_content_length
 
-from partner_api import __version__, auth, cli, db
+from partner_api import __version__, auth, cli, db, docs
 from partner_api.config import Config
 from partner_api.extensions import Api
 from partner_api.openapi import spec_options
@@ -29,8 +29,6 @@ def build_app(test_config=None) -> Flask:
         OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX=API_PREFIX,
         OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         API_SPEC_OPTIONS=spec_options(config),
     )
     app.config.update({k: v for k, v in (test_config or {}).items() if k != "PARTNER_API"})
@@ -51,6 +49,7 @@ def build_app(test_config=None) -> Flask:
 
     api.register_blueprint(identity_blp, url_prefix=API_PREFIX)
     api.register_blueprint(webhooks_blp, url_prefix=API_PREFIX)
+    app.register_blueprint(docs.blp, url_prefix=API_PREFIX)  # Swagger UI, served offline
     cli.init_app(app)
     return app
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from openapi_spec_validator import validate
 
@@ -163,12 +165,35 @@ def test_created_subscription_documents_the_secret_and_the_list_does_not(spec):
     assert schemas["Failure"]["properties"]["dead_lettered"]["type"] == "boolean"
 
 
-def test_swagger_ui_docs_answer_html(client):
+def test_docs_page_loads_only_its_own_assets_under_a_strict_policy(client):
     response = client.get(f"{PREFIX}/docs")
-    assert response.status_code == 200
-    assert response.mimetype == "text/html"
-    assert "swagger" in response.get_data(as_text=True).lower()
-    assert "openapi.json" in response.get_data(as_text=True)
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    page = response.get_data(as_text=True)
+    assert f'data-openapi-url="{OPENAPI}"' in page
+    # Every reference is a path on this server; no inline script, no other host.
+    references = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert references and all(ref.startswith(f"{PREFIX}/docs/assets/") for ref in references)
+    assert "<script>" not in page and "//" not in "".join(references)
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'self';" in policy
+    assert "connect-src 'self'" in policy
+    for reference in references:
+        asset = client.get(reference)
+        assert asset.status_code == 200 and asset.data, reference
+
+
+def test_docs_ship_swagger_ui_5_which_renders_openapi_3_1():
+    from partner_api.docs import swagger_ui_version
+
+    assert int(swagger_ui_version().split(".")[0]) >= 5
+
+
+@pytest.mark.parametrize(
+    "name", ["index.template.html", "oauth2-redirect.html", "VERSION", "..%2F__init__.py", "x.js"]
+)
+def test_docs_serve_no_other_file(client, name):
+    response = client.get(f"{PREFIX}/docs/assets/{name}")
+    assert response.status_code == 404 and response.mimetype == PROBLEM
 
 
 def test_every_event_type_documents_its_delivery_and_signature_headers(spec):
