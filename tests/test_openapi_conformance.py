@@ -83,6 +83,7 @@ def test_every_operation_answers_as_documented(api_schema, token):
 
 def test_linked_sequences_answer_as_documented(api_schema, token):
     """Create a subscription, then delete it, ping it, list its failures, with its real id."""
+    answered = set()
 
     class Sequences(api_schema.as_state_machine()):
         def setup(self):
@@ -95,7 +96,17 @@ def test_linked_sequences_answer_as_documented(api_schema, token):
         def get_call_kwargs(self, case):
             return {"headers": bearer(token)}
 
+        def after_call(self, response, case):
+            answered.add((case.operation.label, response.status_code))
+
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             case.validate_response(response, checks=CONFORMANCE, transport_kwargs=kwargs)
 
     Sequences.run(settings=STATEFUL_SETTINGS)
+    # The links carried real ids (and the secret) into the id routes: they succeeded.
+    by_id = "/api/v1/partner/webhooks/{subscription_id}"
+    assert {
+        (f"DELETE {by_id}", 204),
+        (f"POST {by_id}/test", 202),
+        (f"GET {by_id}/failures", 200),
+    } <= answered, sorted(answered)
