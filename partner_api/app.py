@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 from flask import Flask
+from werkzeug.wsgi import get_content_length
 
-from partner_api import __version__, auth, cli, db
+from partner_api import __version__, auth, cli, db, docs
 from partner_api.config import Config
 from partner_api.extensions import Api
 from partner_api.openapi import spec_options
@@ -27,12 +29,15 @@ def build_app(test_config=None) -> Flask:
         OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX=API_PREFIX,
         OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         API_SPEC_OPTIONS=spec_options(config),
     )
     app.config.update({k: v for k, v in (test_config or {}).items() if k != "PARTNER_API"})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    # Werkzeug would answer `//webhooks` with a redirect built from the (forgeable) Host
+    # header; an unknown path is a 404 like any other.
+    app.url_map.merge_slashes = False
+    app.wsgi_app = BoundedStreamingBody(app.wsgi_app, MAX_BODY_BYTES)
 
     db.bind(config.database_url)
     db.init_app(app)
@@ -44,5 +49,40 @@ def build_app(test_config=None) -> Flask:
 
     api.register_blueprint(identity_blp, url_prefix=API_PREFIX)
     api.register_blueprint(webhooks_blp, url_prefix=API_PREFIX)
+    app.register_blueprint(docs.blp, url_prefix=API_PREFIX)  # Swagger UI, served offline
     cli.init_app(app)
     return app
+
+
+class BoundedStreamingBody:
+    """WSGI middleware: a body sent without Content-Length (chunked) is read here, at most
+    `limit` + 1 bytes, and handed on with its real length.
+
+    Werkzeug caps such a stream at MAX_CONTENT_LENGTH by truncating it silently, so a long
+    body whose first 64 KiB is valid JSON would be parsed. With a known length, Flask's own
+    check answers 413 for an oversized body, through the one error handler.
+    """
+
+    def __init__(self, wsgi_app, limit: int):
+        self.wsgi_app = wsgi_app
+        self.limit = limit
+
+    def __call__(self, environ, start_response):
+        if get_content_length(environ) is None and environ.get("wsgi.input_terminated"):
+            body = _read_at_most(environ["wsgi.input"], self.limit + 1)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+        return self.wsgi_app(environ, start_response)
+
+
+def _read_at_most(stream, size: int) -> bytes:
+    """Up to `size` bytes: servers' chunked readers may return less than asked per read."""
+    parts, remaining = [], size
+    while remaining > 0:
+        part = stream.read(remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import secrets
 
 from flask import current_app, g, request
@@ -18,6 +19,12 @@ from partner_api.ratelimit import record_hit
 
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 _CHALLENGE = 'Bearer realm="partner-api"'
+# The exact grammar (RFC 9110 11.4, 5.5): `auth-scheme 1*SP token68`, with only SP/HTAB as
+# optional whitespace around the value. str.strip() would also drop NBSP, NEL and other
+# Unicode spaces, accepting headers that no other HTTP component reads the same way.
+_CREDENTIALS = re.compile(
+    r"[ \t]*(?P<scheme>[!#$%&'*+.^_`|~0-9A-Za-z-]+) +(?P<token>[0-9A-Za-z._~+/-]+=*)[ \t]*"
+)
 
 
 def _unauthorized(code: str, detail: str) -> ApiError:
@@ -32,12 +39,15 @@ def _unauthorized(code: str, detail: str) -> ApiError:
 def authenticate() -> ApiKey:
     """The live key named by the Authorization header, or a 401."""
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
     if not header:
         raise _unauthorized("authentication_required", "Send Authorization: Bearer <api key>.")
-    if scheme.lower() != "bearer" or not tokens.is_well_formed(token.strip()):
+    match = _CREDENTIALS.fullmatch(header)
+    if match is None or match["scheme"].lower() != "bearer":
         raise _unauthorized("invalid_token", "The bearer token is malformed.")
-    token_hash = tokens.hash_token(token.strip())
+    token = match["token"]
+    if not tokens.is_well_formed(token):
+        raise _unauthorized("invalid_token", "The bearer token is malformed.")
+    token_hash = tokens.hash_token(token)
     key = ApiKey.select(ApiKey, Org).join(Org).where(ApiKey.token_hash == token_hash).first()
     if key is None or not secrets.compare_digest(key.token_hash, token_hash):
         raise _unauthorized("invalid_token", "The bearer token is unknown or revoked.")

@@ -6,6 +6,7 @@ Backend differences (SQLite pragmas, PostgreSQL pooling) live here and nowhere e
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 from pathlib import Path
@@ -46,12 +47,23 @@ def open_database(url: str, max_connections: int = 32):
     """A peewee database for a DATABASE_URL: SQLite (WAL, busy timeout) or pooled PostgreSQL."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         return SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS)
     scheme, rest = url.split("://", 1)
     return db_url.connect(
         f"postgresql+pool://{rest}", max_connections=max_connections, stale_timeout=300, timeout=10
     )
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file's directory (0700) and the file (0600) when missing.
+
+    The file holds every signing secret; SQLite would create it with the umask (often 0644),
+    and its -wal/-shm files copy the database file's mode. Existing files are left alone.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def bind(url: str, max_connections: int = 32) -> None:

@@ -138,27 +138,32 @@ def problem_response(error: ApiError):
     return response
 
 
-def flatten_messages(messages, location=None, prefix="") -> list[dict]:
-    """webargs/marshmallow nested messages → a flat list of {location, field, message}."""
+def flatten_messages(messages, location=None, path=()) -> list[dict]:
+    """webargs/marshmallow nested messages → a flat list of {location, field, message}.
+
+    `field` is always a string: the keys from the top joined with dots, each exactly as sent
+    (so an unknown `url.` is not reported as `url`, and a nameless parameter is `""`).
+    """
     items = []
     if isinstance(messages, dict):
         for key, value in messages.items():
             if location is None and key in ("json", "query", "path", "headers", "form"):
-                items.extend(flatten_messages(value, key, ""))
+                items.extend(flatten_messages(value, key))
             else:
-                items.extend(flatten_messages(value, location, f"{prefix}{key}."))
+                items.extend(flatten_messages(value, location, (*path, str(key))))
     elif isinstance(messages, list | tuple):
         for message in messages:
             if isinstance(message, dict | list):
-                items.extend(flatten_messages(message, location, prefix))
+                items.extend(flatten_messages(message, location, path))
             else:
-                field = prefix.rstrip(".") or None
-                items.append({"location": location, "field": field, "message": str(message)})
+                items.append(_field_error(location, path, message))
     else:
-        items.append(
-            {"location": location, "field": prefix.rstrip(".") or None, "message": str(messages)}
-        )
+        items.append(_field_error(location, path, messages))
     return items
+
+
+def _field_error(location, path, message) -> dict:
+    return {"location": location, "field": ".".join(path), "message": str(message)}
 
 
 def from_http_exception(error: HTTPException) -> ApiError:

@@ -51,6 +51,14 @@ class StrictParser(FlaskParser):
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser(unknown=ma.RAISE)
 
+    def _store_endpoint_docs(self, endpoint, obj, parameters, tags, **options):
+        """Every operation gets an `operationId`: its view function's name (what client
+        generators name the method after, and what OpenAPI links point at)."""
+        super()._store_endpoint_docs(endpoint, obj, parameters, tags, **options)
+        for method, doc in self._docs[endpoint].items():
+            if method != "parameters":
+                doc.setdefault("manual_doc", {}).setdefault("operationId", obj.__name__)
+
     def response(self, status_code, schema=None, **kwargs):
         """A success response, documented with the rate-limit headers every one carries."""
         kwargs.setdefault("headers", dict(RATE_LIMIT_HEADERS))
@@ -75,6 +83,10 @@ class Api(flask_smorest.Api):
         from werkzeug.exceptions import HTTPException
 
         self._app.register_error_handler(HTTPException, self.handle_http_exception)
+
+    def _register_pagination_header(self):
+        """Lists page with `limit` + `cursor` (see pagination.py), not flask-smorest's pages:
+        registering its header would leave an unused PaginationMetadata schema."""
 
     def handle_http_exception(self, error):
         return problem_response(from_http_exception(error))

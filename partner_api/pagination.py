@@ -25,8 +25,8 @@ class ListQuerySchema(ma.Schema):
         validate=ma.validate.Range(min=1, max=MAX_LIMIT),
         metadata={"description": f"Page size, 1-{MAX_LIMIT} (default {DEFAULT_LIMIT})."},
     )
+    # No load_default: a None default would document the parameter as `string | null`.
     cursor = ma.fields.String(
-        load_default=None,
         metadata={"description": "`next_cursor` of the previous page; omit for the first page."},
     )
 

@@ -5,6 +5,7 @@ the checked resolution that both the create-time check and the dispatcher's conn
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 
 from partner_api.dns import Resolver, system_resolver
@@ -20,6 +21,7 @@ from partner_api.webhook_url import (
 )
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = logging.getLogger(__name__)
 
 # Special-purpose IPv4 space (RFC 6890 and friends). Anything here is never a partner's
 # public endpoint, so it is refused unless an operator allow-lists it.
@@ -183,10 +185,15 @@ def _as_address(value: IPAddress | str) -> IPAddress:
 
 
 def _require_allowed(address: IPAddress, policy: SsrfPolicy, host: str | None = None) -> None:
+    """Refuse a disallowed address. For a name, the message must not say what it resolves
+    to (or what kind of network that is): the caller would get an oracle into internal DNS.
+    The address goes to the server log instead; an IP literal the caller typed is echoed."""
     reason = _refusal_reason(address, policy.allow_networks)
     if reason is None:
         return
-    where = f"host {host} resolves to {address}, which" if host else f"address {address}"
-    raise WebhookUrlError(
-        "address_not_allowed", f"Webhook {where} is not an allowed destination ({reason})."
-    )
+    if host is None:
+        message = f"Webhook address {address} is not an allowed destination ({reason})."
+    else:
+        log.warning("refused webhook host %s: resolves to %s (%s)", host, address, reason)
+        message = f"Webhook host {host} resolves to an address that is not allowed."
+    raise WebhookUrlError("address_not_allowed", message)

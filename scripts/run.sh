@@ -11,8 +11,9 @@ $BIN/flask --app wsgi demo-key --docs-url "http://127.0.0.1:${PORT}/api/v1/partn
 
 interrupted=0
 trap 'interrupted=1' INT TERM  # before starting anything, so no signal is missed
+# No control socket: nothing here uses it, and every instance would share ~/.gunicorn/gunicorn.ctl.
 $BIN/gunicorn --bind "127.0.0.1:${PORT}" --workers "${WEB_CONCURRENCY:-2}" \
-    --access-logfile - wsgi:app &
+    --no-control-socket --access-logfile - wsgi:app &
 api_pid=$!
 $BIN/python -m dispatcher &
 dispatcher_pid=$!

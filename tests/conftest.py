@@ -3,18 +3,26 @@ a controllable clock, and helpers to provision keys."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import ipaddress
 import os
 import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from typing import NamedTuple
 
 import pytest
+from werkzeug.serving import make_server
 
 from partner_api import clock as clock_module
 from partner_api import create_app, provisioning
-from partner_api.config import Config
+from partner_api.config import ROOT, Config
 from partner_api.db import apply_schema, bind, database, drop_tables
 
 POSTGRES_URL = os.environ.get("PARTNER_API_TEST_POSTGRES_URL")
@@ -91,6 +99,53 @@ def make_app(config):
 @pytest.fixture
 def app(make_app):
     return make_app()
+
+
+@pytest.fixture
+def live_server(app):
+    """The app behind a real HTTP server (werkzeug, threaded) on an ephemeral loopback port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gunicorn_server(database_url: str, workers: int = 1, env: dict | None = None):
+    """`wsgi:app` under real gunicorn worker processes; yields the base URL once it answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--no-control-socket", "--workers", str(workers)]
+        + ["--bind", f"127.0.0.1:{port}", "wsgi:app"],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "DATABASE_URL": database_url, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(base + "/api/v1/partner/me", timeout=1)
+            except urllib.error.HTTPError:
+                break  # 401: up and answering
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("gunicorn did not start")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -14,51 +12,16 @@ import pytest
 
 from partner_api.config import ROOT
 
+from .conftest import gunicorn_server
+
 ME_PATH = "/api/v1/partner/me"
 WORKERS = 4
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(database_url):
-    port = _free_port()
-    env = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--workers",
-            str(WORKERS),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(base + ME_PATH, timeout=1)
-        except urllib.error.HTTPError:
-            break  # 401: up and answering
-        except OSError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail("gunicorn did not start")
-    yield base
-    process.terminate()
-    process.wait(timeout=30)
+    with gunicorn_server(database_url, workers=WORKERS) as base:
+        yield base
 
 
 def get_me(base: str, token: str):

@@ -40,6 +40,13 @@ def test_missing_authorization_is_401_with_challenge(client):
     assert client.get(ME).headers["WWW-Authenticate"].startswith("Bearer")
 
 
+@pytest.mark.parametrize("template", ["bearer {token}", "Bearer   {token}", " \tBearer {token}\t "])
+def test_header_grammar_allows_any_scheme_case_and_plain_spaces(client, make_key, template):
+    _, _, token = make_key()
+    response = client.get(ME, headers={"Authorization": template.format(token=token)})
+    assert response.status_code == 200
+
+
 @pytest.mark.parametrize(
     "header",
     [
@@ -50,6 +57,16 @@ def test_missing_authorization_is_401_with_challenge(client):
         "Token {good}",
         "Bearer {bad_checksum}",
         "Bearer {good}x",
+        # Only SP separates scheme and token, and only SP/HTAB surround the value: no
+        # Unicode whitespace (NBSP, NEL) is stripped, and nothing else may follow.
+        "Bearer\xa0{good}",
+        "Bearer\x85{good}",
+        "Bearer\t{good}",
+        "Bearer {good}\xa0",
+        "Bearer {good}\x85",
+        "\xa0Bearer {good}",
+        "Bearer {good} extra",
+        "Bearer {good},",
     ],
 )
 def test_malformed_tokens_are_401_without_lookup(client, make_key, header, monkeypatch):

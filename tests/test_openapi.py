@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from openapi_spec_validator import validate
+
+from partner_api import ids
 
 PREFIX = "/api/v1/partner"
 OPENAPI = f"{PREFIX}/openapi.json"
@@ -163,12 +168,35 @@ def test_created_subscription_documents_the_secret_and_the_list_does_not(spec):
     assert schemas["Failure"]["properties"]["dead_lettered"]["type"] == "boolean"
 
 
-def test_swagger_ui_docs_answer_html(client):
+def test_docs_page_loads_only_its_own_assets_under_a_strict_policy(client):
     response = client.get(f"{PREFIX}/docs")
-    assert response.status_code == 200
-    assert response.mimetype == "text/html"
-    assert "swagger" in response.get_data(as_text=True).lower()
-    assert "openapi.json" in response.get_data(as_text=True)
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    page = response.get_data(as_text=True)
+    assert f'data-openapi-url="{OPENAPI}"' in page
+    # Every reference is a path on this server; no inline script, no other host.
+    references = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert references and all(ref.startswith(f"{PREFIX}/docs/assets/") for ref in references)
+    assert "<script>" not in page and "//" not in "".join(references)
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'self';" in policy
+    assert "connect-src 'self'" in policy
+    for reference in references:
+        asset = client.get(reference)
+        assert asset.status_code == 200 and asset.data, reference
+
+
+def test_docs_ship_swagger_ui_5_which_renders_openapi_3_1():
+    from partner_api.docs import swagger_ui_version
+
+    assert int(swagger_ui_version().split(".")[0]) >= 5
+
+
+@pytest.mark.parametrize(
+    "name", ["index.template.html", "oauth2-redirect.html", "VERSION", "..%2F__init__.py", "x.js"]
+)
+def test_docs_serve_no_other_file(client, name):
+    response = client.get(f"{PREFIX}/docs/assets/{name}")
+    assert response.status_code == 404 and response.mimetype == PROBLEM
 
 
 def test_every_event_type_documents_its_delivery_and_signature_headers(spec):
@@ -201,3 +229,89 @@ def test_delivery_terms_in_the_document_follow_the_running_configuration(make_ap
     text = custom.test_client().get(OPENAPI).get_json()["webhooks"]["vc.test.ping"]["post"]
     assert "within 2.5s" in text["description"]
     assert "after 30s and 1m30s, then dead-lettered (3 attempts in all)" in text["description"]
+
+
+def test_every_operation_has_a_unique_operation_id(spec):
+    ids = [operation.get("operationId") for _, _, operation in operations(spec)]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+
+
+def test_webhook_url_is_documented_as_a_uri_of_at_most_2048_characters(spec):
+    from partner_api.webhook_url import MAX_URL_LENGTH
+
+    schemas = spec["components"]["schemas"]
+    for name in ("SubscriptionCreate", "Subscription"):
+        url = schemas[name]["properties"]["url"]
+        assert (url["type"], url["format"], url["maxLength"]) == ("string", "uri", MAX_URL_LENGTH)
+
+
+def test_cursor_and_limit_are_plain_typed_query_parameters(spec):
+    for path, method, operation in operations(spec):
+        for parameter in operation.get("parameters", []):
+            if parameter["name"] == "cursor":
+                assert parameter["schema"] == {"type": "string"}, f"{method} {path}"
+                assert parameter.get("required", False) is False
+
+
+def test_every_component_schema_is_used(spec):
+    """Referenced from somewhere other than its own definition (generators emit every one)."""
+    for name in spec["components"]["schemas"]:
+        others = dict(spec, components=dict(spec["components"]))
+        others["components"]["schemas"] = {
+            key: value for key, value in spec["components"]["schemas"].items() if key != name
+        }
+        assert f'"#/components/schemas/{name}"' in json.dumps(others), name
+
+
+def test_links_from_create_reach_every_id_route_with_the_created_id(spec):
+    create = spec["paths"][f"{PREFIX}/webhooks"]["post"]
+    links = create["responses"]["201"]["links"]
+    by_id = {
+        operation["operationId"]
+        for path, _, operation in operations(spec)
+        if "{subscription_id}" in path
+    }
+    assert {link["operationId"] for link in links.values()} == by_id
+    for link in links.values():
+        assert link["parameters"] == {"subscription_id": "$response.body#/id"}
+    assert links["TestWebhook"]["requestBody"] == {"secret": "$response.body#/secret"}
+
+
+def test_create_documents_that_its_answer_is_not_cached(spec):
+    created = spec["paths"][f"{PREFIX}/webhooks"]["post"]["responses"]["201"]
+    assert created["headers"]["Cache-Control"]["schema"]["const"] == "no-store"
+
+
+def test_request_examples_are_bodies_the_api_accepts(spec):
+    """The examples a generated client or the docs' "Try it out" start from load cleanly."""
+    from partner_api.ssrf import SsrfPolicy
+    from partner_api.webhook_url import parse_webhook_url
+    from partner_api.webhooks.schemas import SubscriptionCreateSchema, TestPingSchema
+
+    schemas = spec["components"]["schemas"]
+    for name, schema in (
+        ("SubscriptionCreate", SubscriptionCreateSchema),
+        ("TestPing", TestPingSchema),
+    ):
+        example = {
+            field: prop["example"]
+            for field, prop in schemas[name]["properties"].items()
+            if "example" in prop
+        }
+        assert set(example) == set(schemas[name]["properties"]), name
+        schema().load(example)  # raises on anything the API would refuse as validation_error
+    parse_webhook_url(schemas["SubscriptionCreate"]["properties"]["url"]["example"], SsrfPolicy())
+    [parameter] = spec["paths"][f"{PREFIX}/webhooks/{{subscription_id}}"]["parameters"]
+    assert ids.looks_like("wh", parameter["example"])
+
+
+def test_the_create_example_as_the_docs_fill_it_in_is_accepted(spec, client, make_key):
+    """Swagger UI's "Try it out" body: each property's default where it has one, else example."""
+    _, _, token = make_key()
+    properties = spec["components"]["schemas"]["SubscriptionCreate"]["properties"]
+    body = {name: prop.get("default", prop.get("example")) for name, prop in properties.items()}
+    response = client.post(
+        f"{PREFIX}/webhooks", json=body, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["url"] == body["url"]

@@ -13,8 +13,10 @@ from partner_api.config import ROOT
 
 def run_script(tmp_path, port):
     """Start scripts/run.sh in its own process group, its output going to tmp_path/run.log."""
+    (tmp_path / "home").mkdir(exist_ok=True)
     env = {
         "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path / "home"),  # where gunicorn would put its control socket
         "PORT": str(port),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}",
     }
@@ -63,6 +65,8 @@ def test_run_serves_the_api_prints_a_key_and_ctrl_c_stops_everything(tmp_path):
     assert "Demo API key (shown once, store it now): vc_" in output
     assert f"http://127.0.0.1:{port}/api/v1/partner/docs" in output
     assert "dispatcher stopped" in output
+    # No control socket (~/.gunicorn/gunicorn.ctl) that a second `make run` would take over.
+    assert list((tmp_path / "home").iterdir()) == []
     leftovers = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True)
     assert leftovers.stdout == b""
 

@@ -1,6 +1,7 @@
 """Specification of the webhook SSRF policy (partner_api.ssrf); no test touches real DNS."""
 
 import ipaddress
+import logging
 import pickle
 import socket
 import threading
@@ -448,7 +449,7 @@ def test_localhost_is_refused_however_spelled(host):
     resolver = FakeResolver({"localhost": ["127.0.0.1", "::1"]})
     error = refused(f"https://{host}/", SsrfPolicy(resolver=resolver), "address_not_allowed")
     assert resolver.calls == [("localhost", 443)]
-    assert "127.0.0.1" in str(error)
+    assert str(error) == "Webhook host localhost resolves to an address that is not allowed."
 
 
 @pytest.mark.parametrize(
@@ -463,8 +464,21 @@ def test_localhost_is_refused_however_spelled(host):
 def test_name_with_mixed_public_and_private_records_is_refused(records):
     pol = policy({"mixed.example": records})
     error = refused("https://mixed.example/", pol, "address_not_allowed")
-    private = next(a for a in records if not is_address_allowed(a))
-    assert private in str(error)
+    assert str(error) == "Webhook host mixed.example resolves to an address that is not allowed."
+
+
+def test_refusal_of_a_name_keeps_its_address_in_the_log_not_the_message(caplog):
+    """The message must not be an oracle into internal DNS: the address is logged only."""
+    pol = policy({"db.internal": ["10.20.30.40"]})
+    with caplog.at_level(logging.WARNING, logger="partner_api.ssrf"):
+        error = refused("https://db.internal/", pol, "address_not_allowed")
+    assert "10.20.30.40" not in str(error) and "private" not in str(error)
+    assert "db.internal" in caplog.text and "10.20.30.40" in caplog.text
+
+
+def test_refusal_of_an_ip_literal_names_the_address_the_caller_typed():
+    error = refused("https://10.20.30.40/", literal_policy(), "address_not_allowed")
+    assert "10.20.30.40" in str(error) and "private network" in str(error)
 
 
 @pytest.mark.parametrize(

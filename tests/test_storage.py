@@ -1,5 +1,8 @@
 """Storage: schema.sql and the models agree, init-db is idempotent, backend settings."""
 
+import os
+import stat
+
 import pytest
 from playhouse.pool import PooledPostgresqlDatabase
 
@@ -65,3 +68,20 @@ def test_ids_are_prefixed_random_and_recognisable():
     assert all(ids.looks_like("wh", value) for value in made)
     assert not ids.looks_like("wh", "wh_short")
     assert not ids.looks_like("org", next(iter(made)))
+
+
+def test_sqlite_directory_and_files_are_created_private_whatever_the_umask(tmp_path):
+    path = tmp_path / "instance" / "partner_api.sqlite3"
+    old_umask = os.umask(0o022)
+    try:
+        db_module.bind(f"sqlite:///{path}")
+        apply_schema()
+        with database.connection_context():
+            database.execute_sql("SELECT 1")
+            files = [path, *(p for p in path.parent.iterdir() if p != path)]
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert f"{path.name}-wal" in modes  # WAL mode: the journal exists and copies the mode
+    assert set(modes.values()) == {0o600}, modes

@@ -383,6 +383,34 @@ def test_body_over_64_kib_is_413_and_stores_nothing(client, make_key):
     assert count(Subscription) == 0
 
 
+def test_a_nameless_query_parameter_is_422_with_a_string_field(client, make_key):
+    _, _, token = make_key()
+    response = client.get(WEBHOOKS + "?=x", headers=bearer(token))
+    body = assert_problem(response, 422, "validation_error")
+    assert body["errors"] == [{"location": "query", "field": "", "message": "Unknown field."}]
+
+
+def test_an_unknown_field_is_named_exactly_as_sent_beside_a_known_one(client, make_key):
+    _, _, token = make_key()
+    response = client.post(WEBHOOKS, json={"url": GOOD_URL, "url.": "x"}, headers=bearer(token))
+    body = assert_problem(response, 422, "validation_error")
+    assert body["errors"] == [{"location": "json", "field": "url.", "message": "Unknown field."}]
+    assert count(Subscription) == 0
+
+
+def test_every_422_field_is_a_string(client, make_key):
+    _, _, token = make_key()
+    response = client.post(
+        WEBHOOKS,
+        json={"events": ["vc.test.ping", 7], "": 1, "description": None},
+        headers=bearer(token),
+    )
+    body = assert_problem(response, 422, "validation_error")
+    assert body["errors"] and all(isinstance(e["field"], str) for e in body["errors"])
+    assert {e["field"] for e in body["errors"]} >= {"url", "", "events.1", "description"}
+    assert count(Subscription) == 0
+
+
 def test_unknown_query_parameter_on_create_is_422(client, make_key):
     token = make_key().token
     response = client.post(WEBHOOKS + "?dry_run=1", json={"url": GOOD_URL}, headers=bearer(token))
@@ -420,6 +448,26 @@ def test_ssrf_refusals_at_create_are_422_naming_url_and_store_nothing(
     assert len(body["errors"]) == 1
     assert body["errors"][0]["location"] == "json" and body["errors"][0]["field"] == "url"
     assert body["errors"][0]["message"] == body["detail"]
+    assert count(Subscription) == 0
+
+
+@pytest.mark.parametrize("host", ["internal.example.com", "mixed.example.com"])
+def test_create_refusal_does_not_reveal_what_a_name_resolves_to(strict_client, make_key, host):
+    _, _, token = make_key()
+    response = strict_client.post(WEBHOOKS, json={"url": f"https://{host}/"}, headers=bearer(token))
+    body = assert_problem(response, 422, "address_not_allowed")
+    assert body["detail"] == f"Webhook host {host} resolves to an address that is not allowed."
+    assert "10.0.0.5" not in response.get_data(as_text=True)
+    assert count(Subscription) == 0
+
+
+def test_create_refusal_of_an_ip_literal_names_the_typed_address(strict_client, make_key):
+    _, _, token = make_key()
+    response = strict_client.post(
+        WEBHOOKS, json={"url": "https://10.0.0.5/"}, headers=bearer(token)
+    )
+    body = assert_problem(response, 422, "address_not_allowed")
+    assert "10.0.0.5" in body["detail"]
     assert count(Subscription) == 0
 
 

@@ -16,7 +16,7 @@ blp = Blueprint("identity", __name__, description="Who the calling API key is.")
 @blp.arguments(NoQuerySchema, location="query")
 @blp.response(200, MeSchema)
 @blp.errors(401, 403, 422, 429)
-def me(_query):
+def get_me(_query):
     """Identity of the calling key, its scopes and rate-limit headroom"""
     key, state = g.api_key, g.rate_limit
     return {

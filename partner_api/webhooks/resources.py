@@ -4,7 +4,7 @@ from flask import current_app, g
 
 from partner_api import scopes
 from partner_api.auth import require_scope
-from partner_api.extensions import Blueprint, NoQuerySchema
+from partner_api.extensions import RATE_LIMIT_HEADERS, Blueprint, NoQuerySchema
 from partner_api.pagination import ListQuerySchema
 from partner_api.webhooks import subscriptions
 from partner_api.webhooks.schemas import (
@@ -31,6 +31,29 @@ SUBSCRIPTION_ID = [
 ]
 
 
+NO_STORE = "no-store"
+CREATED_HEADERS = {
+    **RATE_LIMIT_HEADERS,
+    "Cache-Control": {
+        "description": "Always `no-store`: the answer carries the signing secret.",
+        "schema": {"type": "string", "const": NO_STORE},
+    },
+}
+
+# What a client can do next with the created subscription (OpenAPI links: generated clients
+# and API testers follow them with the real id, and the secret for the test ping).
+_BY_ID = {"subscription_id": "$response.body#/id"}
+CREATED_LINKS = {
+    "DeleteWebhook": {"operationId": "delete_webhook", "parameters": _BY_ID},
+    "TestWebhook": {
+        "operationId": "test_webhook",
+        "parameters": _BY_ID,
+        "requestBody": {"secret": "$response.body#/secret"},
+    },
+    "ListWebhookFailures": {"operationId": "list_webhook_failures", "parameters": _BY_ID},
+}
+
+
 def _org_id() -> str:
     return g.api_key.org_id
 
@@ -39,8 +62,9 @@ def _org_id() -> str:
 @manage_webhooks
 @blp.arguments(NoQuerySchema, location="query")
 @blp.arguments(SubscriptionCreateSchema)
-@blp.response(201, SubscriptionCreatedSchema)
+@blp.response(201, SubscriptionCreatedSchema, headers=CREATED_HEADERS)
 @blp.errors(400, 401, 403, 409, 413, 415, 422, 429)
+@blp.doc(responses={201: {"links": CREATED_LINKS}})
 def create_webhook(_query, body):
     """Create a webhook subscription (its signing secret is returned only here)"""
     subscription, _secret = subscriptions.create_subscription(
@@ -50,7 +74,8 @@ def create_webhook(_query, body):
         body["description"],
         current_app.config["PARTNER_API"],
     )
-    return subscription  # the one response that includes `secret`
+    # The one response that includes `secret`: no cache or proxy may keep a copy.
+    return subscription, {"Cache-Control": NO_STORE}
 
 
 @blp.get("/webhooks")
@@ -60,7 +85,7 @@ def create_webhook(_query, body):
 @blp.errors(400, 401, 403, 422, 429)
 def list_webhooks(query):
     """List the org's webhook subscriptions, newest first (secrets are never shown)"""
-    return subscriptions.list_subscriptions(_org_id(), query["limit"], query["cursor"])
+    return subscriptions.list_subscriptions(_org_id(), query["limit"], query.get("cursor"))
 
 
 @blp.delete("/webhooks/<string:subscription_id>", parameters=SUBSCRIPTION_ID)
@@ -92,4 +117,6 @@ def test_webhook(_query, body, subscription_id):
 @blp.errors(400, 401, 403, 404, 422, 429)
 def list_webhook_failures(query, subscription_id):
     """List failed delivery attempts of a subscription, newest first"""
-    return subscriptions.list_failures(_org_id(), subscription_id, query["limit"], query["cursor"])
+    return subscriptions.list_failures(
+        _org_id(), subscription_id, query["limit"], query.get("cursor")
+    )

@@ -5,6 +5,7 @@ import marshmallow as ma
 from partner_api.events import EVENT_TYPES
 from partner_api.fields import Timestamp
 from partner_api.pagination import page_schema
+from partner_api.webhook_url import MAX_URL_LENGTH
 
 
 class SubscriptionCreateSchema(ma.Schema):
@@ -13,6 +14,9 @@ class SubscriptionCreateSchema(ma.Schema):
         metadata={
             "description": "Absolute https:// URL that receives deliveries (max 2048 characters).",
             "example": "https://hooks.example.com/partner-api",
+            # Documented, not validated here: the SSRF parser refuses with its own codes.
+            "format": "uri",
+            "maxLength": MAX_URL_LENGTH,
         },
     )
     events = ma.fields.List(
@@ -40,7 +44,13 @@ class SubscriptionCreateSchema(ma.Schema):
 
 class SubscriptionSchema(ma.Schema):
     id = ma.fields.String(metadata={"example": "wh_2c7qkq3w6yq4n2m7hb5r3v2e5x"})
-    url = ma.fields.String(metadata={"example": "https://hooks.example.com/partner-api"})
+    url = ma.fields.String(
+        metadata={
+            "example": "https://hooks.example.com/partner-api",
+            "format": "uri",
+            "maxLength": MAX_URL_LENGTH,
+        }
+    )
     events = ma.fields.List(ma.fields.String(), metadata={"example": ["vc.test.ping"]})
     description = ma.fields.String()
     status = ma.fields.String(metadata={"description": "`enabled` or `disabled`."})
