@@ -30,4 +30,4 @@ bench: $(VENV)/.dev
 	$(PY) bench/dispatch_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
