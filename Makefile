@@ -39,4 +39,4 @@ browser:
 		|| echo "make browser: chromium could not be installed; the docs browser test will skip" >&2
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,8 +1,9 @@
-"""Storage: schema.sql and the models agree, init-db is idempotent, backend settings."""
+"""Storage: schema.sql and the models agree (names, types, NULLs), init-db is idempotent."""
 
 import os
 import stat
 
+import peewee
 import pytest
 from playhouse.pool import PooledPostgresqlDatabase
 
@@ -21,11 +22,133 @@ MODELS = [
 ]
 
 
+# Type families of the declared column types: SQLite reports the type as written in schema.sql,
+# PostgreSQL its information_schema `data_type`. A type outside these tables is its own family,
+# so a drift (say to `timestamp with time zone`) fails the comparison instead of passing.
+SQLITE_TYPE_FAMILIES = {
+    "TEXT": "text",
+    "TIMESTAMP": "timestamp",
+    "INTEGER": "integer",
+    "BIGINT": "bigint",
+    "BOOLEAN": "boolean",
+}
+POSTGRES_TYPE_FAMILIES = {
+    "text": "text",
+    "timestamp without time zone": "timestamp",
+    "integer": "integer",
+    "bigint": "bigint",
+    "boolean": "boolean",
+}
+# Most specific first: BigIntegerField is an IntegerField.
+FIELD_TYPE_FAMILIES = (
+    (peewee.BooleanField, "boolean"),
+    (peewee.BigIntegerField, "bigint"),
+    (peewee.IntegerField, "integer"),
+    (peewee.DateTimeField, "timestamp"),
+    (peewee.TextField, "text"),
+)
+
+
+def column_type_family(declared: str) -> str:
+    families = POSTGRES_TYPE_FAMILIES if db_module.is_postgres() else SQLITE_TYPE_FAMILIES
+    return families.get(declared, f"unknown type {declared!r}")
+
+
+def field_type_family(field: peewee.Field) -> str:
+    if isinstance(field, peewee.ForeignKeyField):
+        field = field.rel_field  # the column holds the referenced key
+    for field_class, family in FIELD_TYPE_FAMILIES:
+        if isinstance(field, field_class):
+            return family
+    return f"unknown field {type(field).__name__}"
+
+
+def schema_columns(table: str) -> dict[str, tuple[str, bool, bool]]:
+    """column → (type family, nullable, primary key), as the database reports schema.sql."""
+    with database.connection_context():
+        return {
+            column.name: (
+                column_type_family(column.data_type),
+                # SQLite lets a non-INTEGER primary key hold NULL unless it says NOT NULL, so
+                # it reports every `id TEXT PRIMARY KEY` as nullable;
+                # test_primary_keys_refuse_null covers that separately.
+                column.null and not column.primary_key,
+                column.primary_key,
+            )
+            for column in database.get_columns(table)
+        }
+
+
+def model_columns(model) -> dict[str, tuple[str, bool, bool]]:
+    """column → (type family, nullable, primary key), as the peewee model declares it."""
+    return {
+        name: (field_type_family(field), field.null, field.primary_key)
+        for name, field in model._meta.columns.items()
+    }
+
+
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m._meta.table_name)
 def test_models_match_schema_sql(database_url, model):
+    assert schema_columns(model._meta.table_name) == model_columns(model)
+
+
+def test_type_and_nullability_drift_is_caught(database_url):
+    """The comparison sees more than names: orgs with a zoned timestamp and a nullable name."""
+    (create_orgs,) = [
+        stmt
+        for stmt in db_module.schema_statements()
+        if stmt.startswith("CREATE TABLE IF NOT EXISTS orgs (")
+    ]
+    drifted = (
+        create_orgs.replace(" orgs (", " orgs_drifted (")
+        .replace("name        TEXT NOT NULL", "name        TEXT")
+        .replace("created_at  TIMESTAMP NOT NULL", "created_at  TIMESTAMP WITH TIME ZONE NOT NULL")
+    )
+    assert drifted.count("orgs_drifted") == 1 and "WITH TIME ZONE" in drifted
     with database.connection_context():
-        columns = {column.name for column in database.get_columns(model._meta.table_name)}
-    assert columns == set(model._meta.columns)
+        database.execute_sql(drifted)
+    try:
+        declared, expected = schema_columns("orgs_drifted"), model_columns(models.Org)
+    finally:
+        with database.connection_context():
+            database.execute_sql("DROP TABLE orgs_drifted")
+    assert set(declared) == set(expected)
+    assert {name for name in expected if declared[name] != expected[name]} == {
+        "name",
+        "created_at",
+    }
+    assert declared["name"] == ("text", True, False)
+    assert declared["created_at"][0].startswith("unknown type")
+
+
+# Rows complete but for their key, in tables without foreign keys (a dangling reference would
+# be refused for that reason instead). Every table's key is declared the same way.
+ROWS_WITHOUT_KEY = {
+    "orgs": {"id": None, "name": "Acme", "created_at": "2026-11-27 12:00:00"},
+    "app_secrets": {"name": None, "value": "x"},
+}
+
+
+@pytest.mark.parametrize("table", ROWS_WITHOUT_KEY)
+def test_primary_keys_refuse_null(request, database_url, table):
+    if database_url.startswith("sqlite"):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="schema.sql declares `TEXT PRIMARY KEY` without NOT NULL, which SQLite "
+                "(unlike PostgreSQL) lets hold NULL",
+            )
+        )
+    row = ROWS_WITHOUT_KEY[table]
+    placeholders = ", ".join([database.param] * len(row))
+    # Table and column names come from ROWS_WITHOUT_KEY above; the values are parameters.
+    insert = f"INSERT INTO {table} ({', '.join(row)}) VALUES ({placeholders})"  # noqa: S608
+    count = f"SELECT COUNT(*) FROM {table}"  # noqa: S608
+    with database.connection_context():
+        before = database.execute_sql(count).fetchone()[0]
+        with pytest.raises(peewee.IntegrityError), database.atomic():
+            database.execute_sql(insert, tuple(row.values()))
+        assert database.execute_sql(count).fetchone()[0] == before
 
 
 def test_init_db_is_idempotent_and_keeps_server_secrets(database_url):
