@@ -1,10 +1,13 @@
 # make run  — install, create the database, provision a demo key once, serve API + dispatcher
-# make test — install (with dev tools), lint, run the whole test suite
+# make test — install (with dev tools and, where npm exists, the Node.js checks), lint, run the
+#             whole test suite
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+NPM := $(shell command -v npm 2>/dev/null)
+NODE_DEPS := tests/node/node_modules/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean node-deps
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +18,13 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# The npm Standard Webhooks verifier, installed exactly as locked; without npm its test skips.
+$(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: $(NODE_DEPS)
+
 run: $(VENV)/.runtime
 	PORT=$(PORT) bash scripts/run.sh
 
@@ -22,7 +32,7 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(VENV)/.dev lint
+test: $(VENV)/.dev $(if $(NPM),$(NODE_DEPS)) lint
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.dev
@@ -30,4 +40,4 @@ bench: $(VENV)/.dev
 	$(PY) bench/dispatch_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache tests/node/node_modules

@@ -142,7 +142,7 @@ class Dispatcher:
         logged, and the lease makes the delivery due again."""
         try:
             body = delivery_body(claim.event, claim.subscription_id)
-            headers = signing.signed_headers(claim.secret, clock.unix(), body)
+            headers = signing.attempt_headers(claim.secret, claim.event.id, clock.unix(), body)
             result = self.transport.send(claim.url, body, headers)
             with database.connection_context():
                 if result.ok:
