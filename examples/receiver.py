@@ -30,7 +30,7 @@ examples:
 Answers 200 to a verified delivery (and to a repeat of an event it already has, which it does
 not print again), 400 with the reason to one that fails verification (missing header, bad
 format, timestamp more than 5 minutes away, signature mismatch), and 500 to every delivery
-with --fail. Verified events go to stdout, one JSON line each; everything else to stderr.
+with --fail. Each verified event goes to stdout as `verified: <JSON>`; the rest to stderr.
 """
 MAX_BODY = 1024 * 1024
 SEEN_IDS = 100_000  # event ids remembered for de-duplication (oldest forgotten first)
@@ -158,7 +158,7 @@ class Receiver(http.server.ThreadingHTTPServer):
         # Your processing goes here: off the request thread, so the sender gets its 2xx at once.
         while True:
             event = self.events.get()
-            print(json.dumps(event, separators=(",", ":")), flush=True)
+            print("verified:", json.dumps(event, separators=(",", ":")), flush=True)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -202,7 +202,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass  # one line per refusal or repeat is enough; verified events go to stdout
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog=USAGE,
@@ -212,6 +212,11 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=9999, help="port (0: any free one)")
     parser.add_argument("--secret", help=f"the subscription's whsec_… secret (or ${SECRET_ENV})")
     parser.add_argument("--fail", action="store_true", help="answer 500 to every delivery")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be 0-65535")

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import queue
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -188,7 +189,9 @@ class ReceiverProcess:
             self.lines.put(line)
 
     def printed(self, count: int) -> list[dict]:
-        return [json.loads(self.lines.get(timeout=10)) for _ in range(count)]
+        lines = [self.lines.get(timeout=10) for _ in range(count)]
+        assert all(line.startswith("verified: ") for line in lines), lines
+        return [json.loads(line.removeprefix("verified: ")) for line in lines]
 
     def stop(self) -> tuple[list[str], str]:
         """Stop it; returns (stdout lines not yet read, all of stderr after the banner)."""
@@ -290,3 +293,15 @@ def test_the_example_receiver_with_fail_answers_500_and_the_audit_shows_it(
     answer = client.get(f"{HOOKS}/{sub['id']}/failures", headers=bearer(token))
     [failure] = answer.get_json()["data"]
     assert failure["response_status"] == 500 and "--fail" in failure["response_excerpt"]
+
+
+def test_the_readme_runs_the_kit_with_options_it_has_and_serves_no_directory():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^python3 examples/receiver\.py ([^#\n]*)", readme, re.M)
+    assert len(commands) >= 2
+    for command in commands:
+        args = receiver.build_parser().parse_args(shlex.split(command))
+        assert args.secret and args.port == 9999, command
+    assert "--fail" in " ".join(commands)
+    # A file server started in the repository would hand out instance/ and its secrets.
+    assert "http.server" not in readme and "SimpleHTTP" not in readme
