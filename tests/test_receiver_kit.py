@@ -4,6 +4,7 @@ example server, run as a real process, receiving real deliveries from the dispat
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import importlib.util
 import json
 import queue
@@ -305,3 +306,32 @@ def test_the_readme_runs_the_kit_with_options_it_has_and_serves_no_directory():
     assert "--fail" in " ".join(commands)
     # A file server started in the repository would hand out instance/ and its secrets.
     assert "http.server" not in readme and "SimpleHTTP" not in readme
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({"Transfer-Encoding": "chunked"}, 411),
+        ({"Content-Length": "\u00b2"}, 411),  # a digit to str.isdigit, not to HTTP
+        ({"Content-Length": str(2 * 1024 * 1024)}, 413),
+        ({"Content-Length": "2", "X-VC-Timestamp": "1", "X-VC-Signature": "v1=0"}, 400),
+    ],
+)
+def test_the_example_receiver_refuses_malformed_requests_and_keeps_serving(headers, status):
+    kit = ReceiverProcess(SECRET)
+    try:
+        connection = http.client.HTTPConnection(kit.base_url.removeprefix("http://"), timeout=10)
+        connection.putrequest("POST", "/hooks", skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        if headers.get("Transfer-Encoding") == "chunked":
+            connection.send(b"2\r\n{}\r\n0\r\n\r\n")
+        elif headers.get("Content-Length") == "2":
+            connection.send(b"{}")
+        assert connection.getresponse().status == status
+        connection.close()
+        assert kit.process.poll() is None  # still serving
+    finally:
+        printed, stderr = kit.stop()
+    assert printed == [] and "Traceback" not in stderr
