@@ -119,12 +119,18 @@ def test_pypi_standardwebhooks_verifies_deliveries_and_rejects_altered_ones(capt
     }
 
 
-def test_npm_standardwebhooks_verifies_deliveries_and_rejects_altered_ones(captured):
+@pytest.fixture
+def node() -> str:
+    """The Node.js executable, with tests/node's locked modules installed."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed: the npm Standard Webhooks check needs Node.js")
     if not (NODE_DIR / "node_modules" / "standardwebhooks").is_dir():
         pytest.skip("tests/node has no node_modules: run `make node-deps` (npm ci) first")
+    return node
+
+
+def test_npm_standardwebhooks_verifies_deliveries_and_rejects_altered_ones(node, captured):
     payload = {
         "cases": [
             {
