@@ -1,11 +1,14 @@
 # make run  — install, create the database, provision a demo key once, serve API + dispatcher
-# make test — install (with dev tools), lint, run the whole test suite
+# make test — install (with dev tools and, where npm exists, the Node.js checks), lint, run the
+#             whole test suite
 # make browser — Debian's chromium for the docs test in a real browser (skipped without it)
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+NPM := $(shell command -v npm 2>/dev/null)
+NODE_DEPS := tests/node/node_modules/.installed
 
-.PHONY: run test lint bench browser clean
+.PHONY: run test lint bench browser clean node-deps
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,6 +19,13 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# The npm Standard Webhooks verifier, installed exactly as locked; without npm its test skips.
+$(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: $(NODE_DEPS)
+
 run: $(VENV)/.runtime
 	PORT=$(PORT) bash scripts/run.sh
 
@@ -23,7 +33,7 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(VENV)/.dev lint
+test: $(VENV)/.dev $(if $(NPM),$(NODE_DEPS)) lint
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.dev
@@ -39,4 +49,4 @@ browser:
 		|| echo "make browser: chromium could not be installed; the docs browser test will skip" >&2
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis tests/node/node_modules

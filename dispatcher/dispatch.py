@@ -369,7 +369,7 @@ class Dispatcher:
         error is logged, and the lease makes the delivery due again."""
         try:
             body = delivery_body(claim.event, claim.subscription_id)
-            headers = signing.signed_headers(claim.secret, clock.unix(), body)
+            headers = signing.attempt_headers(claim.secret, claim.event.id, clock.unix(), body)
             result = self.transport.send(claim.url, body, headers)
             self.health.observed(claim, result)
             self.recorder.put(claim, result)

@@ -166,8 +166,16 @@ def webhooks_enable(subscription_id, as_json):
 @admin_command
 def demo_key(docs_url):
     """First run only: provision a demo org and key and print the token once."""
-    if provisioning.list_orgs():
-        click.echo(f"API docs: {docs_url} (demo key already provisioned; see `keys list`)")
+    orgs = provisioning.list_orgs()
+    if orgs:
+        # The token was shown once, on the first run; the oldest org is the demo org.
+        click.echo(
+            "A demo key was provisioned on the first run and its token is not shown again. "
+            "For a new key:\n"
+            f"  .venv/bin/flask --app wsgi keys create --org {orgs[0].id} "
+            f"--scope {scopes.WEBHOOKS_MANAGE}"
+        )
+        click.echo(f"API docs: {docs_url}")
         return
     org = provisioning.create_org("Demo Org")
     key, token = provisioning.create_key(org.id, "demo", [scopes.WEBHOOKS_MANAGE])

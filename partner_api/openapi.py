@@ -8,7 +8,7 @@ import http
 
 from flask_smorest.utils import prepare_response
 
-from partner_api import retry, webhook_url
+from partner_api import retry, signing, webhook_url
 from partner_api.config import Config
 from partner_api.errors import DEFAULT_CODES, PROBLEM_CONTENT_TYPE, problem_body
 from partner_api.events import EVENT_TYPES
@@ -70,7 +70,9 @@ def spec_options(config: Config) -> dict:
                 "Authenticated identity and signed, retried webhooks for partners. "
                 "Every error answers `application/problem+json` (RFC 9457) with a stable "
                 "`code`. Webhook deliveries are POSTed with `X-VC-Timestamp` and "
-                "`X-VC-Signature: v1=<hex HMAC-SHA256 of '<timestamp>.<body>'>`."
+                "`X-VC-Signature: v1=<hex HMAC-SHA256 of '<timestamp>.<body>'>`, and with "
+                "the Standard Webhooks `webhook-id`, `webhook-timestamp` and "
+                "`webhook-signature` (see `webhooks`)."
             )
         },
         "components": {
@@ -139,7 +141,7 @@ def _error_response(status: int, error_schema) -> dict:
 
 _SIGNATURE_HEADERS = [
     {
-        "name": "X-VC-Timestamp",
+        "name": signing.TIMESTAMP_HEADER,
         "in": "header",
         "required": True,
         "description": "Unix seconds at the moment of this attempt (fresh on every retry). "
@@ -147,13 +149,43 @@ _SIGNATURE_HEADERS = [
         "schema": {"type": "string", "example": "1795780830"},
     },
     {
-        "name": "X-VC-Signature",
+        "name": signing.SIGNATURE_HEADER,
         "in": "header",
         "required": True,
         "description": "`v1=` + lowercase hex HMAC-SHA256, keyed with the subscription "
-        "secret's UTF-8 bytes, of `<X-VC-Timestamp>.<raw body bytes>`. Compare in "
+        f"secret's UTF-8 bytes, of `<{signing.TIMESTAMP_HEADER}>.<raw body bytes>`. Compare in "
         "constant time.",
-        "schema": {"type": "string", "example": "v1=5257a869e7ecebeda32affa62cdca3fa51cad7e7"},
+        "schema": {
+            "type": "string",
+            "example": "v1=5257a869e7ecebeda32affa62cdca3fa51cad7e7b8b2a3dc3e4f1a0c6d8e9f21",
+        },
+    },
+    {
+        "name": signing.WEBHOOK_ID_HEADER,
+        "in": "header",
+        "required": True,
+        "description": "Standard Webhooks message id: the event id (`id` in the body), the same "
+        "on every attempt.",
+        "schema": {"type": "string", "example": "evt_uz6lt44a4hpsvjpzaq426i5eoa"},
+    },
+    {
+        "name": signing.WEBHOOK_TIMESTAMP_HEADER,
+        "in": "header",
+        "required": True,
+        "description": f"Standard Webhooks timestamp: the same value as "
+        f"`{signing.TIMESTAMP_HEADER}`.",
+        "schema": {"type": "string", "example": "1795780830"},
+    },
+    {
+        "name": signing.WEBHOOK_SIGNATURE_HEADER,
+        "in": "header",
+        "required": True,
+        "description": "Standard Webhooks signature (standardwebhooks.com): `v1,` + base64 "
+        f"HMAC-SHA256, keyed with the base64-decoded bytes after `{signing.SECRET_PREFIX}` in "
+        f"the subscription secret, of `<{signing.WEBHOOK_ID_HEADER}>."
+        f"<{signing.WEBHOOK_TIMESTAMP_HEADER}>.<raw body bytes>`. Any Standard Webhooks "
+        "library verifies it, given the subscription secret as it is.",
+        "schema": {"type": "string", "example": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="},
     },
 ]
 _ENVELOPE_SCHEMA = {

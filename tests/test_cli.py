@@ -123,6 +123,13 @@ def test_demo_key_is_provisioned_on_first_run_only(runner, db):
     second = runner.invoke(args=["demo-key"])
     assert second.exit_code == 0 and "vc_" not in second.output.replace(key.prefix, "")
     assert ApiKey.select().count() == 1 and Org.select().count() == 1
+    # It says how to get a new key, with a command that works as printed.
+    [command] = [line.split() for line in second.output.splitlines() if "keys create" in line]
+    assert command[:3] == [".venv/bin/flask", "--app", "wsgi"]
+    created = runner.invoke(args=[*command[3:], "--json"])
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.output)["org_id"] == key.org_id
+    assert json.loads(created.output)["scopes"] == ["identity:read", "webhooks:manage"]
 
 
 @pytest.mark.parametrize("value", ["1000001", "99999999999999999999"])

@@ -206,7 +206,13 @@ def test_every_event_type_documents_its_delivery_and_signature_headers(spec):
     for event_type, item in spec["webhooks"].items():
         operation = item["post"]
         headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
-        assert headers == {"X-VC-Timestamp", "X-VC-Signature"}
+        assert headers == {
+            "X-VC-Timestamp",
+            "X-VC-Signature",
+            "webhook-id",
+            "webhook-timestamp",
+            "webhook-signature",
+        }
         body = operation["requestBody"]["content"]["application/json"]
         assert body["schema"]["required"] == [
             "event",

@@ -17,8 +17,7 @@ from partner_api.errors import DomainError
 from partner_api.events import EVENT_TYPES, publish_event
 from partner_api.models import DeliveryFailure, Org, Subscription, SubscriptionStatus
 from partner_api.pagination import paginate
-
-SECRET_PREFIX = "whsec_"
+from partner_api.signing import SECRET_PREFIX
 
 
 def new_secret() -> str:
