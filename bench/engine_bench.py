@@ -266,7 +266,7 @@ def pool_rate(receiver: ReceiverProcess, deliveries: int, senders: int = 10) -> 
         if session is None:
             session = sessions.session = requests.Session()
         body = f'{{"event":"vc.test.ping","id":"evt_pool{n}","data":{{}}}}'.encode()
-        headers = signing.signed_headers(secret, int(time.time()), body)
+        headers = signing.attempt_headers(secret, f"evt_pool{n}", int(time.time()), body)
         headers["Content-Type"] = "application/json"
         session.post(receiver.url(), data=body, headers=headers, timeout=10).close()
 

@@ -12,12 +12,10 @@ import dataclasses
 import datetime as dt
 import secrets
 
-from peewee import fn
-
 from dispatcher import shares
 from partner_api import clock, ids, retry
 from partner_api.config import Config
-from partner_api.db import locked, write_transaction
+from partner_api.db import database, is_postgres, write_transaction
 from partner_api.deliveries import hold_pending_deliveries
 from partner_api.models import (
     Delivery,
@@ -76,17 +74,17 @@ def claim_due_deliveries(
         rows = _load(leased)
     return [
         ClaimedDelivery(
-            id=row.id,
+            id=delivery_id,
             lease_token=token,
-            attempt=row.attempts + 1,
-            event=row.event,
-            subscription_id=row.subscription.id,
-            url=row.subscription.url,
-            secret=row.subscription.secret,
-            org_id=row.subscription.org_id,
-            failing=row.subscription.consecutive_failures > 0,
+            attempt=attempts + 1,
+            event=event,
+            subscription_id=subscription_id,
+            url=url,
+            secret=secret,
+            org_id=org_id,
+            failing=failures > 0,
         )
-        for row in rows
+        for delivery_id, attempts, subscription_id, org_id, url, secret, failures, event in rows
     ]
 
 
@@ -105,38 +103,93 @@ def _lease_within_shares(
         wanted = shares.choose(waiting, subscribers, running, limit - len(leased), policy, headroom)
         if not wanted:
             break
+        got = _lease_oldest_due(wanted, now, lease_seconds, token)
         for sub, count in wanted.items():
-            got = _lease(_oldest_due(sub, count, now), now, lease_seconds, token)
-            leased.extend(got)
-            running[sub] += len(got)
-            waiting[sub] -= len(got)
-            if len(got) < count:
-                waiting[sub] = 0  # it has nothing more due
+            mine = got.get(sub, [])
+            leased.extend(mine)
+            running[sub] += len(mine)
+            waiting[sub] = 0 if len(mine) < count else waiting[sub] - len(mine)
         waiting = {sub: n for sub, n in waiting.items() if n > 0}
     return leased
+
+
+# The claim's statements, written out once: building them with the query builder on every
+# claim was a third of the dispatcher's CPU in a profile. `{p}` is the driver's placeholder.
+_WORK_DUE_SQL = (
+    "SELECT s.id, s.org_id, s.status, s.consecutive_failures, "
+    "(SELECT MIN(d.next_attempt_at) FROM deliveries d WHERE d.subscription_id = s.id "
+    "AND d.status = {p} AND d.next_attempt_at <= {p}) "
+    "FROM webhook_subscriptions s WHERE s.deleted_at IS NULL"
+)
+_OLDEST_DUE_SQL = (
+    "SELECT id FROM deliveries WHERE {where} status = {p} AND next_attempt_at <= {p} "
+    "ORDER BY next_attempt_at LIMIT {p}"
+)
+_LEASE_SQL = (
+    "UPDATE deliveries SET next_attempt_at = {p}, lease_token = {p} "
+    "WHERE id IN ({ids}) AND status = {p} AND next_attempt_at <= {p} RETURNING id"
+)
+_LOAD_SQL = (
+    "SELECT d.id, d.attempts, d.subscription_id, s.org_id, s.url, s.secret, "
+    "s.consecutive_failures, e.id, e.type, e.data, e.occurred_at "
+    "FROM deliveries d JOIN events e ON e.id = d.event_id "
+    "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
+    "WHERE d.id IN ({ids}) ORDER BY d.next_attempt_at, d.created_at"
+)
+
+
+# attempts + 1 is the claim's attempt: only the lease holder writes, once.
+_DELIVERED_SQL = (
+    "UPDATE deliveries SET status = {p}, delivered_at = {p}, attempts = attempts + 1, "
+    "lease_token = NULL WHERE lease_token = {p} AND id IN ({ids}) RETURNING id"
+)
+_STREAK_ENDED_SQL = (
+    "UPDATE webhook_subscriptions SET consecutive_failures = 0 "
+    "WHERE id IN ({ids}) AND consecutive_failures <> 0"
+)
+
+
+# PostgreSQL: pick every chosen subscription's oldest due rows and lease them in one round trip.
+_LEASE_OLDEST_DUE_PG_SQL = (
+    "UPDATE deliveries SET next_attempt_at = %s, lease_token = %s WHERE id IN ("
+    "SELECT d.id FROM unnest(%s::text[], %s::int[]) AS wanted (sub, n) CROSS JOIN LATERAL ("
+    "SELECT id FROM deliveries WHERE subscription_id = wanted.sub AND status = %s "
+    "AND next_attempt_at <= %s ORDER BY next_attempt_at LIMIT wanted.n "
+    "FOR UPDATE SKIP LOCKED) AS d) RETURNING id, subscription_id"
+)
+
+
+def _lease_oldest_due(wanted, now: dt.datetime, lease_seconds: float, token: str) -> dict:
+    """Lease each subscription's `wanted[sub]` oldest due rows; {subscription: [ids]}. One
+    statement on PostgreSQL; on SQLite (in process, the write lock already held) a select per
+    subscription and one update."""
+    until = now + dt.timedelta(seconds=lease_seconds)
+    leased: dict[str, list[str]] = collections.defaultdict(list)
+    if is_postgres():
+        subs = list(wanted)
+        params = [until, token, subs, [wanted[s] for s in subs], DeliveryStatus.PENDING, now]
+        for delivery_id, sub in database.execute_sql(_LEASE_OLDEST_DUE_PG_SQL, params):
+            leased[sub].append(delivery_id)
+        return leased
+    picked = {sub: _oldest_due(sub, count, now) for sub, count in wanted.items()}
+    every = [delivery_id for chosen in picked.values() for delivery_id in chosen]
+    got = set(_lease(every, now, lease_seconds, token))
+    for sub, chosen in picked.items():
+        leased[sub] = [delivery_id for delivery_id in chosen if delivery_id in got]
+    return leased
+
+
+def _sql(template: str, count: int = 0, where: str = "") -> str:
+    p = database.param
+    return template.format(p=p, ids=", ".join([p] * count), where=where.format(p=p))
 
 
 def _subscribers_with_work_due(now: dt.datetime, known: dict) -> dict[str, shares.Subscriber]:
     """Enabled subscriptions with due deliveries, the oldest work first. One index probe per
     live subscription (deliveries_subscription_due), so the cost follows the number of
     subscriptions, not the backlog. Due rows of disabled ones are held on the way."""
-    oldest = Delivery.select(fn.MIN(Delivery.next_attempt_at)).where(
-        (Delivery.subscription == Subscription.id) & _due(now)
-    )
-    rows = [
-        row
-        for row in Subscription.select(
-            Subscription.id,
-            Subscription.org,
-            Subscription.status,
-            Subscription.consecutive_failures,
-            oldest.alias("oldest"),
-        )
-        .where(Subscription.live())
-        .tuples()
-        if row[4] is not None
-    ]
-    rows.sort(key=lambda row: str(row[4]))
+    cursor = database.execute_sql(_sql(_WORK_DUE_SQL), (DeliveryStatus.PENDING, now))
+    rows = sorted((row for row in cursor.fetchall() if row[4] is not None), key=lambda r: str(r[4]))
     disabled = [row[0] for row in rows if row[2] != SubscriptionStatus.ENABLED]
     if disabled:
         _hold_due(disabled, now)
@@ -160,39 +213,48 @@ def _due(now: dt.datetime):
 def _oldest_due(subscription_id: str | None, count: int, now: dt.datetime) -> list[str]:
     """Ids of the `count` oldest due deliveries (of one subscription, unless None); rows
     another dispatcher is claiming right now are skipped, not waited for."""
-    query = Delivery.select(Delivery.id).where(_due(now))
+    where, params = "", [DeliveryStatus.PENDING, now, count]
     if subscription_id is not None:
-        query = query.where(Delivery.subscription == subscription_id)
-    query = query.order_by(Delivery.next_attempt_at).limit(count)
-    return [row[0] for row in locked(query, "FOR UPDATE SKIP LOCKED").tuples()]
+        where, params = "subscription_id = {p} AND", [subscription_id, *params]
+    sql = _sql(_OLDEST_DUE_SQL, where=where)
+    if is_postgres():
+        sql += " FOR UPDATE SKIP LOCKED"
+    return [row[0] for row in database.execute_sql(sql, params).fetchall()]
 
 
 def _lease(delivery_ids: list[str], now: dt.datetime, lease_seconds: float, token: str):
     """Stamp the lease on those still due; returns the ids leased."""
     if not delivery_ids:
         return []
-    query = (
-        Delivery.update(
-            next_attempt_at=now + dt.timedelta(seconds=lease_seconds), lease_token=token
-        )
-        .where(Delivery.id.in_(delivery_ids) & _due(now))
-        .returning(Delivery.id)
-    )
-    return [row.id for row in query.execute()]
+    until = now + dt.timedelta(seconds=lease_seconds)
+    params = [until, token, *delivery_ids, DeliveryStatus.PENDING, now]
+    cursor = database.execute_sql(_sql(_LEASE_SQL, len(delivery_ids)), params)
+    return [row[0] for row in cursor.fetchall()]
 
 
-def _load(delivery_ids: list[str]) -> list[Delivery]:
-    """The leased deliveries with their event and subscription, in one query."""
+def _load(delivery_ids: list[str]) -> list[ClaimedDelivery]:
+    """What the attempts need, in one query (leased under `token`)."""
     if not delivery_ids:
         return []
-    return list(
-        Delivery.select(Delivery, Event, Subscription)
-        .join(Event, on=(Delivery.event == Event.id))
-        .switch(Delivery)
-        .join(Subscription, on=(Delivery.subscription == Subscription.id))
-        .where(Delivery.id.in_(delivery_ids))
-        .order_by(Delivery.next_attempt_at, Delivery.created_at)
-    )
+    cursor = database.execute_sql(_sql(_LOAD_SQL, len(delivery_ids)), delivery_ids)
+    return [
+        (
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            Event(
+                id=row[7],
+                type=row[8],
+                data=Event.data.python_value(row[9]),
+                occurred_at=Event.occurred_at.python_value(row[10]),
+            ),
+        )
+        for row in cursor.fetchall()
+    ]
 
 
 def _hold_due(subscription_ids: list[str], now: dt.datetime) -> None:
@@ -253,24 +315,13 @@ def _record_delivered(claims: list[ClaimedDelivery], now: dt.datetime) -> list[C
         by_token[claim.lease_token].append(claim)
     done = []
     for token, group in by_token.items():
-        updated = {
-            row.id
-            for row in Delivery.update(
-                status=DeliveryStatus.DELIVERED,
-                delivered_at=now,
-                attempts=Delivery.attempts + 1,  # the claim's attempt: only the holder writes
-                lease_token=None,
-            )
-            .where((Delivery.lease_token == token) & Delivery.id.in_([c.id for c in group]))
-            .returning(Delivery.id)
-            .execute()
-        }
+        params = [DeliveryStatus.DELIVERED, now, token, *(claim.id for claim in group)]
+        cursor = database.execute_sql(_sql(_DELIVERED_SQL, len(group)), params)
+        updated = {row[0] for row in cursor.fetchall()}
         done.extend(claim for claim in group if claim.id in updated)
     streaks = sorted({claim.subscription_id for claim in done})
     if streaks:
-        Subscription.update(consecutive_failures=0).where(
-            Subscription.id.in_(streaks) & (Subscription.consecutive_failures != 0)
-        ).execute()
+        database.execute_sql(_sql(_STREAK_ENDED_SQL, len(streaks)), streaks)
     return done
 
 

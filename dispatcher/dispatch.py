@@ -183,6 +183,7 @@ class Dispatcher:
         self._in_flight: dict[concurrent.futures.Future, tuple[str, float]] = {}
         self._ready: dict[str, collections.deque[ClaimedDelivery]] = {}  # leased, not started
         self._polling = threading.Lock()  # close() waits for a running poll to return
+        self._nothing_due = False
 
     def poll(self) -> int:
         """Claim and send what is due, keeping every sender busy; returns how many were claimed.
@@ -192,6 +193,7 @@ class Dispatcher:
         """
         claimed_total = 0
         with self._polling:
+            self._nothing_due = False
             try:
                 with kept_connection():
                     claimed_total = self._poll_until_idle()
@@ -202,13 +204,15 @@ class Dispatcher:
     def _poll_until_idle(self) -> int:
         claimed_total = 0
         while not self.stopping.is_set():
-            self._start_ready()
+            started = self._start_ready()
             claimed = 0
-            if self._ready_count() < self.config.dispatch_workers:
+            if self._ready_count() < self.config.dispatch_workers and not self._nothing_due:
                 claimed = self._claim()
                 claimed_total += claimed
-                if claimed:
-                    continue
+                # Until an attempt ends (or the next poll), another claim would find the same.
+                self._nothing_due = not claimed
+            if started or claimed:
+                continue  # senders may have freed up meanwhile: look again before waiting
             if self._ready_count() == 0 and not self._any_at_cap():
                 break  # nothing is due that a free sender could take
             if not self._wait_for_a_sender():
@@ -272,11 +276,11 @@ class Dispatcher:
                 self._ready.setdefault(claim.subscription_id, collections.deque()).append(claim)
         return len(batch)
 
-    def _start_ready(self) -> None:
-        """Start ready deliveries on free senders, by the sharing rules."""
+    def _start_ready(self) -> int:
+        """Start ready deliveries on free senders, by the sharing rules; returns how many."""
         free = self.config.dispatch_workers - self._busy()
         if free <= 0:
-            return
+            return 0
         subscribers = self.health.snapshot(self._running_since())
         with self._lock:
             waiting = {sub: len(items) for sub, items in self._ready.items() if items}
@@ -290,6 +294,7 @@ class Dispatcher:
                     if not self._ready[sub]:
                         del self._ready[sub]
                 self._submit(claim)
+        return sum(chosen.values())
 
     def _any_at_cap(self) -> bool:
         """Whether some subscription is held back by its cap (it may have more due)."""
@@ -323,26 +328,29 @@ class Dispatcher:
         with self._lock:
             return sum(len(items) for items in self._ready.values())
 
-    def _busy(self) -> int:
+    def _running(self) -> list[tuple[str, float]]:
+        """(subscription, start) of each attempt still running. A finished one whose done
+        callback has not run yet does not count: its sender is free."""
         with self._lock:
-            return len(self._in_flight)
+            return [entry for future, entry in self._in_flight.items() if not future.done()]
+
+    def _busy(self) -> int:
+        return len(self._running())
 
     def _running_by_subscription(self) -> collections.Counter:
-        with self._lock:
-            return collections.Counter(sub for sub, _ in self._in_flight.values())
+        return collections.Counter(sub for sub, _ in self._running())
 
     def _running_since(self) -> dict[str, float]:
         """Per subscription, when its oldest running attempt started."""
         since: dict[str, float] = {}
-        with self._lock:
-            for sub, started in self._in_flight.values():
-                since[sub] = min(started, since.get(sub, started))
+        for sub, started in self._running():
+            since[sub] = min(started, since.get(sub, started))
         return since
 
     def _wait_for_a_sender(self) -> bool:
         """Wait up to a poll interval for an attempt to end; True if one did."""
         with self._lock:
-            pending = list(self._in_flight)
+            pending = [future for future in self._in_flight if not future.done()]
         if not pending:
             return False
         done, _ = concurrent.futures.wait(
@@ -350,8 +358,6 @@ class Dispatcher:
             timeout=self.config.poll_interval,
             return_when=concurrent.futures.FIRST_COMPLETED,
         )
-        for future in done:  # now, not when its callback gets to run: no busy loop meanwhile
-            self._forget(future)
         return bool(done)
 
     def _submit(self, claim: ClaimedDelivery) -> None:
@@ -363,6 +369,7 @@ class Dispatcher:
     def _forget(self, future) -> None:
         with self._lock:
             self._in_flight.pop(future, None)
+        self._nothing_due = False  # a subscription below its cap again may have more due
 
     def attempt(self, claim: ClaimedDelivery) -> AttemptResult | None:
         """One signed attempt; its outcome goes to the recorder. Never raises: an unexpected

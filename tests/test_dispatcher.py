@@ -379,6 +379,8 @@ def test_a_slow_subscription_with_a_backlog_gets_at_most_half_the_senders(
         while len(fast.requests) < 3 and clock_module.monotonic() - started < 0.9:
             fast.first_request.wait(0.02)
         assert len(fast.requests) == 3  # served while the slow receiver still sleeps
+        while len(slow.requests) < 2 and clock_module.monotonic() - started < 0.9:
+            slow.first_request.wait(0.02)
         assert len(slow.requests) == 2  # its share: half of the 4 senders (slow, not failing)
         poll.join(30)
         # The same poll went on with the backlog as the slow senders freed up.

@@ -3,6 +3,7 @@ signatures verify independently and break on any change, the URL parser is total
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 
@@ -159,9 +160,19 @@ timestamps = st.integers(min_value=0, max_value=2**40)
 @PROPERTY
 @given(secret=st.text(), timestamp=timestamps, body=st.binary())
 def test_a_signature_verifies_with_an_independent_hmac(secret, timestamp, body):
-    headers = signing.signed_headers(secret, timestamp, body)
-    assert headers[signing.TIMESTAMP_HEADER] == str(timestamp)
-    assert verify_independently(secret, timestamp, body, headers[signing.SIGNATURE_HEADER])
+    assert verify_independently(secret, timestamp, body, signing.signature(secret, timestamp, body))
+
+
+@PROPERTY
+@given(key=st.binary(min_size=1, max_size=64), timestamp=timestamps, body=st.binary())
+def test_the_standard_webhooks_signature_verifies_with_an_independent_hmac(key, timestamp, body):
+    secret = "whsec_" + base64.b64encode(key).decode()
+    headers = signing.attempt_headers(secret, "evt_x", timestamp, body)
+    assert headers["webhook-timestamp"] == headers[signing.TIMESTAMP_HEADER] == str(timestamp)
+    mac = crypto_hmac.HMAC(key, hashes.SHA256())
+    mac.update(b"evt_x." + str(timestamp).encode() + b"." + body)
+    expected = "v1," + base64.b64encode(mac.finalize()).decode()
+    assert headers["webhook-signature"] == expected
 
 
 @PROPERTY
