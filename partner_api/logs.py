@@ -58,7 +58,10 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        fields = " ".join(f"{key}={value}" for key, value in _extra_fields(record).items())
+        fields = " ".join(
+            f"{key}={'-' if value is None else value}"
+            for key, value in _extra_fields(record).items()
+        )
         if not fields:
             return line
         head, newline, rest = line.partition("\n")  # a traceback stays below the fields
