@@ -26,9 +26,17 @@ _RECORD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | 
 }
 
 
+# A caller that pastes a credential into the header must not get it written to the logs.
+_CREDENTIAL_PREFIXES = ("vc_", "whsec_")
+
+
 def request_id_for(incoming: str | None) -> str:
-    """The caller's X-Request-Id when it is sane, else a new one."""
-    if incoming and _SANE_REQUEST_ID.fullmatch(incoming):
+    """The caller's X-Request-Id when it is sane and not credential-shaped, else a new one."""
+    if (
+        incoming
+        and _SANE_REQUEST_ID.fullmatch(incoming)
+        and not incoming.lower().startswith(_CREDENTIAL_PREFIXES)
+    ):
         return incoming
     return uuid.uuid4().hex
 
@@ -79,9 +87,9 @@ def formatter(log_format: str) -> logging.Formatter:
     return TextFormatter()
 
 
-def log_handler(log_format: str = "text") -> logging.Handler:
-    """A stderr handler in the chosen format (also named in gunicorn's logconfig_dict)."""
-    handler = logging.StreamHandler(sys.stderr)
+def log_handler(log_format: str = "text", stream=None) -> logging.Handler:
+    """A handler (stderr by default) in the chosen format; gunicorn's logconfig_dict names it."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter(log_format))
     handler.addFilter(RequestIdFilter())
     handler._partner_api = True  # so a second configure_logging replaces, never stacks

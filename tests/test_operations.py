@@ -101,7 +101,8 @@ def test_request_id_is_kept_when_sane_and_echoed(client):
 
 
 @pytest.mark.parametrize(
-    "incoming", ["", "x" * 129, "has space", 'quote"d', "caf\u00e9", "<script>"]
+    "incoming",
+    ["", "x" * 129, "vc_123", "whsec_abc", "has space", 'quote"d', "caf\u00e9", "<script>"],
 )
 def test_an_unsafe_request_id_is_replaced_by_a_generated_one(client, incoming):
     response = client.get(ME, headers={"X-Request-Id": incoming})
