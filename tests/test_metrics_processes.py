@@ -22,6 +22,7 @@ from partner_api.ssrf import SsrfPolicy
 from partner_api.webhooks.subscriptions import create_subscription
 
 from .receivers import Receiver
+from .servers import start_gunicorn
 from .test_dispatcher_processes import LOOPBACK, dispatcher_env, start_dispatcher, wait_for
 from .test_operations import requests_total, samples
 
@@ -41,42 +42,6 @@ def fetch(url: str) -> str:
         return response.read().decode()
 
 
-def start_gunicorn(tmp_path, env: dict, log_path) -> tuple[subprocess.Popen, str]:
-    """gunicorn with the shipped config on an ephemeral port; returns (process, base URL)."""
-    log = open(log_path, "w")  # noqa: SIM115 (kept open for the process's lifetime)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "deploy/gunicorn.conf.py",
-            "--bind",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "wsgi:app",
-        ],
-        cwd=ROOT,
-        env={"PATH": os.environ["PATH"], **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    port = None
-
-    def listening():
-        nonlocal port
-        found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log_path.read_text())
-        port = found and found.group(1)
-        return bool(port) or process.poll() is not None
-
-    assert wait_for(listening, 30) and port, log_path.read_text()
-    base = f"http://127.0.0.1:{port}"
-    assert wait_for(lambda: log_path.read_text().count("Booting worker") >= 2, 30)
-    return process, base
-
-
 def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_path):
     url = f"sqlite:///{tmp_path / 'api.sqlite3'}"
     bind(url)
@@ -90,7 +55,7 @@ def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_
         "PARTNER_API_LOG_FORMAT": "json",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
-    process, base = start_gunicorn(tmp_path, env, log_path)
+    process, base = start_gunicorn(env, log_path)
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda _: status_of(base + ME), range(40)))
