@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from partner_api import clock
 from partner_api.db import database
-from partner_api.models import Delivery, Subscription
+from partner_api.models import Delivery, DeliveryStatus, Subscription, SubscriptionStatus
 
 log = logging.getLogger("dispatcher")
 disable_created_metrics()  # `_created` series double the output and no dashboard reads them
@@ -112,14 +112,19 @@ class QueueCollector:
                 Delivery.select(
                     peewee.fn.COUNT(Delivery.id), peewee.fn.MIN(Delivery.next_attempt_at)
                 )
-                .where((Delivery.status == "pending") & (Delivery.next_attempt_at <= now))
+                .where(
+                    (Delivery.status == DeliveryStatus.PENDING) & (Delivery.next_attempt_at <= now)
+                )
                 .tuples()
                 .get()
             )
-            held = Delivery.select().where(Delivery.status == "held").count()
+            held = Delivery.select().where(Delivery.status == DeliveryStatus.HELD).count()
             disabled = (
                 Subscription.select()
-                .where((Subscription.status == "disabled") & Subscription.deleted_at.is_null())
+                .where(
+                    (Subscription.status == SubscriptionStatus.DISABLED)
+                    & Subscription.deleted_at.is_null()
+                )
                 .count()
             )
         if isinstance(oldest, str):  # SQLite hands back MIN() of a datetime column as text

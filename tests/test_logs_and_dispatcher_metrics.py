@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 
 from dispatcher import metrics as dispatcher_metrics
 from dispatcher.dispatch import Dispatcher
-from partner_api import create_app, logs
+from partner_api import logs
 from partner_api.db import database
 from partner_api.events import publish_event
 from partner_api.models import Delivery, Subscription
@@ -86,10 +86,10 @@ def run_a_whole_session(app, config, token, runner, key_id, clock):
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_token_or_webhook_secret_reaches_any_log_line(
-    config, make_key, captured_lines, clock, log_format
+    config, make_app, make_key, captured_lines, clock, log_format
 ):
     config = dataclasses.replace(config, log_format=log_format)
-    app = create_app({"PARTNER_API": config, "TESTING": True})
+    app = make_app(log_format=log_format)
     stream = captured_lines(log_format)
     _, key, token = make_key()
     secret = run_a_whole_session(app, config, token, app.test_cli_runner(), key.id, clock)
@@ -140,10 +140,10 @@ def value(scraped: dict, name: str, **labels) -> float:
     return scraped.get((name, frozenset(labels.items())), 0.0)
 
 
-def test_queue_gauges_show_due_deliveries_their_age_held_and_disabled(config, make_key, clock, db):
+def test_queue_gauges_show_due_deliveries_their_age_held_and_disabled(app, make_key, clock, db):
     org, _, _ = make_key()
     with Receiver() as receiver:
-        client = create_app({"PARTNER_API": config, "TESTING": True}).test_client()
+        client = app.test_client()
         _, _, token = make_key(org=org)
         for _ in range(2):
             response = client.post(HOOKS, json={"url": receiver.url()}, headers=bearer(token))
@@ -167,10 +167,10 @@ def test_queue_gauges_show_due_deliveries_their_age_held_and_disabled(config, ma
 
 
 def test_attempts_are_counted_by_outcome_with_durations_and_the_poll_time(
-    config, make_key, clock, db
+    app, config, make_key, clock, db
 ):
     org, _, token = make_key()
-    client = create_app({"PARTNER_API": config, "TESTING": True}).test_client()
+    client = app.test_client()
     before = scrape()
     with Receiver([(200, {}, b"ok"), (503, {}, b"busy")]) as receiver:
         response = client.post(HOOKS, json={"url": receiver.url()}, headers=bearer(token))

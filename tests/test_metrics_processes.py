@@ -15,10 +15,9 @@ import urllib.error
 import urllib.request
 
 from partner_api import provisioning
-from partner_api.config import ROOT
+from partner_api.config import ROOT, Config
 from partner_api.db import apply_schema, bind, database
 from partner_api.events import publish_event
-from partner_api.ssrf import SsrfPolicy
 from partner_api.webhooks.subscriptions import create_subscription
 
 from .receivers import Receiver
@@ -90,12 +89,12 @@ def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_
 
 
 def seed_two_subscriptions(good: Receiver, failing: Receiver) -> None:
-    policy = SsrfPolicy(allow_http=True, allow_networks=LOOPBACK)
+    config = Config(allow_http_webhooks=True, webhook_allow_cidrs=LOOPBACK)
     with database.connection_context():
         org = provisioning.create_org("Acme")
-        create_subscription(org.id, good.url(), None, "", policy, 5)
+        create_subscription(org.id, good.url(), None, "", config)
         failing_org = provisioning.create_org("Flaky")
-        create_subscription(failing_org.id, failing.url(), None, "", policy, 5)
+        create_subscription(failing_org.id, failing.url(), None, "", config)
         for n in range(3):
             publish_event(org.id, "vc.test.ping", {"n": n})
         for n in range(2):

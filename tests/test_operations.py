@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from partner_api import create_app
 from partner_api.db import database
 
 from .conftest import assert_problem, bearer
@@ -58,11 +56,9 @@ def test_readyz_is_503_schema_not_current_when_a_table_or_column_is_missing(clie
     assert client.get("/healthz").status_code == 200
 
 
-def test_readyz_is_503_database_unavailable_and_healthz_still_answers(config):
-    down = dataclasses.replace(
-        config, database_url=f"postgresql://nobody@127.0.0.1:{closed_port()}/none"
-    )
-    client = create_app({"PARTNER_API": down, "TESTING": True}).test_client()
+def test_readyz_is_503_database_unavailable_and_healthz_still_answers(make_app):
+    down = f"postgresql://nobody@127.0.0.1:{closed_port()}/none"
+    client = make_app(database_url=down).test_client()
     body = assert_problem(client.get("/readyz"), 503, "database_unavailable")
     assert "127.0.0.1" not in body["detail"]  # where the database lives stays in the log
     assert client.get("/healthz").get_json() == {"status": "ok"}
