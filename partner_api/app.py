@@ -40,7 +40,7 @@ def build_app(test_config=None) -> Flask:
 
     # The request id and the timer come first, so every later hook and line has them.
     logs.init_app(app)
-    metrics.init_app(app)
+    metrics.init_app(app, config.prometheus_multiproc_dir)
     db.bind(config.database_url)
     db.init_app(app)
     app.after_request(auth.add_rate_limit_headers)

@@ -6,6 +6,7 @@ Under gunicorn each worker writes to PROMETHEUS_MULTIPROC_DIR and a scrape sums 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 
@@ -68,7 +69,11 @@ def exposition(multiprocess_dir: str | None) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def init_app(app) -> None:
+def init_app(app, multiprocess_dir: str | None) -> None:
     """Time and count every request, errors included."""
+    if multiprocess_dir:
+        # Under deploy/gunicorn.conf.py it exists already; elsewhere a missing one would fail
+        # every request's first count.
+        os.makedirs(multiprocess_dir, exist_ok=True)
     app.before_request(_start_timer)
     app.after_request(_record)

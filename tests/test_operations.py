@@ -109,3 +109,10 @@ def test_an_unsafe_request_id_is_replaced_by_a_generated_one(client, incoming):
 def test_every_answer_carries_a_request_id_errors_included(client):
     ids = {client.get(path).headers["X-Request-Id"] for path in (ME, "/nope", "/readyz")}
     assert len(ids) == 3
+
+
+def test_a_missing_multiprocess_directory_is_created_at_start(make_app, tmp_path):
+    directory = tmp_path / "not" / "there"
+    client = make_app(prometheus_multiproc_dir=str(directory)).test_client()
+    assert directory.is_dir()
+    assert client.get("/metrics").status_code == 200
