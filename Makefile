@@ -39,6 +39,7 @@ test: $(VENV)/.dev $(if $(NPM),$(NODE_DEPS)) lint
 bench: $(VENV)/.dev
 	$(PY) bench/claim_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) bench/dispatch_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) bench/metrics_bench.py
 
 # Debian's package lists may be missing or stale: update only when the install fails. Without a
 # browser the suite still runs; the docs browser test then skips and says why.
