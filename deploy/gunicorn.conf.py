@@ -62,6 +62,7 @@ def when_ready(server):
             stale.unlink()  # an old run's counts would be added to this one's
     # prometheus_client reads this when the workers import it, after this fork point.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    server.log.info("workers share their metrics in %s", directory)
 
 
 def child_exit(server, worker):

@@ -109,10 +109,11 @@ def test_dispatcher_serves_its_metrics_on_the_configured_port(database_url):
             PARTNER_API_METRICS_PORT="0",
             PARTNER_API_POLL_INTERVAL="0.2",
             PARTNER_API_AUTO_DISABLE_AFTER="2",
+            PARTNER_API_LOG_FORMAT="json",
         )
         try:
-            first = process.stdout.readline()
-            found = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", first)
+            first = json.loads(process.stdout.readline())
+            found = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", first["message"])
             assert found, first
             endpoint = found.group(1)
 
@@ -140,6 +141,14 @@ def test_dispatcher_serves_its_metrics_on_the_configured_port(database_url):
     assert value("partner_api_oldest_due_seconds") == 0
     assert value("partner_api_dispatcher_senders") == 10
     assert started - value("partner_api_dispatcher_last_poll_timestamp_seconds") < 5
+    # Every line the process wrote is one JSON object; the attempt lines keep their fields.
+    records = [json.loads(line) for line in output.splitlines()]
+    attempts = [r for r in records if r["message"] == "attempt"]
+    assert sorted(r["outcome"] for r in attempts) == ["http_status"] * 2 + ["ok"] * 3
+    assert all(
+        {"delivery", "subscription", "attempt", "outcome", "status", "duration_ms"} <= set(r)
+        for r in attempts
+    )
 
 
 def test_a_metrics_port_in_use_stops_the_dispatcher_with_one_line(tmp_path):

@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import re
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +35,7 @@ class Stack:
     nginx_port: int
     token: str
     gunicorn: subprocess.Popen
+    gunicorn_log: Path
 
 
 @pytest.fixture
@@ -44,14 +47,15 @@ def stack(tmp_path):
     with database.connection_context():
         org = provisioning.create_org("Acme")
         _, token = provisioning.create_key(org.id, "test", ["webhooks:manage"], None)
-    gunicorn, base = start_gunicorn({"DATABASE_URL": url}, tmp_path / "gunicorn.log")
+    gunicorn_log = tmp_path / "gunicorn.log"
+    gunicorn, base = start_gunicorn({"DATABASE_URL": url}, gunicorn_log)
     prefix = tmp_path / "nginx"
     prefix.mkdir()
     nginx = None
     try:
         gunicorn_port = int(base.rsplit(":", 1)[1])
         nginx, port = start_nginx(prefix, gunicorn_port)
-        yield Stack(gunicorn_port, port, token, gunicorn)
+        yield Stack(gunicorn_port, port, token, gunicorn, gunicorn_log)
     finally:
         for process in (nginx, gunicorn):
             if process is not None and process.poll() is None:
@@ -166,8 +170,12 @@ def test_metrics_are_not_served_through_nginx_but_health_is(stack):
 
 
 def test_a_stopped_api_is_a_problem_json_503_from_nginx(stack):
+    found = re.search(r"workers share their metrics in (\S+)", stack.gunicorn_log.read_text())
+    metrics_dir = Path(found.group(1))
+    assert metrics_dir.is_dir()
     stack.gunicorn.terminate()
     stack.gunicorn.wait(timeout=30)
+    assert not metrics_dir.exists()  # the directory gunicorn made for itself goes with it
     status, headers, body, _ = get(stack.nginx_port, ME)
     assert_problem(status, headers, body, 503, "service_unavailable")
     assert headers["Retry-After"] == "5"
