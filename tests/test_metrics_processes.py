@@ -21,8 +21,8 @@ from partner_api.events import publish_event
 from partner_api.webhooks.subscriptions import create_subscription
 
 from .receivers import Receiver
-from .servers import start_gunicorn
-from .test_dispatcher_processes import LOOPBACK, dispatcher_env, start_dispatcher, wait_for
+from .servers import start_gunicorn, wait_for
+from .test_dispatcher_processes import LOOPBACK, dispatcher_env, start_dispatcher
 from .test_operations import requests_total, samples
 
 ME = "/api/v1/partner/me"
