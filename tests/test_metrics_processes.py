@@ -41,6 +41,18 @@ def fetch(url: str) -> str:
         return response.read().decode()
 
 
+def half_sent(port: int) -> socket.socket:
+    stall = socket.create_connection(("127.0.0.1", port))
+    stall.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    time.sleep(0.3)  # let a worker take it
+    return stall
+
+
+def batch_of_requests(base: str, count: int) -> list[int]:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda _: status_of(base + ME), range(count)))
+
+
 def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_path):
     url = f"sqlite:///{tmp_path / 'api.sqlite3'}"
     bind(url)
@@ -56,8 +68,15 @@ def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_
     }
     process, base = start_gunicorn(env, log_path)
     try:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(lambda _: status_of(base + ME), range(40)))
+        port = int(base.rsplit(":", 1)[1])
+        # A half-sent request holds the sync worker that took it, so each batch of 20 is
+        # answered by the other worker: both count, whatever the scheduler would have done.
+        first_stall = half_sent(port)
+        statuses = batch_of_requests(base, 20)
+        second_stall = half_sent(port)  # taken by the worker that answered the first batch
+        first_stall.close()
+        statuses += batch_of_requests(base, 20)
+        second_stall.close()
         assert statuses == [401] * 40
         assert status_of(base + "/healthz", {"X-Request-Id": "probe-7"}) == 200
         pids = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("*.db")}
