@@ -85,13 +85,15 @@ def raw(port: int, request: bytes):
         return response.status, response.headers, response.read()
 
 
-def half_sent_requests(port: int) -> list[socket.socket]:
-    """Two requests that never finish: one stops inside its headers, one inside its body."""
+def half_sent_requests(port: int, token: str) -> list[socket.socket]:
+    """Two requests that never finish: one stops inside its headers, one (authenticated, so
+    the view waits for it) inside its body."""
     header_stall = socket.create_connection(("127.0.0.1", port))
     header_stall.sendall(b"GET /api/v1/partner/me HTTP/1.1\r\nHost: x\r\nX-Slow: ")
     body_stall = socket.create_connection(("127.0.0.1", port))
     body_stall.sendall(
         b"POST /api/v1/partner/webhooks HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n"
         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
     )
     return [header_stall, body_stall]
@@ -112,16 +114,16 @@ def test_half_sent_requests_hold_exposed_gunicorn_but_not_nginx(stack):
     assert get(nginx_port, ME, auth)[0] == 200
 
     # Baseline, side by side: straight at gunicorn, two stalled requests take both workers.
-    stalled = half_sent_requests(gunicorn_port)
+    stalled = half_sent_requests(gunicorn_port, token)
     try:
         time.sleep(0.2)  # let the workers pick them up
         with pytest.raises(TimeoutError):
-            get(gunicorn_port, ME, auth, timeout=1.0)
+            get(gunicorn_port, ME, auth, timeout=3.0)
     finally:
         for sock in stalled:
             sock.close()
 
-    stalled = half_sent_requests(nginx_port)
+    stalled = half_sent_requests(nginx_port, token)
     try:
         time.sleep(0.2)
         timings = []
