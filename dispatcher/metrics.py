@@ -36,7 +36,7 @@ OUTCOMES = (
     "tls_error",
     "dns_error",
     "address_blocked",
-    "error",  # the attempt could not be recorded; the lease makes it due again
+    "error",  # an unexpected failure before any outcome; the lease makes it due again
 )
 ATTEMPTS = Counter(
     "partner_api_delivery_attempts",
