@@ -8,7 +8,7 @@ PORT ?= 8000
 NPM := $(shell command -v npm 2>/dev/null)
 NODE_DEPS := tests/node/node_modules/.installed
 
-.PHONY: run test lint bench browser clean node-deps
+.PHONY: run test lint bench browser clean node-deps nginx
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,8 @@ test: $(VENV)/.dev $(if $(NPM),$(NODE_DEPS)) lint
 bench: $(VENV)/.dev
 	$(PY) bench/claim_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) bench/dispatch_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) bench/metrics_bench.py
+	$(PY) bench/slow_clients_bench.py
 
 # Debian's package lists may be missing or stale: update only when the install fails. Without a
 # browser the suite still runs; the docs browser test then skips and says why.
@@ -47,6 +49,15 @@ browser:
 		|| apt-get install -y -q chromium \
 		|| { apt-get update -q && apt-get install -y -q chromium; } \
 		|| echo "make browser: chromium could not be installed; the docs browser test will skip" >&2
+
+# Debian's nginx, for the test that runs the shipped site in front of gunicorn; without it
+# that test skips and says why. Same pattern as `browser`.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -q --no-install-recommends nginx; } \
+		|| echo "make nginx: nginx could not be installed; the nginx test will skip" >&2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis tests/node/node_modules

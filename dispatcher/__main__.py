@@ -15,8 +15,9 @@ import sys
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from dispatcher import metrics
 from dispatcher.dispatch import Dispatcher
-from partner_api import db
+from partner_api import db, logs
 from partner_api.config import Config, ConfigError
 
 log = logging.getLogger("dispatcher")
@@ -26,15 +27,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dispatcher", description=__doc__)
     parser.add_argument("--once", action="store_true", help="drain what is due now and exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # Not a line per poll, nor per tick skipped while a long poll is still sending.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     try:
         config = _load_config()
     except (ConfigError, RuntimeError) as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return 2
     dispatcher = Dispatcher(config)
+    try:
+        metrics_server = _serve_metrics(config, dispatcher)
+    except OSError as exc:
+        print(
+            f"dispatcher: cannot serve metrics on {config.metrics_host}:{config.metrics_port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        dispatcher.close()
+        return 2
     scheduler = None if args.once else _poll_scheduler(dispatcher, config.poll_interval)
     _stop_on_signals(dispatcher, scheduler)
     try:
@@ -45,6 +53,8 @@ def main(argv=None) -> int:
             scheduler.start()
     finally:
         dispatcher.close()  # waits for in-flight attempts
+        if metrics_server is not None:
+            metrics_server.shutdown()
     log.info("dispatcher stopped")
     return 0
 
@@ -55,10 +65,28 @@ def _load_config() -> Config:
         config = Config.from_env()
     except ConfigError as exc:
         raise ConfigError(f"configuration error: {exc}") from None
+    logs.configure_logging(config.log_format)
+    # Not a line per poll, nor per tick skipped while a long poll is still sending.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # One pooled connection per sender, plus the polling thread and some slack.
     db.bind(config.database_url, max_connections=config.dispatch_workers + 4)
     db.check_schema()  # RuntimeError with one clear line
     return config
+
+
+def _serve_metrics(config: Config, dispatcher: Dispatcher):
+    """The /metrics endpoint on PARTNER_API_METRICS_PORT, or None when it is unset."""
+    if config.metrics_port is None:
+        return None
+    server = metrics.serve(
+        config.metrics_host,
+        config.metrics_port,
+        dispatcher.in_flight_count,
+        config.dispatch_workers,
+    )
+    host, port = server.server_address[:2]
+    log.info("dispatcher metrics on http://%s:%d/metrics", host, port)
+    return server
 
 
 def _poll_scheduler(dispatcher: Dispatcher, interval: float) -> BlockingScheduler:

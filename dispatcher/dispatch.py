@@ -18,7 +18,7 @@ import time
 
 import peewee
 
-from dispatcher import shares
+from dispatcher import metrics, shares
 from dispatcher.claims import ClaimedDelivery, claim_due_deliveries, record_outcomes
 from dispatcher.transport import AttemptResult, WebhookTransport
 from partner_api import clock, signing
@@ -148,16 +148,20 @@ class OutcomeRecorder:
                     return
                 time.sleep(min(0.1 * 2**attempt, 2.0))
         for (claim, result), step in zip(batch, steps, strict=True):
+            if step == "dead_lettered":
+                metrics.DEAD_LETTERED.inc()
+            # The fields are JSON keys in PARTNER_API_LOG_FORMAT=json, key=value in text.
             log.info(
-                "delivery=%s subscription=%s attempt=%d outcome=%s status=%s duration_ms=%d "
-                "next=%s",
-                claim.id,
-                claim.subscription_id,
-                claim.attempt,
-                "ok" if result.ok else result.error_kind,
-                result.status_code if result.status_code is not None else "-",
-                result.duration_ms,
-                step,
+                "attempt",
+                extra={
+                    "delivery": claim.id,
+                    "subscription": claim.subscription_id,
+                    "attempt": claim.attempt,
+                    "outcome": "ok" if result.ok else result.error_kind,
+                    "status": result.status_code,
+                    "duration_ms": result.duration_ms,
+                    "next": step,
+                },
             )
 
 
@@ -204,6 +208,7 @@ class Dispatcher:
     def _poll_until_idle(self) -> int:
         claimed_total = 0
         while not self.stopping.is_set():
+            metrics.record_poll()  # each turn claims or waits at most a poll interval
             started = self._start_ready()
             claimed = 0
             if self._ready_count() < self.config.dispatch_workers and not self._nothing_due:
@@ -278,7 +283,7 @@ class Dispatcher:
 
     def _start_ready(self) -> int:
         """Start ready deliveries on free senders, by the sharing rules; returns how many."""
-        free = self.config.dispatch_workers - self._busy()
+        free = self.config.dispatch_workers - self.in_flight_count()
         if free <= 0:
             return 0
         subscribers = self.health.snapshot(self._running_since())
@@ -334,7 +339,7 @@ class Dispatcher:
         with self._lock:
             return [entry for future, entry in self._in_flight.items() if not future.done()]
 
-    def _busy(self) -> int:
+    def in_flight_count(self) -> int:
         return len(self._running())
 
     def _running_by_subscription(self) -> collections.Counter:
@@ -378,9 +383,21 @@ class Dispatcher:
             body = delivery_body(claim.event, claim.subscription_id)
             headers = signing.attempt_headers(claim.secret, claim.event.id, clock.unix(), body)
             result = self.transport.send(claim.url, body, headers)
+            metrics.record_attempt(
+                "ok" if result.ok else result.error_kind, result.duration_ms / 1000
+            )
             self.health.observed(claim, result)
             self.recorder.put(claim, result)
             return result
         except Exception:
-            log.exception("delivery=%s attempt=%d outcome=error", claim.id, claim.attempt)
+            metrics.record_attempt("error", None)
+            log.exception(
+                "attempt",
+                extra={
+                    "delivery": claim.id,
+                    "subscription": claim.subscription_id,
+                    "attempt": claim.attempt,
+                    "outcome": "error",
+                },
+            )
             return None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import logging
 
 from flask import Flask
 from werkzeug.wsgi import get_content_length
 
-from partner_api import __version__, auth, cli, db, docs
+from partner_api import __version__, auth, cli, db, docs, logs, metrics, operations
 from partner_api.config import Config
 from partner_api.extensions import Api
 from partner_api.openapi import spec_options
@@ -32,16 +31,20 @@ def build_app(test_config=None) -> Flask:
         API_SPEC_OPTIONS=spec_options(config),
     )
     app.config.update({k: v for k, v in (test_config or {}).items() if k != "PARTNER_API"})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure_logging(config.log_format)
 
     # Werkzeug would answer `//webhooks` with a redirect built from the (forgeable) Host
     # header; an unknown path is a 404 like any other.
     app.url_map.merge_slashes = False
     app.wsgi_app = BoundedStreamingBody(app.wsgi_app, MAX_BODY_BYTES)
 
+    # The request id and the timer come first, so every later hook and line has them.
+    logs.init_app(app)
+    metrics.init_app(app, config.prometheus_multiproc_dir)
     db.bind(config.database_url)
     db.init_app(app)
     app.after_request(auth.add_rate_limit_headers)
+    app.register_blueprint(operations.blp)
 
     api = Api(app)
     from partner_api.identity.resources import blp as identity_blp

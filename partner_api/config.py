@@ -46,6 +46,12 @@ class Config:
         default=dns.system_resolver, compare=False, repr=False
     )
     create_dns_timeout: float = 5.0
+    metrics_port: int | None = None  # the dispatcher's /metrics; None = off, 0 = any free port
+    metrics_host: str = "127.0.0.1"
+    log_format: str = "text"  # text | json
+    # prometheus_client reads this variable itself; it is validated here so a bad one stops
+    # the start with one clear line instead of a failing scrape.
+    prometheus_multiproc_dir: str | None = None
 
     @property
     def max_attempts(self) -> int:
@@ -139,6 +145,28 @@ def _ca_bundle(value: str) -> str:
     return value
 
 
+def _log_format(value: str) -> str:
+    lowered = value.lower()
+    if lowered not in LOG_FORMATS:
+        raise ValueError("must be one of " + ", ".join(LOG_FORMATS))
+    return lowered
+
+
+def _host(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("must be an IP address to listen on, e.g. 127.0.0.1 or 0.0.0.0") from None
+
+
+def _directory(value: str) -> str:
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise ValueError("must name a directory")
+    return value
+
+
+LOG_FORMATS = ("text", "json")
 MAX_RETRY_DELAY = 30 * 86400
 MAX_RETRIES = 20
 _VARIABLES = {
@@ -157,4 +185,8 @@ _VARIABLES = {
     ),
     "PARTNER_API_DISPATCH_BATCH_SIZE": ("dispatch_batch_size", _whole_number(1, 1_000)),
     "PARTNER_API_DISPATCH_WORKERS": ("dispatch_workers", _whole_number(1, 200)),
+    "PARTNER_API_METRICS_PORT": ("metrics_port", _whole_number(0, 65535)),
+    "PARTNER_API_METRICS_HOST": ("metrics_host", _host),
+    "PARTNER_API_LOG_FORMAT": ("log_format", _log_format),
+    "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _directory),
 }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 import peewee
+from flask import request
 from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse import db_url
 
@@ -174,12 +175,20 @@ def check_schema() -> None:
         raise RuntimeError(database_problem(exc)) from None
 
 
+def without_connection(view):
+    """Mark a view that opens no connection up front (health checks must answer without one)."""
+    view.without_connection = True
+    return view
+
+
 def init_app(app) -> None:
     """Open a connection per request (pooled on PostgreSQL) and register `init-db`."""
 
     @app.before_request
     def _connect():
-        database.connect(reuse_if_open=True)
+        view = app.view_functions.get(request.endpoint)
+        if not getattr(view, "without_connection", False):
+            database.connect(reuse_if_open=True)
 
     @app.teardown_appcontext
     def _close(exc):

@@ -11,9 +11,10 @@ $BIN/flask --app wsgi demo-key --docs-url "http://127.0.0.1:${PORT}/api/v1/partn
 
 interrupted=0
 trap 'interrupted=1' INT TERM  # before starting anything, so no signal is missed
-# No control socket: nothing here uses it, and every instance would share ~/.gunicorn/gunicorn.ctl.
-$BIN/gunicorn --bind "127.0.0.1:${PORT}" --workers "${WEB_CONCURRENCY:-2}" \
-    --no-control-socket --access-logfile - wsgi:app &
+# The production settings (metrics from every worker, logs in PARTNER_API_LOG_FORMAT), with a
+# development-sized pool on the chosen port.
+$BIN/gunicorn -c deploy/gunicorn.conf.py --bind "127.0.0.1:${PORT}" \
+    --workers "${WEB_CONCURRENCY:-2}" wsgi:app &
 api_pid=$!
 $BIN/python -m dispatcher &
 dispatcher_pid=$!

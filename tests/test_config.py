@@ -21,6 +21,23 @@ def test_defaults_match_the_contract():
     assert config.ca_bundle is None
     assert config.default_rate_limit == 600
     assert config.database_url.startswith("sqlite:///") and "instance" in config.database_url
+    assert config.metrics_port is None and config.metrics_host == "127.0.0.1"
+    assert config.log_format == "text"
+
+
+def test_operations_settings_are_parsed():
+    config = Config.from_env(
+        {
+            "PARTNER_API_METRICS_PORT": "9464",
+            "PARTNER_API_METRICS_HOST": "0.0.0.0",
+            "PARTNER_API_LOG_FORMAT": "JSON",
+        }
+    )
+    assert (config.metrics_port, config.metrics_host, config.log_format) == (
+        9464,
+        "0.0.0.0",
+        "json",
+    )
 
 
 def test_values_are_parsed():
@@ -66,6 +83,12 @@ def test_values_are_parsed():
         ("PARTNER_API_DISPATCH_WORKERS", "100000"),
         ("PARTNER_API_DEFAULT_RATE_LIMIT", "99999999999"),
         ("DATABASE_URL", "mysql://root@localhost/test"),
+        ("PARTNER_API_METRICS_PORT", "65536"),
+        ("PARTNER_API_METRICS_PORT", "-1"),
+        ("PARTNER_API_METRICS_PORT", "http"),
+        ("PARTNER_API_METRICS_HOST", "localhost:9000"),
+        ("PARTNER_API_LOG_FORMAT", "xml"),
+        ("PROMETHEUS_MULTIPROC_DIR", str(ROOT / "schema.sql")),
     ],
 )
 def test_bad_value_is_refused_naming_the_variable(name, value):

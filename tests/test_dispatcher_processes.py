@@ -24,6 +24,7 @@ from partner_api.models import Delivery
 from partner_api.webhooks.subscriptions import create_subscription
 
 from .receivers import Receiver
+from .servers import wait_for
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
@@ -65,15 +66,6 @@ def delivery_statuses() -> collections.Counter:
 
 def received_event_ids(receiver: Receiver) -> collections.Counter:
     return collections.Counter(json.loads(r["body"])["id"] for r in receiver.requests)
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_two_dispatchers_never_send_the_same_delivery_twice(database_url):

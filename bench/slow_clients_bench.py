@@ -1,0 +1,75 @@
+"""GET /me while two half-sent requests stay open: gunicorn exposed vs behind the nginx site.
+
+Usage: .venv/bin/python bench/slow_clients_bench.py   (needs nginx: `make nginx`)
+
+Starts gunicorn (deploy/gunicorn.conf.py, 2 workers) and nginx (deploy/nginx/, on loopback
+ports) over a scratch SQLite database, and in the same run times GET /me idle and while one
+request stalls in its headers and one in its body, straight at gunicorn (the baseline) and
+through nginx. Straight at gunicorn the answer waits for the worker timeout (about 30 s).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from partner_api import provisioning  # noqa: E402
+from partner_api.db import apply_schema, bind, database  # noqa: E402
+from tests.servers import nginx_binary, start_gunicorn, start_nginx  # noqa: E402
+from tests.test_nginx import get, half_sent_requests  # noqa: E402
+
+ME = "/api/v1/partner/me"
+
+
+def measure(port: int, token: str, stalled_samples: int) -> tuple[float, float]:
+    """(idle median, median while two half-sent requests are open), in ms."""
+    auth = {"Authorization": f"Bearer {token}"}
+    idle = statistics.median(get(port, ME, auth)[3] for _ in range(11))
+    stalls = half_sent_requests(port, token)
+    try:
+        time.sleep(0.3)  # let the stalled requests reach whoever takes them
+        stalled = statistics.median(
+            get(port, ME, auth, timeout=120)[3] for _ in range(stalled_samples)
+        )
+    finally:
+        for sock in stalls:
+            sock.close()
+    return idle * 1000, stalled * 1000
+
+
+def main() -> None:
+    if nginx_binary() is None:
+        raise SystemExit("nginx is not installed: run `make nginx` (as root)")
+    scratch = Path(tempfile.mkdtemp(prefix="slow-clients-bench-"))
+    url = f"sqlite:///{scratch / 'bench.sqlite3'}"
+    bind(url)
+    apply_schema()
+    with database.connection_context():
+        org = provisioning.create_org("Bench")
+        _, token = provisioning.create_key(org.id, "bench", ["webhooks:manage"], None)
+    gunicorn, base = start_gunicorn({"DATABASE_URL": url}, scratch / "gunicorn.log")
+    gunicorn_port = int(base.rsplit(":", 1)[1])
+    (scratch / "nginx").mkdir()
+    nginx, nginx_port = start_nginx(scratch / "nginx", gunicorn_port)
+    try:
+        rows = [
+            ("behind nginx", *measure(nginx_port, token, 11)),
+            ("gunicorn exposed (baseline)", *measure(gunicorn_port, token, 1)),
+        ]
+    finally:
+        for process in (nginx, gunicorn):
+            process.terminate()
+            process.wait(timeout=60)
+    print("| GET /me | idle (ms) | 2 half-sent open (ms) |")
+    print("|---|---:|---:|")
+    for label, idle, stalled in rows:
+        print(f"| {label} | {idle:.1f} | {stalled:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

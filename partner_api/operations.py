@@ -1,0 +1,67 @@
+"""Operations endpoints, outside the partner API and its OpenAPI document: no auth, no limit.
+
+`/healthz` (the process serves), `/readyz` (database answers, schema current), `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import peewee
+from flask import Blueprint, current_app, jsonify
+
+from partner_api import db, metrics, models
+from partner_api.errors import ApiError
+
+blp = Blueprint("operations", __name__)
+log = logging.getLogger(__name__)
+
+
+def readiness_problem() -> ApiError | None:
+    """None when the database answers and holds every table and column the code uses."""
+    try:
+        db.database.connect(reuse_if_open=True)
+        db.database.execute_sql("SELECT 1").fetchone()
+    except peewee.DatabaseError as exc:
+        log.warning("not ready: %s", db.database_problem(exc))
+        return ApiError(503, "database_unavailable", "The database does not answer.")
+    try:
+        with db.database.atomic():
+            for model in models.BaseModel.__subclasses__():
+                # Selecting every field of every model fails on a missing table or column.
+                list(model.select().limit(0))
+            db.app_secret("cursor_signing_key")
+    except (peewee.DatabaseError, RuntimeError) as exc:
+        log.warning("not ready: %s", db.database_problem(exc))
+        return ApiError(
+            503,
+            "schema_not_current",
+            "The database schema is missing or old: run `flask --app wsgi init-db`.",
+        )
+    return None
+
+
+@blp.get("/healthz")
+@db.without_connection
+def healthz():
+    """The process serves."""
+    return jsonify(status="ok")
+
+
+@blp.get("/readyz")
+@db.without_connection
+def readyz():
+    """The database answers and its schema is current."""
+    problem = readiness_problem()
+    if problem is not None:
+        raise problem
+    return jsonify(status="ok")
+
+
+@blp.get("/metrics")
+@db.without_connection
+def prometheus_metrics():
+    """Prometheus text for every worker of this API."""
+    config = current_app.config["PARTNER_API"]
+    body, content_type = metrics.exposition(config.prometheus_multiproc_dir)
+    return current_app.response_class(body, mimetype=None, content_type=content_type)

@@ -1,0 +1,87 @@
+"""The shipped deployment files: systemd units that systemd accepts, the cron line, the
+example environment file and the gunicorn settings, checked against the code they run."""
+
+from __future__ import annotations
+
+import runpy
+import shutil
+import subprocess
+
+import pytest
+
+from partner_api.config import ROOT, Config
+
+DEPLOY = ROOT / "deploy"
+UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
+
+
+def test_both_units_run_as_a_dedicated_user_restart_and_are_hardened():
+    assert [unit.name for unit in UNITS] == [
+        "partner-api-dispatcher.service",
+        "partner-api.service",
+    ]
+    for unit in UNITS:
+        text = unit.read_text()
+        for setting in (
+            "User=partner-api",
+            "Restart=on-failure",
+            "StateDirectory=partner-api",
+            "StateDirectoryMode=0700",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "CapabilityBoundingSet=\n",
+            "EnvironmentFile=/etc/partner-api/env",
+        ):
+            assert setting in text, (unit.name, setting)
+    api = (DEPLOY / "systemd" / "partner-api.service").read_text()
+    assert "gunicorn -c deploy/gunicorn.conf.py wsgi:app" in api
+    assert "PROMETHEUS_MULTIPROC_DIR=/run/partner-api/" in api
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
+def test_systemd_accepts_the_units(tmp_path):
+    for unit in UNITS:
+        # Pointed at this checkout, so the commands exist; the rest is as shipped.
+        local = tmp_path / unit.name
+        local.write_text(unit.read_text().replace("/opt/partner-api", str(ROOT)))
+        result = subprocess.run(
+            ["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0 and unit.name not in result.stderr, result.stderr
+
+
+def test_the_cron_line_drains_once_as_the_service_user():
+    lines = [
+        line
+        for line in (DEPLOY / "cron" / "partner-api-dispatcher").read_text().splitlines()
+        if line and not line.startswith("#") and "=" not in line.split()[0]
+    ]
+    assert len(lines) == 1
+    fields = lines[0].split(None, 6)
+    assert fields[:6] == ["*", "*", "*", "*", "*", "partner-api"]
+    assert ". /etc/partner-api/env" in fields[6]
+    assert fields[6].endswith(
+        "python -m dispatcher --once >>/var/lib/partner-api/dispatcher.log 2>&1"
+    )
+
+
+def test_the_example_environment_file_is_valid_configuration():
+    values = dict(
+        line.split("=", 1)
+        for line in (DEPLOY / "partner-api.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    config = Config.from_env(values)
+    assert config.log_format == "json" and config.metrics_port == 9464
+
+
+def test_gunicorn_settings_suit_a_small_vm_behind_nginx():
+    settings = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
+    assert settings["bind"] == "127.0.0.1:8000"
+    assert settings["control_socket_disable"] is True
+    assert settings["worker_class"] == "sync" and 2 <= settings["workers"] <= 17
+    assert settings["timeout"] == 30 and settings["max_requests"] > 0
+    assert settings["accesslog"] is None  # the app logs requests, with their ids
+    nginx_site = (DEPLOY / "nginx" / "partner-api.conf").read_text()
+    assert "server 127.0.0.1:8000;" in nginx_site
+    assert "proxy_read_timeout 35s;" in nginx_site  # outlasts gunicorn's worker timeout

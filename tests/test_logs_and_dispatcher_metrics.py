@@ -1,0 +1,205 @@
+"""Log lines in both formats (no credential in any), and the dispatcher's metrics, in-process."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import logging
+
+import pytest
+from prometheus_client import generate_latest
+
+from dispatcher import metrics as dispatcher_metrics
+from dispatcher.dispatch import Dispatcher
+from partner_api import logs
+from partner_api.db import database
+from partner_api.events import publish_event
+from partner_api.models import Delivery, Subscription
+
+from .conftest import bearer
+from .receivers import Receiver
+from .test_operations import samples
+
+HOOKS = "/api/v1/partner/webhooks"
+
+
+@pytest.fixture
+def captured_lines():
+    """Every line logged (any logger, DEBUG up) in a given format, as the handler writes it."""
+    streams = []
+
+    def capture(log_format: str) -> io.StringIO:
+        stream = io.StringIO()
+        handler = logs.log_handler(log_format, stream)
+        handler.setLevel(logging.DEBUG)
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)  # after create_app, which sets INFO
+        streams.append(handler)
+        return stream
+
+    root = logging.getLogger()
+    level = root.level
+    yield capture
+    for handler in streams:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def run_a_whole_session(app, config, token, runner, key_id, clock):
+    """Create, ping (right and wrong secret), a failed then a retried delivery, the failure
+    audit, revoke; returns the secret."""
+    client = app.test_client()
+    with Receiver([(500, {}, b"down"), (200, {}, b"ok")]) as receiver:
+        created = client.post(
+            HOOKS,
+            json={"url": receiver.url(), "description": "session"},
+            headers={**bearer(token), "X-Request-Id": "session-create"},
+        )
+        assert created.status_code == 201
+        subscription = created.get_json()
+        secret = subscription["secret"]
+        test_path = f"{HOOKS}/{subscription['id']}/test"
+        assert (
+            client.post(test_path, json={"secret": "whsec_no"}, headers=bearer(token)).status_code
+            == 403
+        )
+        assert (
+            client.post(test_path, json={"secret": secret}, headers=bearer(token)).status_code
+            == 202
+        )
+        dispatcher = Dispatcher(config)
+        try:
+            dispatcher.run_until_idle()  # 500: a failed attempt
+            clock.advance(config.retry_schedule[0])
+            dispatcher.run_until_idle()  # 200
+        finally:
+            dispatcher.close()
+        assert len(receiver.requests) == 2
+    audit = client.get(f"{HOOKS}/{subscription['id']}/failures", headers=bearer(token))
+    assert audit.status_code == 200 and len(audit.get_json()["data"]) == 1
+    assert runner.invoke(args=["keys", "revoke", key_id]).exit_code == 0
+    assert client.get("/api/v1/partner/me", headers=bearer(token)).status_code == 401
+    return secret
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_no_token_or_webhook_secret_reaches_any_log_line(
+    config, make_app, make_key, captured_lines, clock, log_format
+):
+    config = dataclasses.replace(config, log_format=log_format)
+    app = make_app(log_format=log_format)
+    stream = captured_lines(log_format)
+    _, key, token = make_key()
+    secret = run_a_whole_session(app, config, token, app.test_cli_runner(), key.id, clock)
+
+    lines = stream.getvalue().splitlines()
+    assert any("peewee" in line for line in lines), "DEBUG lines were not captured"
+    for line in lines:
+        assert token not in line and token[3:] not in line
+        assert secret not in line and secret[len("whsec_") :] not in line
+    if log_format == "json":
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        assert all(line.startswith(("{", " ", "Traceback")) for line in lines)
+        requests = [r for r in records if r["logger"] == "partner_api.requests"]
+        attempts = [r for r in records if r["logger"] == "dispatcher" and r["message"] == "attempt"]
+    else:
+        requests = [line for line in lines if " partner_api.requests request " in line]
+        attempts = [line for line in lines if " dispatcher attempt " in line]
+    assert len(requests) == 5
+    assert len(attempts) == 2
+    if log_format == "json":
+        assert all(r["request_id"] for r in requests)
+        assert requests[0]["request_id"] == "session-create"
+        first = attempts[0]
+        assert {"delivery", "subscription", "attempt", "outcome", "status", "duration_ms"} <= set(
+            first
+        )
+        assert (first["attempt"], first["outcome"], first["status"]) == (1, "http_status", 500)
+        assert attempts[1]["outcome"] == "ok" and attempts[1]["next"] == "delivered"
+    else:
+        assert all(" request_id=" in line for line in requests)
+        assert "request_id=session-create" in requests[0]
+        assert " attempt=1 outcome=http_status status=500 duration_ms=" in attempts[0]
+        assert " outcome=ok status=200 " in attempts[1] and attempts[1].endswith("next=delivered")
+    # Every line written while a request was served carries that request's id.
+    request_scoped = [
+        r
+        for r in (records if log_format == "json" else [])
+        if r["logger"].startswith("partner_api")
+    ]
+    assert all("request_id" in r for r in request_scoped)
+
+
+def scrape() -> dict:
+    return samples(generate_latest(dispatcher_metrics.REGISTRY).decode())
+
+
+def value(scraped: dict, name: str, **labels) -> float:
+    return scraped.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_queue_gauges_show_due_deliveries_their_age_held_and_disabled(app, make_key, clock, db):
+    org, _, _ = make_key()
+    with Receiver() as receiver:
+        client = app.test_client()
+        _, _, token = make_key(org=org)
+        for _ in range(2):
+            response = client.post(HOOKS, json={"url": receiver.url()}, headers=bearer(token))
+            assert response.status_code == 201
+    for n in range(3):
+        publish_event(org.id, "vc.test.ping", {"n": n})
+        clock.advance(10)
+    # One subscription disabled: its two deliveries are held, not due.
+    disabled = Subscription.select().order_by(Subscription.id).first()
+    Subscription.update(status="disabled").where(Subscription.id == disabled.id).execute()
+    Delivery.update(status="held").where(Delivery.subscription == disabled.id).execute()
+
+    scraped = scrape()
+    assert value(scraped, "partner_api_dispatcher_database_up") == 1
+    assert value(scraped, "partner_api_deliveries_due") == 3
+    assert value(scraped, "partner_api_oldest_due_seconds") == 30
+    assert value(scraped, "partner_api_deliveries_held") == 3
+    assert value(scraped, "partner_api_subscriptions_disabled") == 1
+    clock.advance(60)
+    assert value(scrape(), "partner_api_oldest_due_seconds") == 90
+
+
+def test_attempts_are_counted_by_outcome_with_durations_and_the_poll_time(
+    app, config, make_key, clock, db
+):
+    org, _, token = make_key()
+    client = app.test_client()
+    before = scrape()
+    with Receiver([(200, {}, b"ok"), (503, {}, b"busy")]) as receiver:
+        response = client.post(HOOKS, json={"url": receiver.url()}, headers=bearer(token))
+        assert response.status_code == 201
+        for n in range(2):
+            publish_event(org.id, "vc.test.ping", {"n": n})
+        dispatcher = Dispatcher(dataclasses.replace(config, dispatch_workers=1))
+        try:
+            dispatcher.run_until_idle()
+        finally:
+            dispatcher.close()
+    after = scrape()
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("partner_api_delivery_attempts_total", outcome="ok") == 1
+    assert delta("partner_api_delivery_attempts_total", outcome="http_status") == 1
+    assert delta("partner_api_delivery_attempt_seconds_count") == 2
+    assert value(after, "partner_api_dispatcher_last_poll_timestamp_seconds") == (
+        clock.current.replace(tzinfo=dt.UTC).timestamp()
+    )
+    assert value(after, "partner_api_deliveries_due") == 0
+
+
+def test_queue_gauges_report_a_database_that_does_not_answer(config, clock, caplog):
+    database.execute_sql("DROP TABLE delivery_failures")  # any failure will do
+    database.execute_sql("DROP TABLE deliveries")
+    scraped = scrape()
+    assert value(scraped, "partner_api_dispatcher_database_up") == 0
+    assert ("partner_api_deliveries_due", frozenset()) not in scraped
+    assert "queue gauges unavailable" in caplog.text

@@ -1,0 +1,192 @@
+"""Real scrapes: the API under gunicorn with 2 workers, and a polling dispatcher's endpoint."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from partner_api import provisioning
+from partner_api.config import ROOT, Config
+from partner_api.db import apply_schema, bind, database
+from partner_api.events import publish_event
+from partner_api.webhooks.subscriptions import create_subscription
+
+from .receivers import Receiver
+from .servers import start_gunicorn, wait_for
+from .test_dispatcher_processes import LOOPBACK, dispatcher_env, start_dispatcher
+from .test_operations import requests_total, samples
+
+ME = "/api/v1/partner/me"
+
+
+def status_of(url: str, headers=None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10):
+            return 200
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def half_sent(port: int) -> socket.socket:
+    stall = socket.create_connection(("127.0.0.1", port))
+    stall.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    time.sleep(0.3)  # let a worker take it
+    return stall
+
+
+def batch_of_requests(base: str, count: int) -> list[int]:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda _: status_of(base + ME), range(count)))
+
+
+def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_path):
+    url = f"sqlite:///{tmp_path / 'api.sqlite3'}"
+    bind(url)
+    apply_schema()
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"stale junk from an earlier run")
+    log_path = tmp_path / "gunicorn.log"
+    env = {
+        "DATABASE_URL": url,
+        "PARTNER_API_LOG_FORMAT": "json",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    process, base = start_gunicorn(env, log_path)
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        # A half-sent request holds the sync worker that took it, so each batch of 20 is
+        # answered by the other worker: both count, whatever the scheduler would have done.
+        first_stall = half_sent(port)
+        statuses = batch_of_requests(base, 20)
+        second_stall = half_sent(port)  # taken by the worker that answered the first batch
+        first_stall.close()
+        statuses += batch_of_requests(base, 20)
+        second_stall.close()
+        assert statuses == [401] * 40
+        assert status_of(base + "/healthz", {"X-Request-Id": "probe-7"}) == 200
+        pids = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("*.db")}
+        assert len(pids) == 2, pids  # both workers answered some of them
+        # Whichever worker answers a scrape, it reports every worker's requests.
+        for _ in range(4):
+            assert requests_total(fetch(base + "/metrics"), ME, "401") == 40
+
+        os.kill(int(sorted(pids)[0]), signal.SIGKILL)
+        assert wait_for(lambda: log_path.read_text().count("Booting worker") >= 3, 30)
+        scraped = fetch(base + "/metrics")
+        assert requests_total(scraped, ME, "401") == 40  # a dead worker's counts stay
+        latency = samples(scraped)[
+            (
+                "partner_api_http_request_duration_seconds_count",
+                frozenset({"route": ME, "method": "GET"}.items()),
+            )
+        ]
+        assert latency == 40
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert process.returncode == 0
+    lines = log_path.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    requests = [r for r in records if r["logger"] == "partner_api.requests"]
+    assert len(requests) == 40 and all(r["request_id"] for r in requests)
+    assert any("Booting worker" in r["message"] for r in records)
+
+
+def seed_two_subscriptions(good: Receiver, failing: Receiver) -> None:
+    config = Config(allow_http_webhooks=True, webhook_allow_cidrs=LOOPBACK)
+    with database.connection_context():
+        org = provisioning.create_org("Acme")
+        create_subscription(org.id, good.url(), None, "", config)
+        failing_org = provisioning.create_org("Flaky")
+        create_subscription(failing_org.id, failing.url(), None, "", config)
+        for n in range(3):
+            publish_event(org.id, "vc.test.ping", {"n": n})
+        for n in range(2):
+            publish_event(failing_org.id, "vc.test.ping", {"n": n})
+
+
+def test_dispatcher_serves_its_metrics_on_the_configured_port(database_url):
+    with Receiver() as good, Receiver([(500, {}, b"down")]) as failing:
+        seed_two_subscriptions(good, failing)
+        process = start_dispatcher(
+            database_url,
+            PARTNER_API_METRICS_PORT="0",
+            PARTNER_API_POLL_INTERVAL="0.2",
+            PARTNER_API_AUTO_DISABLE_AFTER="2",
+            PARTNER_API_LOG_FORMAT="json",
+        )
+        try:
+            first = json.loads(process.stdout.readline())
+            found = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", first["message"])
+            assert found, first
+            endpoint = found.group(1)
+
+            def attempts_ended():
+                scraped = samples(fetch(endpoint))
+                return scraped[("partner_api_delivery_attempt_seconds_count", frozenset())] == 5
+
+            assert wait_for(attempts_ended, 30)
+            scraped = samples(fetch(endpoint))
+            started = time.time()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+
+    def value(name, **labels):
+        return scraped[(name, frozenset(labels.items()))]
+
+    assert value("partner_api_delivery_attempts_total", outcome="ok") == 3
+    assert value("partner_api_delivery_attempts_total", outcome="http_status") == 2
+    assert value("partner_api_delivery_attempts_total", outcome="timeout") == 0
+    assert value("partner_api_subscriptions_disabled") == 1
+    assert value("partner_api_deliveries_held") == 2  # the disabled subscription's retries
+    assert value("partner_api_deliveries_due") == 0
+    assert value("partner_api_oldest_due_seconds") == 0
+    assert value("partner_api_dispatcher_senders") == 10
+    assert started - value("partner_api_dispatcher_last_poll_timestamp_seconds") < 5
+    # Every line the process wrote is one JSON object; the attempt lines keep their fields.
+    records = [json.loads(line) for line in output.splitlines()]
+    attempts = [r for r in records if r["message"] == "attempt"]
+    assert sorted(r["outcome"] for r in attempts) == ["http_status"] * 2 + ["ok"] * 3
+    assert all(
+        {"delivery", "subscription", "attempt", "outcome", "status", "duration_ms"} <= set(r)
+        for r in attempts
+    )
+
+
+def test_a_metrics_port_in_use_stops_the_dispatcher_with_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    bind(url)
+    apply_schema()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "dispatcher"],
+            cwd=ROOT,
+            env=dispatcher_env(url, PARTNER_API_METRICS_PORT=str(port)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"dispatcher: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    )

@@ -1,0 +1,118 @@
+"""Operations endpoints (/healthz, /readyz, /metrics) and the request id, in-process."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from partner_api.db import database
+
+from .conftest import assert_problem, bearer
+
+ME = "/api/v1/partner/me"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def samples(text: str) -> dict:
+    """{(name, frozenset(labels)): value} of a Prometheus text scrape."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def requests_total(text: str, route: str, status: str, method: str = "GET") -> float:
+    labels = frozenset({"route": route, "method": method, "status": status}.items())
+    return samples(text).get(("partner_api_http_requests_total", labels), 0.0)
+
+
+def test_healthz_answers_ok_without_auth_or_rate_limit_headers(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+    assert "X-RateLimit-Limit" not in response.headers
+
+
+def test_readyz_is_ok_when_the_database_answers_with_the_current_schema(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["DROP TABLE delivery_failures", "ALTER TABLE deliveries DROP COLUMN lease_token"],
+)
+def test_readyz_is_503_schema_not_current_when_a_table_or_column_is_missing(client, statement):
+    with database.connection_context():
+        database.execute_sql(statement)
+    assert_problem(client.get("/readyz"), 503, "schema_not_current")
+    assert client.get("/healthz").status_code == 200
+
+
+def test_readyz_is_503_database_unavailable_and_healthz_still_answers(make_app):
+    down = f"postgresql://nobody@127.0.0.1:{closed_port()}/none"
+    client = make_app(database_url=down).test_client()
+    body = assert_problem(client.get("/readyz"), 503, "database_unavailable")
+    assert "127.0.0.1" not in body["detail"]  # where the database lives stays in the log
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_operations_endpoints_are_not_in_the_partner_openapi_document(client):
+    paths = client.get("/api/v1/partner/openapi.json").get_json()["paths"]
+    assert not [path for path in paths if path.endswith(("healthz", "readyz", "metrics"))]
+
+
+def test_metrics_count_requests_by_route_template_method_and_status(client, make_key):
+    _, _, token = make_key()
+    for _ in range(3):
+        assert client.get(ME, headers=bearer(token)).status_code == 200
+    client.get(ME)
+    client.get("/api/v1/partner/webhooks/wh_nope/failures", headers=bearer(token))
+    client.get("/no/such/path")
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    text = response.get_data(as_text=True)
+    # The counters are per process, so other tests' requests may be in them: compare deltas.
+    before = text
+    client.get(ME, headers=bearer(token))
+    after = client.get("/metrics").get_data(as_text=True)
+    assert requests_total(after, ME, "200") == requests_total(before, ME, "200") + 1
+    assert requests_total(text, ME, "401") >= 1
+    assert requests_total(text, "/api/v1/partner/webhooks/{subscription_id}/failures", "404") >= 1
+    assert requests_total(text, "<unmatched>", "404") >= 1
+    assert 'partner_api_http_request_duration_seconds_bucket{le="0.005",method="GET",route=' in text
+    assert "wh_nope" not in text and "/no/such/path" not in text  # labels stay bounded
+
+
+def test_request_id_is_kept_when_sane_and_echoed(client):
+    response = client.get("/healthz", headers={"X-Request-Id": "req-42.a:b_C"})
+    assert response.headers["X-Request-Id"] == "req-42.a:b_C"
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    ["", "x" * 129, "vc_123", "whsec_abc", "has space", 'quote"d', "caf\u00e9", "<script>"],
+)
+def test_an_unsafe_request_id_is_replaced_by_a_generated_one(client, incoming):
+    response = client.get(ME, headers={"X-Request-Id": incoming})
+    generated = response.headers["X-Request-Id"]
+    assert generated != incoming and len(generated) == 32 and generated.isalnum()
+
+
+def test_every_answer_carries_a_request_id_errors_included(client):
+    ids = {client.get(path).headers["X-Request-Id"] for path in (ME, "/nope", "/readyz")}
+    assert len(ids) == 3
+
+
+def test_a_missing_multiprocess_directory_is_created_at_start(make_app, tmp_path):
+    directory = tmp_path / "not" / "there"
+    client = make_app(prometheus_multiproc_dir=str(directory)).test_client()
+    assert directory.is_dir()
+    assert client.get("/metrics").status_code == 200
