@@ -120,6 +120,8 @@ class Stack:
              "--log-level", "warning", "wsgi:app"],
             cwd=ROOT,
             env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.dispatcher = subprocess.Popen(
             [PYTHON, "-m", "dispatcher"],

@@ -220,8 +220,12 @@ class Dispatcher:
                 continue  # senders may have freed up meanwhile: look again before waiting
             if self._ready_count() == 0 and not self._any_at_cap():
                 break  # nothing is due that a free sender could take
+            if self.in_flight_count() == 0:
+                break  # nothing will change before the next poll
             if not self._wait_for_a_sender():
-                break
+                # A poll interval with every attempt still running (dead or slow endpoints):
+                # claim again, or new work would wait for them.
+                self._nothing_due = False
         return claimed_total
 
     def run_until_idle(self) -> int:
@@ -356,8 +360,6 @@ class Dispatcher:
         """Wait up to a poll interval for an attempt to end; True if one did."""
         with self._lock:
             pending = [future for future in self._in_flight if not future.done()]
-        if not pending:
-            return False
         done, _ = concurrent.futures.wait(
             pending,
             timeout=self.config.poll_interval,

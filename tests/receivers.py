@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 import time
 
@@ -66,3 +67,54 @@ class Receiver:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+class SilentReceiver:
+    """Accepts connections and reads the requests, then never answers (a dead endpoint that
+    still completes the TCP handshake). Counts the requests it has read."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port = self.listener.getsockname()[1]
+        self.requests = 0
+        self._held: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def url(self, path: str = "/dead") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._held.append(conn)
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+        except OSError:
+            return
+        with self._lock:
+            self.requests += 1
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._closed.set()
+        self.listener.close()
+        with self._lock:
+            for conn in self._held:
+                conn.close()

@@ -23,7 +23,7 @@ from partner_api.events import publish_event
 from partner_api.models import Delivery
 from partner_api.webhooks.subscriptions import create_subscription
 
-from .receivers import Receiver
+from .receivers import Receiver, SilentReceiver
 from .servers import wait_for
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -187,3 +187,90 @@ def test_sigint_then_sigterm_still_finishes_in_flight_and_exits_zero(database_ur
     assert process.returncode == 0, output
     assert "Traceback" not in output
     assert delivery_statuses() == {"delivered": 1}
+
+
+def _subscription_to(org_id: str, url: str) -> str:
+    config = Config(allow_http_webhooks=True, webhook_allow_cidrs=LOOPBACK)
+    with database.connection_context():
+        return create_subscription(org_id, url, None, "", config)[0].id
+
+
+def _ping_latency(org_id: str, subscription_id: str, receiver: Receiver, timeout: float):
+    """Seconds from publishing an event to the receiver reading it (None: not within timeout)."""
+    with database.connection_context():
+        event, _ = publish_event(org_id, "vc.test.ping", {}, subscription_id=subscription_id)
+    published = time.monotonic()
+    if wait_for(lambda: event.id in received_event_ids(receiver), timeout):
+        return time.monotonic() - published
+    return None
+
+
+def test_a_healthy_subscription_is_not_held_behind_dead_receivers(database_url):
+    """Six new dead endpoints of one partner, three deliveries each, hold what they may of four
+    senders: one probe each, at most three at once, the last sender kept for endpoints that
+    answer. Another partner's (answering) endpoint still gets its events within a poll."""
+    with SilentReceiver() as dead, Receiver() as healthy:
+        with database.connection_context():
+            dead_org = provisioning.create_org("Dead endpoints").id
+            healthy_org = provisioning.create_org("Healthy").id
+        dead_subs = [_subscription_to(dead_org, dead.url(f"/dead/{n}")) for n in range(6)]
+        healthy_sub = _subscription_to(healthy_org, healthy.url())
+        process = start_dispatcher(
+            database_url,
+            PARTNER_API_DISPATCH_WORKERS="4",
+            PARTNER_API_DELIVERY_TIMEOUT="6",
+            PARTNER_API_POLL_INTERVAL="0.5",
+        )
+        # An established partner: its endpoint has answered this dispatcher before.
+        assert _ping_latency(healthy_org, healthy_sub, healthy, timeout=10) is not None
+        with database.connection_context():
+            for _ in range(3):
+                for sub in dead_subs:
+                    publish_event(dead_org, "vc.test.ping", {}, subscription_id=sub)
+        try:
+            assert wait_for(lambda: dead.requests >= 3, 10), "the dead endpoints were not tried"
+            first = _ping_latency(healthy_org, healthy_sub, healthy, timeout=5)
+            time.sleep(0.3)
+            second = _ping_latency(healthy_org, healthy_sub, healthy, timeout=5)
+            dead_seen = dead.requests  # one sender of four is kept from them: never all four
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output = process.communicate(timeout=30)[0]
+    assert dead_seen == 3, output
+    assert first is not None and first < 1.5, output
+    assert second is not None and second < 1.5, output
+    assert process.returncode == 0, output
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_dispatcher_recovers_when_postgresql_drops_its_connections(database_url):
+    """pg_terminate_backend on every connection of the dispatcher, twice, while it sends: it
+    reconnects by itself, every event is delivered once, nothing stays leased."""
+    with Receiver() as receiver:
+        event_ids = seed(receiver, 20)
+        process = start_dispatcher(database_url, PARTNER_API_POLL_INTERVAL="0.3")
+        try:
+            assert wait_for(lambda: len(received_event_ids(receiver)) >= 20, 20)
+            for round_ in range(2):
+                with database.connection_context():
+                    database.execute_sql(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                    org_id = provisioning.list_orgs()[0].id
+                    event_ids += [
+                        publish_event(org_id, "vc.test.ping", {"round": round_, "n": n})[0].id
+                        for n in range(10)
+                    ]
+                wanted = set(event_ids)
+                assert wait_for(lambda w=wanted: set(received_event_ids(receiver)) >= w, 20), (
+                    "not every event was delivered after the connections were dropped"
+                )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, output
+    assert delivery_statuses() == {"delivered": 40}
+    with database.connection_context():
+        assert Delivery.select().where(Delivery.lease_token.is_null(False)).count() == 0
+    assert max(received_event_ids(receiver).values()) == 1
