@@ -3,13 +3,13 @@
 -- Timestamps are UTC without a zone; ids are prefixed random strings.
 
 CREATE TABLE IF NOT EXISTS orgs (
-    id          TEXT PRIMARY KEY,
+    id          TEXT NOT NULL PRIMARY KEY,
     name        TEXT NOT NULL,
     created_at  TIMESTAMP NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS api_keys (
-    id            TEXT PRIMARY KEY,
+    id            TEXT NOT NULL PRIMARY KEY,
     org_id        TEXT NOT NULL REFERENCES orgs (id),
     name          TEXT NOT NULL,
     prefix        TEXT NOT NULL,
@@ -24,7 +24,7 @@ CREATE INDEX IF NOT EXISTS api_keys_org_id ON api_keys (org_id);
 
 -- One fixed one-minute window per key, advanced by a single atomic upsert.
 CREATE TABLE IF NOT EXISTS rate_limit_windows (
-    key_id        TEXT PRIMARY KEY REFERENCES api_keys (id),
+    key_id        TEXT NOT NULL PRIMARY KEY REFERENCES api_keys (id),
     window_start  BIGINT NOT NULL,
     hits          INTEGER NOT NULL
 );
@@ -32,12 +32,12 @@ CREATE TABLE IF NOT EXISTS rate_limit_windows (
 -- Server-side secrets generated at init-db (e.g. the key that signs pagination cursors),
 -- so every API host sharing the database agrees on them without extra configuration.
 CREATE TABLE IF NOT EXISTS app_secrets (
-    name   TEXT PRIMARY KEY,
+    name   TEXT NOT NULL PRIMARY KEY,
     value  TEXT NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS webhook_subscriptions (
-    id                    TEXT PRIMARY KEY,
+    id                    TEXT NOT NULL PRIMARY KEY,
     org_id                TEXT NOT NULL REFERENCES orgs (id),
     url                   TEXT NOT NULL,
     events                TEXT NOT NULL,
@@ -54,7 +54,7 @@ CREATE INDEX IF NOT EXISTS webhook_subscriptions_org_created
     ON webhook_subscriptions (org_id, created_at, id);
 
 CREATE TABLE IF NOT EXISTS events (
-    id           TEXT PRIMARY KEY,
+    id           TEXT NOT NULL PRIMARY KEY,
     org_id       TEXT NOT NULL REFERENCES orgs (id),
     type         TEXT NOT NULL,
     data         TEXT NOT NULL,
@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS events (
 -- again when the lease runs out. Claims read only (status = 'pending', next_attempt_at <= now)
 -- through deliveries_due, so their cost does not grow with the backlog.
 CREATE TABLE IF NOT EXISTS deliveries (
-    id               TEXT PRIMARY KEY,
+    id               TEXT NOT NULL PRIMARY KEY,
     event_id         TEXT NOT NULL REFERENCES events (id),
     subscription_id  TEXT NOT NULL REFERENCES webhook_subscriptions (id),
     status           TEXT NOT NULL,
@@ -85,7 +85,7 @@ CREATE INDEX IF NOT EXISTS deliveries_subscription_due
 
 -- The failure audit: one row per failed attempt.
 CREATE TABLE IF NOT EXISTS delivery_failures (
-    id                 TEXT PRIMARY KEY,
+    id                 TEXT NOT NULL PRIMARY KEY,
     delivery_id        TEXT NOT NULL REFERENCES deliveries (id),
     subscription_id    TEXT NOT NULL REFERENCES webhook_subscriptions (id),
     event_id           TEXT NOT NULL REFERENCES events (id),
