@@ -38,7 +38,7 @@ test: $(VENV)/.dev $(if $(NPM),$(NODE_DEPS)) lint
 
 bench: $(VENV)/.dev
 	$(PY) bench/claim_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
-	$(PY) bench/dispatch_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) bench/engine_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) bench/metrics_bench.py
 	$(PY) bench/slow_clients_bench.py
 

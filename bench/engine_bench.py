@@ -105,7 +105,7 @@ def fresh_database(postgres: str | None, workdir: Path) -> str:
 class Stack:
     """gunicorn (the API) and `python -m dispatcher`, on one database."""
 
-    def __init__(self, database_url: str, **settings: str):
+    def __init__(self, database_url: str, dispatchers: int = 1, **settings: str):
         self.env = {
             **os.environ,
             "DATABASE_URL": database_url,
@@ -123,13 +123,16 @@ class Stack:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        self.dispatcher = subprocess.Popen(
-            [PYTHON, "-m", "dispatcher"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.dispatchers = [
+            subprocess.Popen(
+                [PYTHON, "-m", "dispatcher"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(dispatchers)
+        ]
         self.base = f"http://127.0.0.1:{self.port}/api/v1/partner"
         self.session = requests.Session()
         deadline = time.monotonic() + 30
@@ -161,9 +164,9 @@ class Stack:
         return answer.json()["event_id"], time.time()
 
     def close(self) -> None:
-        for process in (self.api, self.dispatcher):
+        for process in (self.api, *self.dispatchers):
             process.terminate()
-        for process in (self.api, self.dispatcher):
+        for process in (self.api, *self.dispatchers):
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -210,10 +213,14 @@ def describe(values: list[float]) -> str:
     return f"p50 {percentile(values, 0.5):6.2f} s  p99 {percentile(values, 0.99):6.2f} s"
 
 
-def latency_scenario(name, postgres, workdir, pings, *, load, timeout="10", poll="2"):
+def latency_scenario(
+    name, postgres, workdir, pings, *, load, timeout="10", poll="2", dispatchers=1
+):
     """Ping a healthy subscription alone (baseline), then with `load(stack, healthy_org)`."""
     url = fresh_database(postgres, workdir)
-    stack = Stack(url, PARTNER_API_DELIVERY_TIMEOUT=timeout, PARTNER_API_POLL_INTERVAL=poll)
+    stack = Stack(
+        url, dispatchers, PARTNER_API_DELIVERY_TIMEOUT=timeout, PARTNER_API_POLL_INTERVAL=poll
+    )
     healthy = ReceiverProcess("ok")
     others: list[ReceiverProcess] = []
     try:
@@ -228,8 +235,9 @@ def latency_scenario(name, postgres, workdir, pings, *, load, timeout="10", poll
             receiver.close()
     target = float(poll) + 1
     verdict = "meets" if percentile(loaded, 0.99) <= target else "MISSES"
-    print(f"{name:10} alone:  {describe(baseline)}")
-    print(f"{name:10} loaded: {describe(loaded)}  ({verdict} p99 <= {target:g} s)")
+    name = f"{name} ×{dispatchers}" if dispatchers > 1 else name
+    print(f"{name:12} alone:  {describe(baseline)}")
+    print(f"{name:12} loaded: {describe(loaded)}  ({verdict} p99 <= {target:g} s)")
 
 
 def dead_load(orgs: int, per_org: int, backlog: int, same_org: bool = False):
@@ -329,6 +337,9 @@ def main() -> None:
     parser.add_argument("--postgres", help="also run on this scratch PostgreSQL database")
     parser.add_argument("--pings", type=int, default=20)
     parser.add_argument("--deliveries", type=int, default=3000)
+    parser.add_argument(
+        "--dispatchers", type=int, default=1, help="dispatcher processes in latency scenarios"
+    )
     args = parser.parse_args()
     chosen = args.scenarios or ["dead", "dead-same", "slow", "dead-many", "throughput"]
     backends = [("SQLite", None)] + ([("PostgreSQL", args.postgres)] if args.postgres else [])
@@ -346,7 +357,15 @@ def main() -> None:
                     "slow": (slow_load, {"timeout": "3"}),
                     "dead-many": (dead_load(5, 10, 10), {}),
                 }[scenario]
-                latency_scenario(scenario, postgres, workdir, args.pings, load=load, **settings)
+                latency_scenario(
+                    scenario,
+                    postgres,
+                    workdir,
+                    args.pings,
+                    load=load,
+                    dispatchers=args.dispatchers,
+                    **settings,
+                )
 
 
 if __name__ == "__main__":
