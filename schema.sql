@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS events (
     data         TEXT NOT NULL,
     occurred_at  TIMESTAMP NOT NULL
 );
+-- Retention walks old events in (occurred_at, id) order.
+CREATE INDEX IF NOT EXISTS events_occurred ON events (occurred_at, id);
 
 -- The outbox: one row per (event, subscription). status: pending, held (subscription
 -- disabled), delivered, dead_lettered, cancelled. A claim moves next_attempt_at forward by
@@ -82,6 +84,8 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at
 DROP INDEX IF EXISTS deliveries_subscription;
 CREATE INDEX IF NOT EXISTS deliveries_subscription_due
     ON deliveries (subscription_id, status, next_attempt_at);
+-- Retention deletes only events that no delivery refers to any more.
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 
 -- The failure audit: one row per failed attempt.
 CREATE TABLE IF NOT EXISTS delivery_failures (
@@ -102,3 +106,16 @@ CREATE TABLE IF NOT EXISTS delivery_failures (
 );
 CREATE INDEX IF NOT EXISTS delivery_failures_subscription_time
     ON delivery_failures (subscription_id, attempted_at, id);
+-- Retention deletes a delivery's audit rows with it; `stats` counts the last hour's failures.
+CREATE INDEX IF NOT EXISTS delivery_failures_delivery ON delivery_failures (delivery_id);
+CREATE INDEX IF NOT EXISTS delivery_failures_time ON delivery_failures (attempted_at);
+
+-- One row per dispatcher process, stamped on every poll, so `stats` shows a stopped one.
+CREATE TABLE IF NOT EXISTS dispatcher_polls (
+    dispatcher_id  TEXT PRIMARY KEY,
+    hostname       TEXT NOT NULL,
+    pid            INTEGER NOT NULL,
+    started_at     TIMESTAMP NOT NULL,
+    last_poll_at   TIMESTAMP NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dispatcher_polls_last ON dispatcher_polls (last_poll_at);

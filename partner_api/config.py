@@ -40,6 +40,7 @@ class Config:
     max_subscriptions_per_org: int = 25
     dispatch_batch_size: int = 50
     dispatch_workers: int = 10
+    retention_days: int = 30
     # Not from the environment: how webhook host names are resolved (tests inject a table), and
     # how long a create may wait on DNS before answering host_unresolvable.
     resolver: Callable[[str, int], list[str]] = dataclasses.field(
@@ -169,6 +170,7 @@ def _directory(value: str) -> str:
 LOG_FORMATS = ("text", "json")
 MAX_RETRY_DELAY = 30 * 86400
 MAX_RETRIES = 20
+MAX_RETENTION_DAYS = 3650
 _VARIABLES = {
     "DATABASE_URL": ("database_url", _database_url),
     "PARTNER_API_RETRY_SCHEDULE": ("retry_schedule", _schedule),
@@ -189,4 +191,5 @@ _VARIABLES = {
     "PARTNER_API_METRICS_HOST": ("metrics_host", _host),
     "PARTNER_API_LOG_FORMAT": ("log_format", _log_format),
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _directory),
+    "PARTNER_API_RETENTION_DAYS": ("retention_days", _whole_number(1, MAX_RETENTION_DAYS)),
 }

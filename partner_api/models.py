@@ -163,3 +163,14 @@ class DeliveryFailure(BaseModel):
 
     class Meta:
         table_name = "delivery_failures"
+
+
+class DispatcherPoll(BaseModel):
+    dispatcher_id = TextField(primary_key=True)
+    hostname = TextField()
+    pid = IntegerField()
+    started_at = DateTimeField()
+    last_poll_at = DateTimeField()
+
+    class Meta:
+        table_name = "dispatcher_polls"

@@ -20,6 +20,7 @@ def test_defaults_match_the_contract():
     assert config.allow_http_webhooks is False
     assert config.ca_bundle is None
     assert config.default_rate_limit == 600
+    assert config.retention_days == 30
     assert config.database_url.startswith("sqlite:///") and "instance" in config.database_url
     assert config.metrics_port is None and config.metrics_host == "127.0.0.1"
     assert config.log_format == "text"
@@ -72,6 +73,9 @@ def test_values_are_parsed():
         ("PARTNER_API_AUTO_DISABLE_AFTER", "0"),
         ("PARTNER_API_DEFAULT_RATE_LIMIT", "1.5"),
         ("PARTNER_API_ALLOW_HTTP_WEBHOOKS", "maybe"),
+        ("PARTNER_API_RETENTION_DAYS", "0"),
+        ("PARTNER_API_RETENTION_DAYS", "thirty"),
+        ("PARTNER_API_RETENTION_DAYS", "3651"),
         ("PARTNER_API_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/33"),
         ("PARTNER_API_CA_BUNDLE", "/nonexistent/ca.pem"),
         ("PARTNER_API_CA_BUNDLE", str(ROOT / "schema.sql")),
