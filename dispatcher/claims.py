@@ -140,8 +140,10 @@ _LOAD_SQL = (
 
 # attempts + 1 is the claim's attempt: only the lease holder writes, once.
 _DELIVERED_SQL = (
-    "UPDATE deliveries SET status = {p}, delivered_at = {p}, attempts = attempts + 1, "
-    "lease_token = NULL WHERE lease_token = {p} AND id IN ({ids}) RETURNING id"
+    # A finished delivery's next_attempt_at is when it finished (retention counts from it).
+    "UPDATE deliveries SET status = {p}, delivered_at = {p}, next_attempt_at = {p}, "
+    "attempts = attempts + 1, lease_token = NULL WHERE lease_token = {p} AND id IN ({ids}) "
+    "RETURNING id"
 )
 _STREAK_ENDED_SQL = (
     "UPDATE webhook_subscriptions SET consecutive_failures = 0 "
@@ -315,7 +317,7 @@ def _record_delivered(claims: list[ClaimedDelivery], now: dt.datetime) -> list[C
         by_token[claim.lease_token].append(claim)
     done = []
     for token, group in by_token.items():
-        params = [DeliveryStatus.DELIVERED, now, token, *(claim.id for claim in group)]
+        params = [DeliveryStatus.DELIVERED, now, now, token, *(claim.id for claim in group)]
         cursor = database.execute_sql(_sql(_DELIVERED_SQL, len(group)), params)
         updated = {row[0] for row in cursor.fetchall()}
         done.extend(claim for claim in group if claim.id in updated)

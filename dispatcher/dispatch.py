@@ -20,6 +20,7 @@ import peewee
 
 from dispatcher import metrics, shares
 from dispatcher.claims import ClaimedDelivery, claim_due_deliveries, record_outcomes
+from dispatcher.heartbeat import Heartbeat
 from dispatcher.transport import AttemptResult, WebhookTransport
 from partner_api import clock, signing
 from partner_api.config import Config
@@ -188,6 +189,7 @@ class Dispatcher:
         self._ready: dict[str, collections.deque[ClaimedDelivery]] = {}  # leased, not started
         self._polling = threading.Lock()  # close() waits for a running poll to return
         self._nothing_due = False
+        self.heartbeat = Heartbeat(every=config.poll_interval)
 
     def poll(self) -> int:
         """Claim and send what is due, keeping every sender busy; returns how many were claimed.
@@ -200,6 +202,7 @@ class Dispatcher:
             self._nothing_due = False
             try:
                 with kept_connection():
+                    self.heartbeat.stamp(force=True)
                     claimed_total = self._poll_until_idle()
             except (peewee.DatabaseError, peewee.InterfaceError) as exc:
                 log.error("poll stopped by a database error, retrying next poll: %s", exc)
@@ -209,6 +212,7 @@ class Dispatcher:
         claimed_total = 0
         while not self.stopping.is_set():
             metrics.record_poll()  # each turn claims or waits at most a poll interval
+            self.heartbeat.stamp()  # a long poll still shows as polling (once an interval at most)
             started = self._start_ready()
             claimed = 0
             if self._ready_count() < self.config.dispatch_workers and not self._nothing_due:

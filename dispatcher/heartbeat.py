@@ -1,0 +1,41 @@
+"""Each dispatcher stamps its row in `dispatcher_polls` when it polls, so `stats` can tell a
+running dispatcher from a stopped one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from partner_api import clock, ids
+from partner_api.models import DispatcherPoll
+
+
+class Heartbeat:
+    """One dispatcher's identity and its poll stamps (at most one write per `every` seconds)."""
+
+    def __init__(self, every: float):
+        self.dispatcher_id = ids.new_id("dsp")
+        self.hostname = socket.gethostname()[:255]
+        self.pid = os.getpid()
+        self.started_at = clock.now()
+        self.every = every
+        self._last_stamp: float | None = None
+
+    def stamp(self, force: bool = False) -> None:
+        """Record a poll now (in the caller's connection), unless one was recorded recently."""
+        recent = self._last_stamp is not None and clock.monotonic() - self._last_stamp < self.every
+        if recent and not force:
+            return
+        now = clock.now()
+        DispatcherPoll.insert(
+            dispatcher_id=self.dispatcher_id,
+            hostname=self.hostname,
+            pid=self.pid,
+            started_at=self.started_at,
+            last_poll_at=now,
+        ).on_conflict(
+            conflict_target=[DispatcherPoll.dispatcher_id],
+            update={DispatcherPoll.last_poll_at: now},
+        ).execute()
+        self._last_stamp = clock.monotonic()
