@@ -1,7 +1,8 @@
 """`python -m dispatcher`: poll for due deliveries every PARTNER_API_POLL_INTERVAL seconds.
 
 `--once` drains what is due now and exits (cron, tests). SIGTERM/SIGINT stop claiming, let
-in-flight attempts finish (bounded by the delivery deadline) and exit 0.
+in-flight attempts finish (bounded by the delivery deadline) and exit 0. The long-running
+dispatcher also applies the retention (PARTNER_API_RETENTION_DAYS) once a day.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from dispatcher import metrics
 from dispatcher.dispatch import Dispatcher
-from partner_api import db, logs
+from partner_api import clock, db, logs, retention
 from partner_api.config import Config, ConfigError
+from partner_api.db import database
 
 log = logging.getLogger("dispatcher")
+FIRST_PRUNE_AFTER = datetime.timedelta(minutes=5)  # not in the way of a restart's first polls
 
 
 def main(argv=None) -> int:
@@ -43,7 +46,7 @@ def main(argv=None) -> int:
         )
         dispatcher.close()
         return 2
-    scheduler = None if args.once else _poll_scheduler(dispatcher, config.poll_interval)
+    scheduler = None if args.once else _scheduler(dispatcher, config)
     _stop_on_signals(dispatcher, scheduler)
     try:
         if scheduler is None:
@@ -89,19 +92,57 @@ def _serve_metrics(config: Config, dispatcher: Dispatcher):
     return server
 
 
-def _poll_scheduler(dispatcher: Dispatcher, interval: float) -> BlockingScheduler:
-    # One worker thread: polls never overlap, and the poll keeps one database connection.
-    scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(1)})
+def _scheduler(dispatcher: Dispatcher, config: Config) -> BlockingScheduler:
+    """Polls every PARTNER_API_POLL_INTERVAL and the daily prune, each in its own thread."""
+    # One worker thread for polls: they never overlap, and the poll keeps one database
+    # connection. The prune has its own, so a long prune never delays a poll.
+    scheduler = BlockingScheduler(
+        executors={"default": ThreadPoolExecutor(1), "retention": ThreadPoolExecutor(1)}
+    )
+    now = datetime.datetime.now(datetime.UTC)
     scheduler.add_job(
         dispatcher.poll,
         "interval",
-        seconds=interval,
+        seconds=config.poll_interval,
         id="poll",
         max_instances=1,
         coalesce=True,
-        next_run_time=datetime.datetime.now(datetime.UTC),  # first poll right away
+        next_run_time=now,  # first poll right away
+    )
+    scheduler.add_job(
+        prune_job,
+        "interval",
+        days=1,
+        args=(config, dispatcher.stopping.is_set),
+        id="prune",
+        executor="retention",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=now + FIRST_PRUNE_AFTER,
     )
     return scheduler
+
+
+def prune_job(config: Config, should_stop=None) -> dict | None:
+    """The daily retention run: one log line with the counts (or the error), never raises."""
+    started = clock.monotonic()
+    try:
+        with database.connection_context():
+            counts = retention.prune(config.retention_days, should_stop=should_stop)
+    except Exception:
+        log.exception("prune failed; it runs again tomorrow")
+        return None
+    log.info(
+        "prune older_than_days=%d deliveries=%d delivery_failures=%d events=%d "
+        "dispatcher_polls=%d duration_s=%.1f",
+        config.retention_days,
+        counts["deliveries"],
+        counts["delivery_failures"],
+        counts["events"],
+        counts["dispatcher_polls"],
+        clock.monotonic() - started,
+    )
+    return counts
 
 
 def _stop_on_signals(dispatcher: Dispatcher, scheduler: BlockingScheduler | None) -> None:

@@ -1,4 +1,5 @@
-"""The admin CLI (`flask --app wsgi orgs|keys|webhooks …`): thin wrappers over provisioning.
+"""The admin CLI (`flask --app wsgi orgs|keys|webhooks|deliveries|stats|prune …`): thin
+wrappers over the work functions.
 
 Every command takes --json; an error is one line on stderr, a non-zero exit, and no change.
 """
@@ -7,20 +8,26 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 
 import click
 import marshmallow as ma
 import peewee
-from flask.cli import AppGroup
+from flask import current_app
+from flask.cli import AppGroup, with_appcontext
 
-from partner_api import provisioning, scopes
+from partner_api import clock, deliveries, provisioning, replay, retention, scopes, stats
+from partner_api.config import MAX_RETENTION_DAYS
 from partner_api.db import database, database_problem
 from partner_api.errors import DomainError
 from partner_api.fields import Timestamp
+from partner_api.models import DeliveryStatus, SubscriptionStatus
 
 orgs_cli = AppGroup("orgs", help="Create and list partner organisations.")
 keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
 webhooks_cli = AppGroup("webhooks", help="Operate webhook subscriptions.")
+deliveries_cli = AppGroup("deliveries", help="Find, inspect and replay deliveries.")
+PROGRESS_FROM = 1000  # recover shows a progress bar on a terminal from this many deliveries
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -47,6 +54,29 @@ def admin_command(func):
 
 def _emit(as_json: bool, payload, text: str) -> None:
     click.echo(json.dumps(payload, indent=2) if as_json else text)
+
+
+def _whole_number(value: str | None, option: str, low: int, high: int) -> int | None:
+    """Parse a numeric option here rather than with a click type, so a bad value is one
+    `error: …` line like every other refusal (click's usage errors span several lines)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise DomainError(
+            "invalid_option", f"{option} must be a whole number from {low} to {high}; got {value!r}"
+        )
+    return int(text)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    """Plain aligned columns for people; --json is the format for scripts."""
+    cells = [headers] + [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
 
 
 class OrgRecord(ma.Schema):
@@ -161,6 +191,203 @@ def webhooks_enable(subscription_id, as_json):
     )
 
 
+def subscription_dict(subscription) -> dict:
+    return {
+        "id": subscription.id,
+        "org_id": subscription.org_id,
+        "url": subscription.url,
+        "events": subscription.events,
+        "status": subscription.status,
+        "consecutive_failures": subscription.consecutive_failures,
+        "disabled_reason": subscription.disabled_reason,
+        "disabled_at": clock.isoformat(subscription.disabled_at),
+        "created_at": clock.isoformat(subscription.created_at),
+    }
+
+
+@webhooks_cli.command("list")
+@click.option("--org", "org_id", default=None, help="Only this org's subscriptions.")
+@json_option
+@admin_command
+def webhooks_list(org_id, as_json):
+    """List live subscriptions with status, failure streak and why any is disabled."""
+    from partner_api.webhooks.subscriptions import list_all_subscriptions
+
+    found = list_all_subscriptions(org_id)
+    rows = [
+        [s.id, s.org_id, s.status, s.consecutive_failures, s.url, s.disabled_reason] for s in found
+    ]
+    text = _table(["ID", "ORG", "STATUS", "FAILURES", "URL", "DISABLED REASON"], rows)
+    _emit(as_json, [subscription_dict(s) for s in found], text if found else "no subscriptions")
+
+
+@webhooks_cli.command("recover")
+@click.argument("subscription_id")
+@click.option(
+    "--since",
+    required=True,
+    help="Replay dead letters whose event occurred at or after this time: RFC 3339 "
+    "(2026-11-27T10:00:00Z) or an age (30m, 2h, 3d).",
+)
+@json_option
+@admin_command
+def webhooks_recover(subscription_id, since, as_json):
+    """Replay every dead-lettered delivery of a subscription since a time."""
+    moment = replay.parse_since(since)
+    subscription, found = replay.dead_letters_since(subscription_id, moment)
+    if len(found) >= PROGRESS_FROM and not as_json and sys.stdout.isatty():
+        with click.progressbar(length=len(found), label="replaying", file=sys.stderr) as bar:
+            count = replay.replay_dead_letters(subscription.id, found, bar.update)
+    else:
+        count = replay.replay_dead_letters(subscription.id, found)
+    held = subscription.status != SubscriptionStatus.ENABLED
+    note = f" (held until `webhooks enable {subscription.id}`)" if held and count else ""
+    _emit(as_json, {"replayed": count}, f"replayed {count} dead-lettered deliveries{note}")
+
+
+def delivery_dict(delivery) -> dict:
+    return {
+        "id": delivery.id,
+        "status": delivery.status,
+        "event_id": delivery.event_id,
+        "event_type": delivery.event.type,
+        "subscription_id": delivery.subscription_id,
+        "org_id": delivery.subscription.org_id,
+        "attempts": delivery.attempts,
+        "next_attempt_at": clock.isoformat(delivery.next_attempt_at)
+        if delivery.status in DeliveryStatus.OPEN
+        else None,
+        "created_at": clock.isoformat(delivery.created_at),
+        "delivered_at": clock.isoformat(delivery.delivered_at),
+    }
+
+
+@deliveries_cli.command("list")
+@click.option("--org", "org_id", default=None, help="Only this org's deliveries.")
+@click.option("--subscription", "subscription_id", default=None, help="Only this subscription's.")
+@click.option("--status", default=None, help=f"One of: {', '.join(DeliveryStatus.ALL)}.")
+@click.option("--limit", default="50", help=f"At most this many (1-{deliveries.MAX_LIST_LIMIT}).")
+@json_option
+@admin_command
+def deliveries_list(org_id, subscription_id, status, limit, as_json):
+    """List deliveries, newest first."""
+    limit = _whole_number(limit, "--limit", 1, deliveries.MAX_LIST_LIMIT)
+    found = deliveries.list_deliveries(org_id, subscription_id, status, limit)
+    rows = [
+        [
+            d.id,
+            d.status,
+            d.attempts,
+            d.event.type,
+            d.subscription_id,
+            clock.isoformat(d.created_at),
+        ]
+        for d in found
+    ]
+    text = _table(["ID", "STATUS", "ATTEMPTS", "EVENT", "SUBSCRIPTION", "CREATED"], rows)
+    _emit(as_json, [delivery_dict(d) for d in found], text if found else "no deliveries")
+
+
+@deliveries_cli.command("show")
+@click.argument("delivery_id")
+@json_option
+@admin_command
+def deliveries_show(delivery_id, as_json):
+    """Show a delivery, its event and every attempt."""
+    delivery = deliveries.get_delivery(delivery_id)
+    attempts = deliveries.delivery_attempts(delivery)
+    event = delivery.event
+    payload = delivery_dict(delivery) | {
+        "url": delivery.subscription.url,
+        "event": {
+            "id": event.id,
+            "type": event.type,
+            "occurred_at": clock.isoformat(event.occurred_at),
+            "data": event.data,
+        },
+        "attempt_log": attempts,
+    }
+    summary = [
+        f"delivery      {delivery.id}  {delivery.status}  ({delivery.attempts} attempts)",
+        f"subscription  {delivery.subscription_id}  {delivery.subscription.url}",
+        f"event         {event.id}  {event.type}  occurred {clock.isoformat(event.occurred_at)}",
+        f"data          {json.dumps(event.data)}",
+    ]
+    if delivery.status in DeliveryStatus.OPEN:
+        summary.append(f"next attempt  {clock.isoformat(delivery.next_attempt_at)}")
+    rows = [
+        [a["attempt"], a["attempted_at"], a["outcome"], a["status"], a["duration_ms"], a["error"]]
+        for a in attempts
+    ]
+    table = _table(["#", "TIME", "OUTCOME", "STATUS", "MS", "ERROR"], rows)
+    _emit(as_json, payload, "\n".join(summary) + "\n\n" + (table if rows else "no attempts yet"))
+
+
+@deliveries_cli.command("replay")
+@click.argument("delivery_id")
+@json_option
+@admin_command
+def deliveries_replay(delivery_id, as_json):
+    """Send a delivered or dead-lettered delivery again (same event id), from attempt 1."""
+    delivery = replay.replay_delivery(delivery_id)
+    if delivery.status == DeliveryStatus.HELD:
+        text = (
+            f"delivery {delivery.id} is held until its subscription is enabled "
+            f"(`webhooks enable {delivery.subscription_id}`)"
+        )
+    else:
+        text = f"delivery {delivery.id} will be sent at the next dispatcher poll"
+    _emit(as_json, {"delivery_id": delivery.id, "status": delivery.status}, text)
+
+
+@click.command("stats")
+@json_option
+@with_appcontext
+@admin_command
+def stats_command(as_json):
+    """Queue and subscription health, and when a dispatcher last polled."""
+    found = stats.collect_stats(current_app.config["PARTNER_API"].poll_interval)
+    if found["last_poll_at"] is None:
+        poll = "never: no dispatcher has run against this database"
+    else:
+        poll = f"{found['last_poll_at']} ({found['last_poll_age_seconds']:.0f} s ago)"
+        if found["dispatcher_stopped"]:
+            poll += "  STOPPED? no dispatcher is polling"
+    age = found["oldest_due_age_seconds"]
+    lines = [
+        f"pending                {found['pending']}",
+        f"due now                {found['due_now']}",
+        f"oldest due             {'-' if age is None else f'{age:.0f} s'}",
+        f"held                   {found['held']}",
+        f"in flight (leased)     {found['in_flight']}",
+        f"delivered (last hour)  {found['delivered_last_hour']}",
+        f"failed attempts (1 h)  {found['failed_attempts_last_hour']}",
+        f"dead-lettered          {found['dead_lettered']}",
+        f"disabled subscriptions {found['disabled_subscriptions']}",
+        f"last dispatcher poll   {poll}",
+    ]
+    _emit(as_json, found, "\n".join(lines))
+
+
+@click.command("prune")
+@click.option(
+    "--older-than",
+    "days",
+    default=None,
+    help="Days to keep (default: PARTNER_API_RETENTION_DAYS).",
+)
+@json_option
+@with_appcontext
+@admin_command
+def prune_command(days, as_json):
+    """Delete finished deliveries, their audit rows and orphaned events older than the retention."""
+    config = current_app.config["PARTNER_API"]
+    days = _whole_number(days, "--older-than", 1, MAX_RETENTION_DAYS)
+    counts = retention.prune(config.retention_days if days is None else days)
+    text = ", ".join(f"{n} {table}" for table, n in counts.items())
+    _emit(as_json, counts, f"pruned {text}")
+
+
 @click.command("demo-key")
 @click.option("--docs-url", default="http://127.0.0.1:8000/api/v1/partner/docs")
 @admin_command
@@ -185,6 +412,7 @@ def demo_key(docs_url):
 
 
 def init_app(app) -> None:
-    app.cli.add_command(demo_key)
-    for group in (orgs_cli, keys_cli, webhooks_cli):
+    for command in (demo_key, stats_command, prune_command):
+        app.cli.add_command(command)
+    for group in (orgs_cli, keys_cli, webhooks_cli, deliveries_cli):
         app.cli.add_command(group)

@@ -1,20 +1,34 @@
-"""Delivery state changes that the API, the admin CLI and the dispatcher share.
+"""Delivery state changes that the API, the admin CLI and the dispatcher share, and the
+operator's views of deliveries (list, show).
 
 Statuses: pending (due at next_attempt_at), held (subscription disabled), delivered,
 dead_lettered, cancelled. Each change clears the lease token, so an in-flight attempt whose
-delivery changed under it cannot overwrite the new state.
+delivery changed under it cannot overwrite the new state. A finished delivery's
+next_attempt_at is when it finished (retention and `stats` count from it).
 """
 
 from __future__ import annotations
 
-from partner_api import clock
-from partner_api.models import Delivery, DeliveryStatus
+from partner_api import clock, ids
+from partner_api.errors import DomainError
+from partner_api.models import (
+    Delivery,
+    DeliveryFailure,
+    DeliveryStatus,
+    Event,
+    Org,
+    Subscription,
+)
+
+MAX_LIST_LIMIT = 1000
 
 
 def cancel_open_deliveries(subscription_id: str) -> int:
     """The subscription is gone: nothing pending or held will ever be sent."""
     return (
-        Delivery.update(status=DeliveryStatus.CANCELLED, lease_token=None)
+        Delivery.update(
+            status=DeliveryStatus.CANCELLED, lease_token=None, next_attempt_at=clock.now()
+        )
         .where(
             (Delivery.subscription == subscription_id) & Delivery.status.in_(DeliveryStatus.OPEN)
         )
@@ -50,3 +64,91 @@ def release_held_deliveries(subscription_id: str) -> int:
         )
         .execute()
     )
+
+
+def list_deliveries(
+    org_id: str | None = None,
+    subscription_id: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+) -> list[Delivery]:
+    """Deliveries newest first, with their event and subscription, optionally filtered."""
+    if status is not None and status not in DeliveryStatus.ALL:
+        raise DomainError(
+            "invalid_status",
+            f"unknown status {status!r}; one of: {', '.join(DeliveryStatus.ALL)}",
+        )
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise DomainError("invalid_limit", f"limit must be from 1 to {MAX_LIST_LIMIT}")
+    if org_id is not None and Org.get_or_none(Org.id == org_id) is None:
+        raise DomainError("org_not_found", f"no org with id {org_id!r}")
+    if subscription_id is not None and not Subscription.get_or_none(
+        Subscription.id == subscription_id
+    ):
+        raise DomainError(
+            "subscription_not_found", f"no webhook subscription with id {subscription_id!r}"
+        )
+    query = _with_event_and_subscription()
+    if org_id is not None:
+        query = query.where(Subscription.org == org_id)
+    if subscription_id is not None:
+        query = query.where(Delivery.subscription == subscription_id)
+    if status is not None:
+        query = query.where(Delivery.status == status)
+    return list(query.order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(limit))
+
+
+def get_delivery(delivery_id: str) -> Delivery:
+    """One delivery with its event and subscription, or `delivery_not_found`."""
+    delivery = None
+    if ids.looks_like("dlv", delivery_id):
+        delivery = _with_event_and_subscription().where(Delivery.id == delivery_id).first()
+    if delivery is None:
+        raise DomainError("delivery_not_found", f"no delivery with id {delivery_id!r}")
+    return delivery
+
+
+def _with_event_and_subscription():
+    return (
+        Delivery.select(Delivery, Event, Subscription)
+        .join(Event, on=(Delivery.event == Event.id))
+        .switch(Delivery)
+        .join(Subscription, on=(Delivery.subscription == Subscription.id))
+    )
+
+
+def delivery_attempts(delivery: Delivery) -> list[dict]:
+    """Every recorded attempt, oldest first: the failure audit (replays included) and, for a
+    delivered delivery, the successful attempt."""
+    attempts = [
+        {
+            "attempt": failure.attempt,
+            "attempted_at": clock.isoformat(failure.attempted_at),
+            "outcome": failure.error_kind,
+            "status": failure.response_status,
+            "duration_ms": failure.duration_ms,
+            "error": failure.error_message,
+            "response_excerpt": failure.response_excerpt,
+            "next_attempt_at": clock.isoformat(failure.next_attempt_at),
+            "dead_lettered": bool(failure.dead_lettered),
+        }
+        for failure in DeliveryFailure.select()
+        .where(DeliveryFailure.delivery == delivery.id)
+        .order_by(DeliveryFailure.attempted_at, DeliveryFailure.attempt)
+    ]
+    if delivery.status == DeliveryStatus.DELIVERED and delivery.delivered_at is not None:
+        attempts.append(
+            {
+                "attempt": delivery.attempts,
+                "attempted_at": clock.isoformat(delivery.delivered_at),
+                "outcome": "delivered",
+                # Successful attempts are not audited: only their time is kept.
+                "status": None,
+                "duration_ms": None,
+                "error": None,
+                "response_excerpt": None,
+                "next_attempt_at": None,
+                "dead_lettered": False,
+            }
+        )
+    return attempts

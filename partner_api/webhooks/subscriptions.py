@@ -73,6 +73,14 @@ def list_subscriptions(org_id: str, limit: int, cursor: str | None) -> dict:
     )
 
 
+def list_all_subscriptions(org_id: str | None = None) -> list[Subscription]:
+    """Operator view: every live subscription (of one org), oldest first."""
+    if org_id is not None and Org.get_or_none(Org.id == org_id) is None:
+        raise DomainError("org_not_found", f"no org with id {org_id!r}")
+    query = Subscription.select().where(Subscription.live(org_id))
+    return list(query.order_by(Subscription.created_at, Subscription.id))
+
+
 def get_subscription(org_id: str | None, subscription_id: str, lock: bool = False):
     """The live subscription (of `org_id`, unless None: operators see every org's), or
     `subscription_not_found` (also for other orgs' ids and malformed ids).

@@ -1,0 +1,134 @@
+"""Sending finished deliveries again: `deliveries replay` (one) and `webhooks recover` (every
+dead letter of a subscription since a time). Both reset the existing delivery row.
+
+A replay keeps the delivery id and its event, so the receiver sees the same event `id`; the
+row goes back to attempt 0, due now (held while its subscription is disabled), and the failure
+audit keeps every earlier attempt.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from partner_api import clock, ids
+from partner_api.db import locked, write_transaction
+from partner_api.errors import DomainError
+from partner_api.models import Delivery, DeliveryStatus, Event, Subscription, SubscriptionStatus
+
+REPLAYABLE = (DeliveryStatus.DELIVERED, DeliveryStatus.DEAD_LETTERED)
+RECOVER_BATCH = 500  # deliveries reset per transaction, so the dispatcher is never held up long
+_AGO = re.compile(r"^(\d{1,6})([mhd])$")
+_AGO_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _reset(query_filter, subscription: Subscription, statuses=REPLAYABLE):
+    """The update that makes finished deliveries due again, from attempt 1 (held instead,
+    like newly published events, while the subscription is disabled)."""
+    live = subscription.status == SubscriptionStatus.ENABLED
+    return Delivery.update(
+        status=DeliveryStatus.PENDING if live else DeliveryStatus.HELD,
+        attempts=0,
+        next_attempt_at=clock.now(),
+        lease_token=None,
+    ).where(query_filter & Delivery.status.in_(statuses))
+
+
+def _live_subscription(subscription_id: str) -> Subscription:
+    subscription = None
+    if ids.looks_like("wh", subscription_id):
+        query = Subscription.select().where(Subscription.id == subscription_id)
+        # An enable, disable or delete committing now waits, so the status read here
+        # (pending or held) is still true when the replay commits.
+        subscription = locked(query, "FOR SHARE").first()
+    if subscription is None:
+        raise DomainError(
+            "subscription_not_found", f"no webhook subscription with id {subscription_id!r}"
+        )
+    if subscription.deleted_at is not None:
+        raise DomainError(
+            "subscription_deleted",
+            f"webhook subscription {subscription.id} is deleted; its deliveries cannot be sent",
+        )
+    return subscription
+
+
+def replay_delivery(delivery_id: str) -> Delivery:
+    """Send a delivered or dead-lettered delivery again; returns the delivery to be sent."""
+    with write_transaction():
+        delivery = None
+        if ids.looks_like("dlv", delivery_id):
+            # A concurrent prune (SKIP LOCKED) or replay of this row waits for this one.
+            delivery = locked(Delivery.select().where(Delivery.id == delivery_id)).first()
+        if delivery is None:
+            raise DomainError("delivery_not_found", f"no delivery with id {delivery_id!r}")
+        subscription = _live_subscription(delivery.subscription_id)
+        if delivery.status not in REPLAYABLE:
+            raise DomainError(
+                "delivery_not_replayable",
+                f"delivery {delivery.id} is {delivery.status}; only delivered or dead-lettered "
+                "deliveries can be replayed",
+            )
+        _reset(Delivery.id == delivery.id, subscription).execute()
+    return Delivery.get_by_id(delivery.id)
+
+
+def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """`--since`: RFC 3339 with an offset (`2026-11-27T10:00:00Z`) or an age (`30m`, `2h`,
+    `3d`); returns naive UTC like the database."""
+    now = clock.now() if now is None else now
+    value = (text or "").strip()
+    match = _AGO.match(value)
+    if match:
+        return now - dt.timedelta(seconds=int(match.group(1)) * _AGO_UNITS[match.group(2)])
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None or "T" not in value.upper():
+        raise DomainError(
+            "invalid_since",
+            f"--since must be an RFC 3339 time with an offset (2026-11-27T10:00:00Z) or an age "
+            f"such as 30m, 2h or 3d; got {text!r}",
+        )
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def dead_letters_since(subscription_id: str, since: dt.datetime) -> tuple[Subscription, list[str]]:
+    """The subscription and the ids of its dead-lettered deliveries whose event occurred at or
+    after `since`, oldest event first."""
+    subscription = _live_subscription(subscription_id)
+    found = (
+        Delivery.select(Delivery.id)
+        .join(Event, on=(Delivery.event == Event.id))
+        .where(
+            (Delivery.subscription == subscription.id)
+            & (Delivery.status == DeliveryStatus.DEAD_LETTERED)
+            & (Event.occurred_at >= since)
+        )
+        .order_by(Event.occurred_at, Delivery.id)
+        .tuples()
+    )
+    return subscription, [row[0] for row in found]
+
+
+def replay_dead_letters(subscription_id: str, found: list[str], progress=None) -> int:
+    """Replay these dead letters of a subscription in short transactions; `progress(n)` is told
+    after each batch. Returns how many were replayed (ones replayed meanwhile are skipped)."""
+    replayed = 0
+    for start in range(0, len(found), RECOVER_BATCH):
+        batch = found[start : start + RECOVER_BATCH]
+        with write_transaction():
+            # Re-read each time: the subscription may have been disabled or deleted meanwhile.
+            subscription = _live_subscription(subscription_id)
+            dead = (DeliveryStatus.DEAD_LETTERED,)
+            replayed += _reset(Delivery.id.in_(batch), subscription, statuses=dead).execute()
+        if progress is not None:
+            progress(len(batch))
+    return replayed
+
+
+def recover_subscription(subscription_id: str, since: dt.datetime, progress=None) -> int:
+    """Replay every dead letter of a subscription whose event occurred at or after `since`."""
+    _, found = dead_letters_since(subscription_id, since)
+    return replay_dead_letters(subscription_id, found, progress)
