@@ -106,8 +106,10 @@ CREATE TABLE IF NOT EXISTS delivery_failures (
 );
 CREATE INDEX IF NOT EXISTS delivery_failures_subscription_time
     ON delivery_failures (subscription_id, attempted_at, id);
--- Retention deletes a delivery's audit rows with it; `stats` counts the last hour's failures.
+-- Retention deletes a delivery's audit rows with it, and deletes events: PostgreSQL checks
+-- each deleted event against this table's foreign key. `stats` counts the last hour's failures.
 CREATE INDEX IF NOT EXISTS delivery_failures_delivery ON delivery_failures (delivery_id);
+CREATE INDEX IF NOT EXISTS delivery_failures_event ON delivery_failures (event_id);
 CREATE INDEX IF NOT EXISTS delivery_failures_time ON delivery_failures (attempted_at);
 
 -- One row per dispatcher process, stamped on every poll, so `stats` shows a stopped one.

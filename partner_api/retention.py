@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from peewee import Tuple, fn
+from peewee import Tuple
 
 from partner_api import clock
 from partner_api.config import MAX_RETENTION_DAYS
@@ -31,30 +31,37 @@ def check_days(days: int) -> int:
     return days
 
 
-def prune(days: int, *, batch_size: int = BATCH_SIZE, pause: float = 0.0, should_stop=None):
+def prune(days: int, *, batch_size: int = BATCH_SIZE, yield_ratio: float = 1.0, should_stop=None):
     """Delete what the retention no longer keeps; returns the rows deleted per table.
 
-    `pause` sleeps between batches (yielding the database to other writers); `should_stop()`
-    is asked between batches (a dispatcher shutting down stops early and prunes next time).
+    After each batch it sleeps `yield_ratio` times as long as the batch took, so other writers
+    get the database (SQLite has one write lock; its waiters poll for it) for at least that
+    share of the time. `should_stop()` is asked between batches (a dispatcher shutting down
+    stops early and prunes the rest next time).
     """
     cutoff = clock.now() - dt.timedelta(days=check_days(days))
     counts = {"deliveries": 0, "delivery_failures": 0, "events": 0, "dispatcher_polls": 0}
     stop = should_stop or (lambda: False)
+
+    def step(batch, *args):
+        started = time.monotonic()
+        result = batch(*args)
+        time.sleep((time.monotonic() - started) * yield_ratio)
+        return result
+
     for status in DeliveryStatus.FINISHED:
         while not stop():
-            deleted, failures = _prune_delivery_batch(status, cutoff, batch_size)
+            deleted, failures = step(_prune_delivery_batch, status, cutoff, batch_size)
             counts["deliveries"] += deleted
             counts["delivery_failures"] += failures
             if deleted < batch_size:
                 break
-            time.sleep(pause)
     after = None
     while not stop():
-        deleted, after = _prune_event_batch(cutoff, after, batch_size)
+        deleted, after = step(_prune_event_batch, cutoff, after, batch_size)
         counts["events"] += deleted
         if after is None:
             break
-        time.sleep(pause)
     if not stop():
         counts["dispatcher_polls"] = (
             DispatcherPoll.delete().where(DispatcherPoll.last_poll_at < cutoff).execute()
@@ -81,20 +88,30 @@ def _prune_delivery_batch(status: str, cutoff: dt.datetime, batch_size: int) -> 
 
 
 def _prune_event_batch(cutoff: dt.datetime, after, batch_size: int):
-    """One transaction: up to `batch_size` old events no delivery refers to, in (occurred_at,
-    id) order after `after`; returns (deleted, where the next batch starts or None when done).
-    Old events still referred to (say, held deliveries) are stepped over, not scanned again."""
-    referred = Delivery.select(Delivery.id).where(Delivery.event == Event.id)
+    """One transaction: the next `batch_size` old events in (occurred_at, id) order after
+    `after`, less those a delivery still refers to (say, a held one), which are stepped over
+    rather than scanned again. Returns (deleted, where the next batch starts or None when done).
+
+    Two index lookups rather than one NOT EXISTS query: the planner's choice for an anti-join
+    flips to hashing both whole tables when its statistics lag behind a large prune.
+    """
     with write_transaction():
-        query = Event.select(Event.occurred_at, Event.id).where(
-            (Event.occurred_at < cutoff) & ~fn.EXISTS(referred)
-        )
+        query = Event.select(Event.occurred_at, Event.id).where(Event.occurred_at < cutoff)
         if after is not None:
             query = query.where(Tuple(Event.occurred_at, Event.id) > Tuple(*after))
         found = list(query.order_by(Event.occurred_at, Event.id).limit(batch_size).tuples())
         if not found:
             return 0, None
+        candidates = [row[1] for row in found]
+        referred = {
+            row[0]
+            for row in Delivery.select(Delivery.event)
+            .where(Delivery.event.in_(candidates))
+            .distinct()
+            .tuples()
+        }
         # Nothing makes an old event referred to again (publishing creates new events), so the
-        # rows found are still free to delete.
-        deleted = Event.delete().where(Event.id.in_([row[1] for row in found])).execute()
+        # events unreferred now are still free to delete at commit.
+        free = [event_id for event_id in candidates if event_id not in referred]
+        deleted = Event.delete().where(Event.id.in_(free)).execute() if free else 0
     return deleted, (found[-1] if len(found) == batch_size else None)
