@@ -67,7 +67,9 @@ CREATE INDEX IF NOT EXISTS events_occurred ON events (occurred_at, id);
 -- disabled), delivered, dead_lettered, cancelled. A claim moves next_attempt_at forward by
 -- the lease and sets a fresh lease_token, so a delivery whose dispatcher died becomes due
 -- again when the lease runs out. Claims read only (status = 'pending', next_attempt_at <= now)
--- through deliveries_due, so their cost does not grow with the backlog.
+-- through deliveries_due, so their cost does not grow with the backlog.  Once a delivery is
+-- finished (delivered, dead_lettered, cancelled) next_attempt_at holds when it finished, so
+-- retention and `stats` find old or recent finished rows through the same index.
 CREATE TABLE IF NOT EXISTS deliveries (
     id               TEXT NOT NULL PRIMARY KEY,
     event_id         TEXT NOT NULL REFERENCES events (id),

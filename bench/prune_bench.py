@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from partner_api import clock, provisioning  # noqa: E402
+from partner_api.config import Config  # noqa: E402
 from partner_api.db import apply_schema, bind, database, drop_tables, is_postgres  # noqa: E402
 from partner_api.events import publish_event  # noqa: E402
-from partner_api.ssrf import SsrfPolicy  # noqa: E402
 from partner_api.webhooks.subscriptions import create_subscription  # noqa: E402
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -109,11 +109,11 @@ def measure(url: str, receiver_url: str, rows: int, rate: float, baseline_s: flo
     bind(url)
     drop_tables()
     apply_schema()
-    policy = SsrfPolicy(allow_http=True, allow_networks=LOOPBACK)
+    config = Config(database_url=url, webhook_allow_cidrs=LOOPBACK, allow_http_webhooks=True)
     with database.connection_context():
         org = provisioning.create_org("bench")
-        healthy, _ = create_subscription(org.id, receiver_url, None, "healthy", policy, 10)
-        old_sub, _ = create_subscription(org.id, receiver_url, None, "old", policy, 10)
+        healthy, _ = create_subscription(org.id, receiver_url, None, "healthy", config)
+        old_sub, _ = create_subscription(org.id, receiver_url, None, "old", config)
     started = time.perf_counter()
     generate_old_rows(org.id, old_sub.id, rows)
     print(f"  generated {rows:,} old rows in {time.perf_counter() - started:.1f} s")
