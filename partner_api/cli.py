@@ -235,7 +235,7 @@ def webhooks_recover(subscription_id, since, as_json):
     """Replay every dead-lettered delivery of a subscription since a time."""
     moment = replay.parse_since(since)
     subscription, found = replay.dead_letters_since(subscription_id, moment)
-    if len(found) >= PROGRESS_FROM and not as_json and sys.stdout.isatty():
+    if len(found) >= PROGRESS_FROM and not as_json and _on_terminal():
         with click.progressbar(length=len(found), label="replaying", file=sys.stderr) as bar:
             count = replay.replay_dead_letters(subscription.id, found, bar.update)
     else:
@@ -243,6 +243,11 @@ def webhooks_recover(subscription_id, since, as_json):
     held = subscription.status != SubscriptionStatus.ENABLED
     note = f" (held until `webhooks enable {subscription.id}`)" if held and count else ""
     _emit(as_json, {"replayed": count}, f"replayed {count} dead-lettered deliveries{note}")
+
+
+def _on_terminal() -> bool:
+    """Progress bars only for people: not into pipes, files or --json consumers."""
+    return sys.stdout.isatty()
 
 
 def delivery_dict(delivery) -> dict:

@@ -12,7 +12,7 @@ import pytest
 
 from dispatcher import __main__ as dispatcher_main
 from dispatcher.dispatch import Dispatcher
-from partner_api import ids, replay, retention, stats
+from partner_api import cli, ids, replay, retention, stats
 from partner_api.db import database
 from partner_api.errors import DomainError
 from partner_api.events import publish_event
@@ -378,6 +378,23 @@ def test_recover_works_in_batches_and_reports_progress(world, outage, clock, mon
     assert {row(d.id).status for d in dead} == {"pending"}
 
 
+def test_recover_shows_progress_on_a_terminal_only(runner, world, outage, monkeypatch):
+    sub, dead = outage
+    monkeypatch.setattr(cli, "PROGRESS_FROM", 2)
+    monkeypatch.setattr(cli, "_on_terminal", lambda: False)
+    code, piped = run(runner, "webhooks", "recover", sub.id, "--since", "4h")
+    assert code == 0 and "replaying" not in piped and "replayed 2" in piped
+    monkeypatch.setattr(cli, "_on_terminal", lambda: True)
+    code, shown = run(runner, "webhooks", "recover", sub.id, "--since", "1d")
+    assert code == 0 and "replaying" not in shown and "replayed 1" in shown  # below 2: no bar
+    with database.connection_context():
+        Delivery.update(status="dead_lettered").where(
+            Delivery.id.in_([d.id for d in dead])
+        ).execute()
+    code, shown = run(runner, "webhooks", "recover", sub.id, "--since", "1d")
+    assert code == 0 and "replaying" in shown and "replayed 3" in shown
+
+
 def test_recover_of_a_disabled_subscription_holds_the_replays(runner, world, outage):
     sub, dead = outage
     with database.connection_context():
@@ -575,3 +592,14 @@ def test_the_dispatchers_daily_prune_logs_one_line(world, history, config, caplo
     assert counts["deliveries"] == 3
     [line] = [r.getMessage() for r in caplog.records if "prune" in r.getMessage()]
     assert "older_than_days=30 deliveries=3 delivery_failures=2 events=4" in line
+
+
+def test_the_dispatcher_schedules_the_daily_prune_beside_its_polls(config):
+    dispatcher = Dispatcher(config)
+    try:
+        jobs = {job.id: job for job in dispatcher_main._scheduler(dispatcher, config).get_jobs()}
+    finally:
+        dispatcher.close()
+    assert set(jobs) == {"poll", "prune"}
+    assert jobs["prune"].trigger.interval == dt.timedelta(days=1)
+    assert jobs["prune"].executor == "retention" != jobs["poll"].executor
