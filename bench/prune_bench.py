@@ -86,7 +86,7 @@ def generate_old_rows(org_id: str, subscription_id: str, rows: int) -> None:
             "event_type, attempt, attempted_at, duration_ms, error_kind, error_message, "
             f"response_status, dead_lettered) {seq.format(failures)} "
             f"SELECT 'att_old_' || n, 'dlv_old_' || n, {p}, 'evt_old_' || n, "
-            f"'vc.test.ping', 1, {p}, 5, 'http_status', 'HTTP 500', 500, 1 FROM seq",
+            f"'vc.test.ping', 1, {p}, 5, 'http_status', 'HTTP 500', 500, TRUE FROM seq",
             (subscription_id, stamp),
         ),
     ]
