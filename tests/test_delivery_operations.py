@@ -603,3 +603,21 @@ def test_the_dispatcher_schedules_the_daily_prune_beside_its_polls(config):
     assert set(jobs) == {"poll", "prune"}
     assert jobs["prune"].trigger.interval == dt.timedelta(days=1)
     assert jobs["prune"].executor == "retention" != jobs["poll"].executor
+
+
+def test_init_db_upgrades_a_database_from_before_stats_and_retention(database_url, runner):
+    new_indexes = {
+        "events": "events_occurred",
+        "deliveries": "deliveries_event",
+        "delivery_failures": "delivery_failures_event",
+    }
+    with database.connection_context():
+        database.execute_sql("DROP TABLE dispatcher_polls")
+        for name in (*new_indexes.values(), "delivery_failures_delivery", "delivery_failures_time"):
+            database.execute_sql(f"DROP INDEX {name}")
+    assert run(runner, "init-db")[0] == 0
+    with database.connection_context():
+        assert "dispatcher_polls" in database.get_tables()
+        for table, index in new_indexes.items():
+            assert index in {i.name for i in database.get_indexes(table)}
+    assert run_json(runner, "stats")["last_poll_at"] is None
