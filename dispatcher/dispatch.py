@@ -1,8 +1,9 @@
 """The dispatcher: keeps a bounded pool of senders busy with due deliveries, shared fairly.
 
-A poll claims due deliveries in batches (leased ahead, at most twice what the sharing rules let
-run), starts them on free senders by the rules in `shares.py`, and hands every outcome to one
-recorder thread that writes them in batches. It stops claiming as soon as shutdown begins.
+A poll claims due deliveries in batches (leased ahead, at most three times what the sharing
+rules let run), starts them on free senders by the rules in `shares.py`, and hands every
+outcome to one recorder thread that writes them in batches. It stops claiming as soon as
+shutdown begins.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from partner_api.envelope import delivery_body
 from partner_api.models import Delivery
 
 log = logging.getLogger("dispatcher")
-HEADROOM = 2  # a claim leases up to twice what may run, so senders never wait on a claim
+HEADROOM = 3  # a claim leases up to three times what may run, so senders never wait on a claim
 RECORD_BATCH = 200  # most outcomes written in one transaction
 RECORD_TRIES = 5  # a batch the database refuses this often is left to the leases
 
@@ -215,8 +216,12 @@ class Dispatcher:
             self.heartbeat.stamp()  # a long poll still shows as polling (once an interval at most)
             started = self._start_ready()
             claimed = 0
-            if self._ready_count() < self.config.dispatch_workers and not self._nothing_due:
-                claimed = self._claim()
+            # Claim to keep work ready, and whenever a sender is free that nothing ready may
+            # take (what is ready may all be held back by the sharing rules).
+            idle = self.config.dispatch_workers - self.in_flight_count()
+            running_low = self._ready_count() < self.config.dispatch_workers
+            if (running_low or idle > 0) and not self._nothing_due:
+                claimed = self._claim(idle)
                 claimed_total += claimed
                 # Until an attempt ends (or the next poll), another claim would find the same.
                 self._nothing_due = not claimed
@@ -266,9 +271,9 @@ class Dispatcher:
 
     # -- claiming and starting ---------------------------------------------------------------
 
-    def _claim(self) -> int:
-        limit = min(self.config.dispatch_batch_size, self.config.dispatch_workers * HEADROOM)
-        limit -= self._ready_count()
+    def _claim(self, idle: int) -> int:
+        ahead = min(self.config.dispatch_batch_size, self.config.dispatch_workers * HEADROOM)
+        limit = max(idle, ahead - self._ready_count())
         if limit <= 0:
             return 0
         running = self._running_by_subscription()
@@ -291,15 +296,15 @@ class Dispatcher:
 
     def _start_ready(self) -> int:
         """Start ready deliveries on free senders, by the sharing rules; returns how many."""
-        free = self.config.dispatch_workers - self.in_flight_count()
-        if free <= 0:
-            return 0
-        subscribers = self.health.snapshot(self._running_since())
+        running = self._running()
+        free = self.config.dispatch_workers - len(running)
         with self._lock:
             waiting = {sub: len(items) for sub, items in self._ready.items() if items}
-        chosen = shares.choose(
-            waiting, subscribers, self._running_by_subscription(), free, self.policy
-        )
+        if free <= 0 or not waiting:
+            return 0
+        subscribers = self.health.snapshot(_oldest_start(running))
+        counts = collections.Counter(sub for sub, _ in running)
+        chosen = shares.choose(waiting, subscribers, counts, free, self.policy)
         for sub, count in chosen.items():
             for _ in range(count):
                 with self._lock:
@@ -354,11 +359,7 @@ class Dispatcher:
         return collections.Counter(sub for sub, _ in self._running())
 
     def _running_since(self) -> dict[str, float]:
-        """Per subscription, when its oldest running attempt started."""
-        since: dict[str, float] = {}
-        for sub, started in self._running():
-            since[sub] = min(started, since.get(sub, started))
-        return since
+        return _oldest_start(self._running())
 
     def _wait_for_a_sender(self) -> bool:
         """Wait up to a poll interval for an attempt to end; True if one did."""
@@ -407,3 +408,11 @@ class Dispatcher:
                 },
             )
             return None
+
+
+def _oldest_start(running: list[tuple[str, float]]) -> dict[str, float]:
+    """Per subscription, when its oldest running attempt started."""
+    since: dict[str, float] = {}
+    for sub, started in running:
+        since[sub] = min(started, since.get(sub, started))
+    return since

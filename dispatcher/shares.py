@@ -81,29 +81,34 @@ def choose(
     orgs: dict[str, list[str]] = {}
     for sub in waiting:
         orgs.setdefault(subscribers[sub].org_id, []).append(sub)
+    # Per call, not per pick: this runs every time a sender frees up.
+    cap = {sub: policy.cap(subscribers[sub]) * headroom for sub in waiting}
+    suspect = {sub: subscribers[sub].suspect for sub in waiting}
+    budget = policy.suspect_budget * headroom
     left = dict(waiting)
     taken: collections.Counter = collections.Counter()
-
-    def eligible(sub: str) -> bool:
-        subscriber = subscribers[sub]
-        if left[sub] <= 0 or running[sub] >= policy.cap(subscriber) * headroom:
-            return False
-        return not subscriber.suspect or suspect_running < policy.suspect_budget * headroom
-
-    while sum(taken.values()) < limit:
+    total = 0
+    while total < limit:
         progressed = False
-        for org in sorted(orgs, key=lambda o: org_running[o]):  # stable: oldest work first
-            candidates = [sub for sub in orgs[org] if eligible(sub)]
-            if not candidates:
+        for org in sorted(orgs, key=org_running.__getitem__):  # stable: oldest work first
+            best = None
+            for sub in orgs[org]:
+                if left[sub] <= 0 or running[sub] >= cap[sub]:
+                    continue
+                if suspect[sub] and suspect_running >= budget:
+                    continue
+                if best is None or running[sub] < running[best]:
+                    best = sub  # the fewest running; on a tie the oldest work
+            if best is None:
                 continue
-            sub = min(candidates, key=lambda s: running[s])
-            left[sub] -= 1
-            taken[sub] += 1
-            running[sub] += 1
+            left[best] -= 1
+            taken[best] += 1
+            running[best] += 1
             org_running[org] += 1
-            suspect_running += subscribers[sub].suspect
+            suspect_running += suspect[best]
+            total += 1
             progressed = True
-            if sum(taken.values()) >= limit:
+            if total >= limit:
                 break
         if not progressed:
             break

@@ -6,6 +6,7 @@ Owns the requests/urllib3 setup (no proxies, no redirects, capped answers) and t
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import http.cookiejar
 import socket
@@ -309,6 +310,11 @@ class WebhookTransport:
         session.mount("https://", adapter)
         self._session = session
         self._watchdog = _Watchdog()
+        # Parsed once per URL: the policy is fixed for the transport's life, and this ran on
+        # every attempt.
+        self._parse = functools.lru_cache(maxsize=4096)(
+            lambda url: parse_webhook_url(url, self._policy)
+        )
 
     def send(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptResult:
         """POST once within the deadline; never raises. A resolver still busy at the deadline
@@ -344,7 +350,7 @@ class WebhookTransport:
         )
 
     def _exchange(self, url: str, body: bytes, headers: dict[str, str], attempt: _Attempt):
-        target = parse_webhook_url(url, self._policy)  # defence in depth: checked at create time
+        target = self._parse(url)  # defence in depth: checked at create time
         headers = {**headers, "User-Agent": USER_AGENT, "Content-Type": "application/json"}
         resp = self._session.post(
             target.url,
