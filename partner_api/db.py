@@ -1,6 +1,7 @@
 """The database: one peewee DatabaseProxy, connect/close hooks, and the `init-db` command.
 
-Backend differences (SQLite pragmas, PostgreSQL pooling) live here and nowhere else.
+Backend differences (SQLite pragmas and long-lived connections, PostgreSQL pooling and
+reconnection) live here and nowhere else.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import click
 import peewee
+import psycopg2.extensions
 from flask import request
 from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse import db_url
+from playhouse.pool import PooledPostgresqlDatabase
 
 from partner_api.config import ROOT
 
@@ -44,15 +47,50 @@ SQLITE_PRAGMAS = {
 }
 
 
+class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):
+    """A pool that survives a PostgreSQL restart or `pg_terminate_backend`.
+
+    A pooled connection whose server side is gone still looks open until its next statement
+    fails. Such a failure drops it and the other idle ones (they went down with it), and a read
+    outside a transaction is retried once on a fresh connection: it wrote nothing, so running it
+    again is safe. A write is not retried (it may have committed before the answer was lost).
+    """
+
+    def execute_sql(self, sql, params=None):
+        try:
+            return super().execute_sql(sql, params)
+        except (peewee.OperationalError, peewee.InterfaceError):
+            # Inside a transaction the failure unwinds it first; the request's end drops the
+            # connection (release_connection).
+            if self.transaction_depth() > 0 or not self.connection_lost():
+                raise
+            self.discard_connections()
+            if sql.lstrip()[:6].upper() != "SELECT":
+                raise
+            return super().execute_sql(sql, params)
+
+    def connection_lost(self) -> bool:
+        """The connection of this thread is closed or its server went away."""
+        conn = self._state.conn
+        if conn is None or conn.closed:
+            return True
+        return conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+
+    def discard_connections(self) -> None:
+        """Close this thread's connection without pooling it, and every idle pooled one."""
+        if not self.is_closed():
+            self.manual_close()
+        self.close_idle()
+
+
 def open_database(url: str, max_connections: int = 32):
     """A peewee database for a DATABASE_URL: SQLite (WAL, busy timeout) or pooled PostgreSQL."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         _create_private(path)
         return SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS)
-    scheme, rest = url.split("://", 1)
-    return db_url.connect(
-        f"postgresql+pool://{rest}", max_connections=max_connections, stale_timeout=300, timeout=10
+    return ReconnectingPostgresqlDatabase(
+        **db_url.parse(url), max_connections=max_connections, stale_timeout=300, timeout=10
     )
 
 
@@ -181,8 +219,28 @@ def without_connection(view):
     return view
 
 
+def release_connection() -> None:
+    """End of a request: give a PostgreSQL connection back to the pool; keep SQLite's open.
+
+    Closing the last SQLite connection to a WAL database checkpoints it, and the next request
+    would open one and set its pragmas again: together most of a small request's time. The
+    connection is the thread's own, in autocommit mode, so it carries no state between requests
+    unless a transaction was left open, which is rolled back here.
+    """
+    if database.is_closed():
+        return
+    if is_sqlite():
+        if database.connection().in_transaction:
+            database.rollback()
+        return
+    if database.obj.connection_lost():
+        database.obj.discard_connections()
+    else:
+        database.close()
+
+
 def init_app(app) -> None:
-    """Open a connection per request (pooled on PostgreSQL) and register `init-db`."""
+    """Connect per request (pooled on PostgreSQL, one per thread on SQLite); add `init-db`."""
 
     @app.before_request
     def _connect():
@@ -191,9 +249,8 @@ def init_app(app) -> None:
             database.connect(reuse_if_open=True)
 
     @app.teardown_appcontext
-    def _close(exc):
-        if not database.is_closed():
-            database.close()
+    def _release(exc):
+        release_connection()
 
     @app.cli.command("init-db")
     def init_db_command():

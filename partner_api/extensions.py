@@ -65,10 +65,12 @@ class Blueprint(flask_smorest.Blueprint):
         return super().response(status_code, schema, **kwargs)
 
     def errors(self, *statuses):
-        """Document the error answers an operation can give (problem+json, with examples)."""
+        """Document the error answers an operation can give (problem+json, with examples).
+
+        Every operation reads the database, so every one may answer 503 while it is down."""
 
         def decorator(func):
-            for status in sorted(statuses, reverse=True):
+            for status in sorted({*statuses, 503}, reverse=True):
                 func = self.alt_response(status, response=http.HTTPStatus(status).name)(func)
             return func
 

@@ -76,7 +76,7 @@ def test_malformed_tokens_are_401_without_lookup(client, make_key, header, monke
     def no_lookup(*args, **kwargs):
         raise AssertionError("a malformed token reached the database")
 
-    monkeypatch.setattr("partner_api.auth.ApiKey.select", no_lookup)
+    monkeypatch.setattr("partner_api.auth.find_key", no_lookup)
     response = client.get(
         ME, headers={"Authorization": header.format(good=token, bad_checksum=bad_checksum)}
     )
