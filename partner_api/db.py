@@ -6,14 +6,19 @@ reconnection) live here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import re
 import secrets
+import select
+import weakref
 from pathlib import Path
 
 import click
 import peewee
+import psycopg2
 import psycopg2.extensions
 from flask import request
 from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
@@ -47,27 +52,81 @@ SQLITE_PRAGMAS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class PreparedStatement:
+    """A PostgreSQL statement planned once per connection; parameters are $1..$n of `types`.
+
+    `repeatable`: safe to run again when the connection was lost while it ran (see below)."""
+
+    name: str
+    types: tuple[str, ...]
+    sql: str
+    repeatable: bool
+
+    @property
+    def prepare(self) -> str:
+        return f"PREPARE {self.name} ({', '.join(self.types)}) AS {self.sql}"
+
+    @property
+    def execute(self) -> str:
+        return f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.types))})"
+
+
 class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):
     """A pool that survives a PostgreSQL restart or `pg_terminate_backend`.
 
-    A pooled connection whose server side is gone still looks open until its next statement
-    fails. Such a failure drops it and the other idle ones (they went down with it), and a read
-    outside a transaction is retried once on a fresh connection: it wrote nothing, so running it
-    again is safe. A write is not retried (it may have committed before the answer was lost).
+    The pool hands out no connection whose server has hung up (checked without a round trip).
+    A connection lost while a statement runs fails it; that drops the connection and the idle
+    ones (they went down with it), and a repeatable statement outside a transaction runs once
+    more on a fresh connection: a read, or a prepared statement marked so. psycopg2 cannot tell
+    whether a lost statement committed, so other writes are not repeated (the caller gets 503).
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prepared = weakref.WeakKeyDictionary()  # raw connection -> names prepared on it
+
     def execute_sql(self, sql, params=None):
+        run = functools.partial(super().execute_sql, sql, params)
+        return self._reconnecting(run, repeatable=sql.lstrip()[:6].upper() == "SELECT")
+
+    def execute_prepared(self, statement: PreparedStatement, params: tuple):
+        """Run `statement`, preparing it first on a connection that has not seen it."""
+        execute_sql = super().execute_sql
+
+        def run():
+            prepared = self._prepared.setdefault(self.connection(), set())
+            if statement.name not in prepared:
+                execute_sql(statement.prepare)
+                prepared.add(statement.name)
+            return execute_sql(statement.execute, params)
+
+        return self._reconnecting(run, repeatable=statement.repeatable)
+
+    def _reconnecting(self, run, repeatable: bool):
         try:
-            return super().execute_sql(sql, params)
-        except (peewee.OperationalError, peewee.InterfaceError):
+            return run()
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
             # Inside a transaction the failure unwinds it first; the request's end drops the
             # connection (release_connection).
             if self.transaction_depth() > 0 or not self.connection_lost():
                 raise
             self.discard_connections()
-            if sql.lstrip()[:6].upper() != "SELECT":
+            never_sent = isinstance(exc.args[0] if exc.args else None, psycopg2.InterfaceError)
+            if not (repeatable or never_sent):
                 raise
-            return super().execute_sql(sql, params)
+            return run()
+
+    def _is_closed(self, conn) -> bool:
+        """Checked as the pool hands out a connection: also closed if the server hung up."""
+        if super()._is_closed(conn):
+            return True
+        # A server that ended the session (a restart, pg_terminate_backend) has sent its last
+        # message or closed the socket, so it is readable while no statement is in flight: a
+        # check without a round trip. It keeps the first request after a restart from failing
+        # its first statement, which may be a write that cannot safely be repeated.
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable)
 
     def connection_lost(self) -> bool:
         """The connection of this thread is closed or its server went away."""

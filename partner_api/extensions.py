@@ -8,6 +8,7 @@ from __future__ import annotations
 import http
 import json
 
+import flask
 import flask_smorest
 import marshmallow as ma
 from webargs import core
@@ -46,6 +47,17 @@ class StrictParser(FlaskParser):
 
     def load_headers(self, req, schema):
         return core.missing
+
+    def parse(self, argmap, req=None, *, location=None, **kwargs):
+        # An operation without parameters called without a query string (every GET /me):
+        # there is nothing to load, and loading nothing cost more than the database lookup.
+        if (
+            location == "query"
+            and (argmap is NoQuerySchema or isinstance(argmap, NoQuerySchema))
+            and not (req or flask.request).query_string
+        ):
+            return {}
+        return super().parse(argmap, req, location=location, **kwargs)
 
 
 class Blueprint(flask_smorest.Blueprint):

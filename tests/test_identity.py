@@ -76,7 +76,7 @@ def test_malformed_tokens_are_401_without_lookup(client, make_key, header, monke
     def no_lookup(*args, **kwargs):
         raise AssertionError("a malformed token reached the database")
 
-    monkeypatch.setattr("partner_api.auth.find_key", no_lookup)
+    monkeypatch.setattr("partner_api.auth.find_caller", no_lookup)
     response = client.get(
         ME, headers={"Authorization": header.format(good=token, bad_checksum=bad_checksum)}
     )
@@ -174,7 +174,7 @@ def test_unexpected_exception_is_500_without_internals(app, make_key, monkeypatc
     def explode(*args, **kwargs):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr("partner_api.auth.record_hit", explode)
+    monkeypatch.setattr("partner_api.ratelimit.state", explode)
     response = app.test_client().get(ME, headers=bearer(token))
     body = assert_problem(response, 500, "internal_error")
     assert "secret internal detail" not in response.get_data(as_text=True)
@@ -188,3 +188,18 @@ def test_rate_limit_windows_are_per_key(client, make_key, db):
     assert client.get(ME, headers=bearer(token_b)).status_code == 200
     assert client.get(ME, headers=bearer(token_a)).status_code == 429
     assert RateLimitWindow.select().count() == 2
+
+
+def test_refusals_in_an_exhausted_window_are_answered_without_a_write(client, make_key, clock, db):
+    _, key, token = make_key(rate_limit=2)
+    statuses = [client.get(ME, headers=bearer(token)).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert RateLimitWindow.get_by_id(key.id).hits == 3  # the request that ran over counts
+    for _ in range(3):
+        response = client.get(ME, headers=bearer(token))
+        assert_problem(response, 429, "rate_limited")
+        assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert RateLimitWindow.get_by_id(key.id).hits == 3  # the window was known exhausted
+    clock.advance(30)
+    assert client.get(ME, headers=bearer(token)).status_code == 200
+    assert RateLimitWindow.get_by_id(key.id).hits == 1
