@@ -82,8 +82,13 @@ class Blueprint(flask_smorest.Blueprint):
         Every operation reads the database, so every one may answer 503 while it is down."""
 
         def decorator(func):
+            documented = func
             for status in sorted({*statuses, 503}, reverse=True):
-                func = self.alt_response(status, response=http.HTTPStatus(status).name)(func)
+                alt_response = self.alt_response(status, response=http.HTTPStatus(status).name)
+                documented = alt_response(documented)
+            # Keep the documentation, not alt_response's pass-through wrappers: one call layer
+            # per documented status, on every request.
+            func._apidoc = documented._apidoc
             return func
 
         return decorator
