@@ -49,6 +49,8 @@ bench: $(VENV)/.dev bench-tools
 	$(PY) bench/metrics_bench.py
 	$(PY) bench/slow_clients_bench.py
 	$(PY) bench/prune_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) bench/api_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) bench/api_bench.py --contention
 
 # Debian's package lists may be missing or stale: update only when the install fails. Without a
 # browser the suite still runs; the docs browser test then skips and says why.
