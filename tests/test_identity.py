@@ -5,7 +5,10 @@ import pytest
 from partner_api import clock as clock_module
 from partner_api import tokens
 from partner_api.db import database
+from partner_api.identity.resources import describe_caller
+from partner_api.identity.schemas import MeSchema
 from partner_api.models import ApiKey, RateLimitWindow
+from partner_api.ratelimit import RateLimitState
 
 from .conftest import assert_problem, bearer
 
@@ -203,3 +206,16 @@ def test_refusals_in_an_exhausted_window_are_answered_without_a_write(client, ma
     clock.advance(30)
     assert client.get(ME, headers=bearer(token)).status_code == 200
     assert RateLimitWindow.get_by_id(key.id).hits == 1
+
+
+def test_me_body_is_exactly_what_its_documented_schema_gives(client, make_key, clock):
+    _, key, token = make_key(rate_limit=5)
+    body = client.get(ME, headers=bearer(token)).get_json()
+    with database.connection_context():
+        key = ApiKey.get_by_id(key.id)
+    state = RateLimitState(limit=5, remaining=4, reset=body["rate_limit"]["reset"], allowed=True)
+    rate_limit = {**vars(state), "window": 60}
+    by_schema = MeSchema().dump(
+        {"org": key.org, "key": key, "scopes": key.scope_list, "rate_limit": rate_limit}
+    )
+    assert body == by_schema == describe_caller(key, state)
