@@ -1,12 +1,13 @@
 """GET /me under gunicorn against a bare Flask route, and the API under mixed contention.
 
-Usage: .venv/bin/python bench/api_bench.py [--rounds 3] [--duration 5] [--postgres URL]
+Usage: .venv/bin/python bench/api_bench.py [--rounds 8] [--duration 3] [--postgres URL]
        .venv/bin/python bench/api_bench.py --contention [--duration 30]
 
 Default mode: the real app (`wsgi:app`, a key with a 1,000,000/min limit) and `bench/bare_app.py`
 run under the same gunicorn settings (4 sync workers); wrk (2 threads, 32 connections) drives
-them in alternating rounds and the ratio of their requests/s is printed, on SQLite and, with
---postgres, on PostgreSQL (whose tables it drops and recreates).
+them in alternating (ABBA) rounds; the median of the rounds' ratios of requests/s is printed
+with its range, on SQLite and, with --postgres, on PostgreSQL (whose tables it drops and
+recreates).
 
 --contention (SQLite): 48 clients mix /me, list and create on four keys, 8 clients probe /me
 with another key; first alone, then while 8 more clients flood /me with a key over its limit
@@ -219,7 +220,8 @@ def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -
         for _name, base, headers in targets:  # warm both up
             wrk(base + ME_PATH, "", threads=2, connections=32, duration=1, headers=headers)
         for round_no in range(1, rounds + 1):
-            for name, base, headers in targets:
+            # ABBA order, so a load that drifts during the run favours neither side
+            for name, base, headers in targets if round_no % 2 else targets[::-1]:
                 report = wrk(
                     base + ME_PATH,
                     "",
@@ -244,19 +246,25 @@ def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -
         }
         for name, reports in results.items()
     }
-    summary["ratio"] = summary["me"]["rps"] / summary["bare"]["rps"]
+    # The machine may be shared: compare each round's pair, measured seconds apart, and take
+    # the median of those ratios rather than the ratio of medians from different moments.
+    pairs = zip(results["bare"], results["me"], strict=True)
+    ratios = [me["rps"] / bare["rps"] for bare, me in pairs]
+    summary["ratio"] = statistics.median(ratios)
+    summary["ratio_range"] = (min(ratios), max(ratios))
     return summary
 
 
 def print_summary(summaries: dict) -> None:
     print(
-        "\nmedian of rounds | bare req/s | /me req/s | ratio | bare p50/p99 ms | /me p50/p99 ms "
-        "| errors"
+        "\nmedian of rounds | bare req/s | /me req/s | ratio (range) | bare p50/p99 ms "
+        "| /me p50/p99 ms | errors"
     )
     for label, s in summaries.items():
         bare, me = s["bare"], s["me"]
         print(
-            f"{label:16} | {bare['rps']:10.0f} | {me['rps']:9.0f} | {s['ratio']:5.2f} | "
+            f"{label:16} | {bare['rps']:10.0f} | {me['rps']:9.0f} | {s['ratio']:4.2f} "
+            f"({s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f}) | "
             f"{bare['p50_ms']:5.1f}/{bare['p99_ms']:5.1f}     | "
             f"{me['p50_ms']:5.1f}/{me['p99_ms']:5.1f}    | {bare['errors'] + me['errors']}"
         )
@@ -338,7 +346,7 @@ def contention(duration: float, workdir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
     parser.add_argument("--postgres", help="a scratch PostgreSQL URL (its tables are dropped)")
     parser.add_argument("--contention", action="store_true")
@@ -350,7 +358,7 @@ def main() -> None:
         if args.contention:
             contention(args.duration or 30, workdir)
             return
-        duration = args.duration or 5
+        duration = args.duration or 3
         summaries = {
             "SQLite": compare(
                 "SQLite", f"sqlite:///{workdir / 'b.sqlite3'}", args.rounds, duration, workdir
