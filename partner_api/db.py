@@ -124,9 +124,11 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):
         # A server that ended the session (a restart, pg_terminate_backend) has sent its last
         # message or closed the socket, so it is readable while no statement is in flight: a
         # check without a round trip. It keeps the first request after a restart from failing
-        # its first statement, which may be a write that cannot safely be repeated.
-        readable, _, _ = select.select([conn], [], [], 0)
-        return bool(readable)
+        # its first statement, which may be a write that cannot safely be repeated. poll, not
+        # select: a busy process may hold descriptors above select's limit of 1024.
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def connection_lost(self) -> bool:
         """The connection of this thread is closed or its server went away."""
