@@ -1,14 +1,17 @@
 # make run  — install, create the database, provision a demo key once, serve API + dispatcher
 # make test — install (with dev tools and, where npm exists, the Node.js checks), lint, run the
 #             whole test suite
+# make bench — the benchmarks in bench/ (installs wrk where missing)
 # make browser — Debian's chromium for the docs test in a real browser (skipped without it)
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 NPM := $(shell command -v npm 2>/dev/null)
 NODE_DEPS := tests/node/node_modules/.installed
+# Wait for a dpkg lock another installer holds instead of failing at once.
+APT := apt-get -o DPkg::Lock::Timeout=300
 
-.PHONY: run test lint bench browser clean node-deps nginx
+.PHONY: run test lint bench bench-tools browser clean node-deps nginx
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,12 +39,18 @@ lint: $(VENV)/.dev
 test: $(VENV)/.dev $(if $(NPM),$(NODE_DEPS)) lint
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.dev
+# wrk (Debian's package) drives the API benchmark; installed where missing (needs root or sudo).
+bench-tools:
+	@command -v wrk >/dev/null || $(APT) install -y wrk || ($(APT) update && $(APT) install -y wrk)
+
+bench: $(VENV)/.dev bench-tools
 	$(PY) bench/claim_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) bench/engine_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) bench/metrics_bench.py
 	$(PY) bench/slow_clients_bench.py
 	$(PY) bench/prune_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) bench/api_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) bench/api_bench.py --contention
 
 # Debian's package lists may be missing or stale: update only when the install fails. Without a
 # browser the suite still runs; the docs browser test then skips and says why.

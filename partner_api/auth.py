@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import re
@@ -12,10 +13,10 @@ import secrets
 
 from flask import current_app, g, request
 
-from partner_api import clock, tokens
+from partner_api import clock, ratelimit, tokens
+from partner_api.db import PreparedStatement, database, is_postgres
 from partner_api.errors import ApiError
 from partner_api.models import ApiKey, Org
-from partner_api.ratelimit import record_hit
 
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 _CHALLENGE = 'Bearer realm="partner-api"'
@@ -36,8 +37,91 @@ def _unauthorized(code: str, detail: str) -> ApiError:
     return ApiError(401, code, detail, headers={"WWW-Authenticate": challenge})
 
 
-def authenticate() -> ApiKey:
-    """The live key named by the Authorization header, or a 401."""
+# Statements written once per backend: building them with peewee on every request cost as much
+# as running them. The lookup brings the key, its org and the stored count of the current
+# window in one round trip; on PostgreSQL the same statement also counts the request (unless the
+# key is revoked or its window already exhausted), so a request needs one round trip in all.
+_KEY_COLUMNS = (
+    "id",
+    "name",
+    "prefix",
+    "token_hash",
+    "scopes",
+    "rate_limit",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+)
+_DATETIME_COLUMNS = frozenset({"created_at", "last_used_at", "revoked_at"})
+_SELECT_KEY = (
+    "SELECT "
+    + ", ".join(f"k.{column}" for column in _KEY_COLUMNS)
+    + ", o.id AS org_id, o.name AS org_name, o.created_at AS org_created_at, "
+    "CASE WHEN w.window_start = {window_param} THEN w.hits ELSE 0 END AS stored_hits "
+    "FROM api_keys k JOIN orgs o ON o.id = k.org_id "
+    "LEFT JOIN rate_limit_windows w ON w.key_id = k.id "
+    "WHERE k.token_hash = {hash_param}"
+)
+_LOOKUP_SQLITE = _SELECT_KEY.format(window_param=":window", hash_param=":token_hash")
+# Prepared once per connection: planning this statement took most of its time.
+_LOOKUP_AND_COUNT_POSTGRES = PreparedStatement(
+    name="partner_api_lookup_and_count",
+    types=("text", "bigint", "integer"),  # token hash, window start, default limit
+    sql=(
+        "WITH key AS ("
+        + _SELECT_KEY.format(window_param="$2", hash_param="$1")
+        + "), hit AS ("
+        + ratelimit.upsert_sql(
+            f"SELECT key.id, $2, 1 FROM key, {ratelimit.ASYNC_COMMIT} "
+            "WHERE key.revoked_at IS NULL AND key.stored_hits <= COALESCE(key.rate_limit, $3)"
+        )
+        + ") SELECT key.*, (SELECT hits FROM hit) FROM key"
+    ),
+    # Run again after a lost connection: had the lost attempt committed (the server ending the
+    # session right after its commit), the hit is counted twice, which can only refuse one
+    # request early, never admit one too many; better than a 503 for the first request of
+    # every worker after a database restart.
+    repeatable=True,
+)
+
+
+@dataclasses.dataclass
+class Caller:
+    """The key a request presented and the state of its current rate-limit window."""
+
+    key: ApiKey
+    stored_hits: int  # the window's count before this request
+    counted_hits: int | None  # the count including this request, when the lookup counted it
+
+
+def find_caller(token_hash: str, window: int, default_limit: int) -> Caller | None:
+    """The key (revoked or not) with this token hash, its org attached, or None."""
+    if is_postgres():
+        cursor = database.execute_prepared(
+            _LOOKUP_AND_COUNT_POSTGRES, (token_hash, window, default_limit)
+        )
+    else:
+        cursor = database.execute_sql(_LOOKUP_SQLITE, {"token_hash": token_hash, "window": window})
+    rows = cursor.fetchall()
+    if not rows:
+        return None
+    row = rows[0]
+    values = dict(zip(_KEY_COLUMNS, row, strict=False))
+    for column in _DATETIME_COLUMNS:
+        values[column] = _datetime(values[column])
+    org_id, org_name, org_created_at, stored_hits = row[len(_KEY_COLUMNS) : len(_KEY_COLUMNS) + 4]
+    org = Org(id=org_id, name=org_name, created_at=_datetime(org_created_at))
+    counted = row[len(_KEY_COLUMNS) + 4] if len(row) > len(_KEY_COLUMNS) + 4 else None
+    return Caller(ApiKey(org=org, **values), stored_hits, counted)
+
+
+def _datetime(value):
+    """A stored timestamp: SQLite gives ISO text (parsed in C, unlike peewee's strptime)."""
+    return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def authenticate(window: int, default_limit: int) -> Caller:
+    """The live key named by the Authorization header and its window, or a 401."""
     header = request.headers.get("Authorization", "")
     if not header:
         raise _unauthorized("authentication_required", "Send Authorization: Bearer <api key>.")
@@ -48,13 +132,13 @@ def authenticate() -> ApiKey:
     if not tokens.is_well_formed(token):
         raise _unauthorized("invalid_token", "The bearer token is malformed.")
     token_hash = tokens.hash_token(token)
-    key = ApiKey.select(ApiKey, Org).join(Org).where(ApiKey.token_hash == token_hash).first()
-    if key is None or not secrets.compare_digest(key.token_hash, token_hash):
+    caller = find_caller(token_hash, window, default_limit)
+    if caller is None or not secrets.compare_digest(caller.key.token_hash, token_hash):
         raise _unauthorized("invalid_token", "The bearer token is unknown or revoked.")
-    if key.revoked_at is not None:
+    if caller.key.revoked_at is not None:
         raise _unauthorized("invalid_token", "The bearer token is unknown or revoked.")
-    _touch_last_used(key)
-    return key
+    _touch_last_used(caller.key)
+    return caller
 
 
 def _touch_last_used(key: ApiKey) -> None:
@@ -80,10 +164,19 @@ def require_scope(scope: str):
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            key = authenticate()
-            limit = key.rate_limit or current_app.config["PARTNER_API"].default_rate_limit
             now_unix = clock.unix()
-            state = record_hit(key.id, limit, now_unix)
+            window = ratelimit.window_start(now_unix)
+            default_limit = current_app.config["PARTNER_API"].default_rate_limit
+            caller = authenticate(window, default_limit)
+            key = caller.key
+            limit = key.rate_limit or default_limit
+            if caller.counted_hits is not None:
+                hits = caller.counted_hits
+            elif ratelimit.is_exhausted(caller.stored_hits, limit):
+                hits = caller.stored_hits
+            else:
+                hits = ratelimit.count_hit(key.id, window)
+            state = ratelimit.state(limit, hits, window)
             g.api_key, g.rate_limit = key, state
             if not state.allowed:
                 raise ApiError(

@@ -1,21 +1,29 @@
 """The database: one peewee DatabaseProxy, connect/close hooks, and the `init-db` command.
 
-Backend differences (SQLite pragmas, PostgreSQL pooling) live here and nowhere else.
+Backend differences (SQLite pragmas and long-lived connections, PostgreSQL pooling and
+reconnection) live here and nowhere else.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import re
 import secrets
+import select
+import weakref
 from pathlib import Path
 
 import click
 import peewee
+import psycopg2
+import psycopg2.extensions
 from flask import request
 from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse import db_url
+from playhouse.pool import PooledPostgresqlDatabase
 
 from partner_api.config import ROOT
 
@@ -44,15 +52,106 @@ SQLITE_PRAGMAS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class PreparedStatement:
+    """A PostgreSQL statement planned once per connection; parameters are $1..$n of `types`.
+
+    `repeatable`: safe to run again when the connection was lost while it ran (see below)."""
+
+    name: str
+    types: tuple[str, ...]
+    sql: str
+    repeatable: bool
+
+    @property
+    def prepare(self) -> str:
+        return f"PREPARE {self.name} ({', '.join(self.types)}) AS {self.sql}"
+
+    @property
+    def execute(self) -> str:
+        return f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.types))})"
+
+
+class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):
+    """A pool that survives a PostgreSQL restart or `pg_terminate_backend`.
+
+    The pool hands out no connection whose server has hung up (checked without a round trip).
+    A connection lost while a statement runs fails it; that drops the connection and the idle
+    ones (they went down with it), and a repeatable statement outside a transaction runs once
+    more on a fresh connection: a read, or a prepared statement marked so. psycopg2 cannot tell
+    whether a lost statement committed, so other writes are not repeated (the caller gets 503).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prepared = weakref.WeakKeyDictionary()  # raw connection -> names prepared on it
+
+    def execute_sql(self, sql, params=None):
+        run = functools.partial(super().execute_sql, sql, params)
+        return self._reconnecting(run, repeatable=sql.lstrip()[:6].upper() == "SELECT")
+
+    def execute_prepared(self, statement: PreparedStatement, params: tuple):
+        """Run `statement`, preparing it first on a connection that has not seen it."""
+        execute_sql = super().execute_sql
+
+        def run():
+            prepared = self._prepared.setdefault(self.connection(), set())
+            if statement.name not in prepared:
+                execute_sql(statement.prepare)
+                prepared.add(statement.name)
+            return execute_sql(statement.execute, params)
+
+        return self._reconnecting(run, repeatable=statement.repeatable)
+
+    def _reconnecting(self, run, repeatable: bool):
+        try:
+            return run()
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            # Inside a transaction the failure unwinds it first; the request's end drops the
+            # connection (release_connection).
+            if self.transaction_depth() > 0 or not self.connection_lost():
+                raise
+            self.discard_connections()
+            never_sent = isinstance(exc.args[0] if exc.args else None, psycopg2.InterfaceError)
+            if not (repeatable or never_sent):
+                raise
+            return run()
+
+    def _is_closed(self, conn) -> bool:
+        """Checked as the pool hands out a connection: also closed if the server hung up."""
+        if super()._is_closed(conn):
+            return True
+        # A server that ended the session (a restart, pg_terminate_backend) has sent its last
+        # message or closed the socket, so it is readable while no statement is in flight: a
+        # check without a round trip. It keeps the first request after a restart from failing
+        # its first statement, which may be a write that cannot safely be repeated. poll, not
+        # select: a busy process may hold descriptors above select's limit of 1024.
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+    def connection_lost(self) -> bool:
+        """The connection of this thread is closed or its server went away."""
+        conn = self._state.conn
+        if conn is None or conn.closed:
+            return True
+        return conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+
+    def discard_connections(self) -> None:
+        """Close this thread's connection without pooling it, and every idle pooled one."""
+        if not self.is_closed():
+            self.manual_close()
+        self.close_idle()
+
+
 def open_database(url: str, max_connections: int = 32):
     """A peewee database for a DATABASE_URL: SQLite (WAL, busy timeout) or pooled PostgreSQL."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         _create_private(path)
         return SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS)
-    scheme, rest = url.split("://", 1)
-    return db_url.connect(
-        f"postgresql+pool://{rest}", max_connections=max_connections, stale_timeout=300, timeout=10
+    return ReconnectingPostgresqlDatabase(
+        **db_url.parse(url), max_connections=max_connections, stale_timeout=300, timeout=10
     )
 
 
@@ -181,8 +280,28 @@ def without_connection(view):
     return view
 
 
+def release_connection() -> None:
+    """End of a request: give a PostgreSQL connection back to the pool; keep SQLite's open.
+
+    Closing the last SQLite connection to a WAL database checkpoints it, and the next request
+    would open one and set its pragmas again: together most of a small request's time. The
+    connection is the thread's own, in autocommit mode, so it carries no state between requests
+    unless a transaction was left open, which is rolled back here.
+    """
+    if database.is_closed():
+        return
+    if is_sqlite():
+        if database.connection().in_transaction:
+            database.rollback()
+        return
+    if database.obj.connection_lost():
+        database.obj.discard_connections()
+    else:
+        database.close()
+
+
 def init_app(app) -> None:
-    """Open a connection per request (pooled on PostgreSQL) and register `init-db`."""
+    """Connect per request (pooled on PostgreSQL, one per thread on SQLite); add `init-db`."""
 
     @app.before_request
     def _connect():
@@ -191,9 +310,8 @@ def init_app(app) -> None:
             database.connect(reuse_if_open=True)
 
     @app.teardown_appcontext
-    def _close(exc):
-        if not database.is_closed():
-            database.close()
+    def _release(exc):
+        release_connection()
 
     @app.cli.command("init-db")
     def init_db_command():

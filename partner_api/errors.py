@@ -8,6 +8,7 @@ import http
 import logging
 
 import marshmallow as ma
+import peewee
 from flask import current_app, json
 from werkzeug.exceptions import HTTPException
 
@@ -27,6 +28,7 @@ DEFAULT_CODES = {
     422: "validation_error",
     429: "rate_limited",
     500: "internal_error",
+    503: "database_unavailable",
 }
 
 
@@ -191,7 +193,24 @@ def handle_unexpected(error: Exception):
     return problem_response(ApiError(500, "internal_error", "An unexpected error occurred."))
 
 
+def handle_database_unavailable(error: peewee.DatabaseError):
+    """503 while the database cannot be reached or is busy beyond its timeout (a restart, a
+    dropped connection, SQLite's lock wait running out): the client may retry, no internals."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    log.warning("database unavailable: %s", first_line)
+    return problem_response(
+        ApiError(
+            503,
+            "database_unavailable",
+            "The database is unavailable; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    )
+
+
 def register_error_handlers(app) -> None:
     app.register_error_handler(ApiError, problem_response)
     app.register_error_handler(DomainError, lambda exc: problem_response(from_domain_error(exc)))
+    app.register_error_handler(peewee.OperationalError, handle_database_unavailable)
+    app.register_error_handler(peewee.InterfaceError, handle_database_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

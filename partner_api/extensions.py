@@ -8,6 +8,7 @@ from __future__ import annotations
 import http
 import json
 
+import flask
 import flask_smorest
 import marshmallow as ma
 from webargs import core
@@ -47,6 +48,17 @@ class StrictParser(FlaskParser):
     def load_headers(self, req, schema):
         return core.missing
 
+    def parse(self, argmap, req=None, *, location=None, **kwargs):
+        # An operation without parameters called without a query string (every GET /me):
+        # there is nothing to load, and loading nothing cost more than the database lookup.
+        if (
+            location == "query"
+            and (argmap is NoQuerySchema or isinstance(argmap, NoQuerySchema))
+            and not (req or flask.request).query_string
+        ):
+            return {}
+        return super().parse(argmap, req, location=location, **kwargs)
+
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser(unknown=ma.RAISE)
@@ -65,11 +77,18 @@ class Blueprint(flask_smorest.Blueprint):
         return super().response(status_code, schema, **kwargs)
 
     def errors(self, *statuses):
-        """Document the error answers an operation can give (problem+json, with examples)."""
+        """Document the error answers an operation can give (problem+json, with examples).
+
+        Every operation reads the database, so every one may answer 503 while it is down."""
 
         def decorator(func):
-            for status in sorted(statuses, reverse=True):
-                func = self.alt_response(status, response=http.HTTPStatus(status).name)(func)
+            documented = func
+            for status in sorted({*statuses, 503}, reverse=True):
+                alt_response = self.alt_response(status, response=http.HTTPStatus(status).name)
+                documented = alt_response(documented)
+            # Keep the documentation, not alt_response's pass-through wrappers: one call layer
+            # per documented status, on every request.
+            func._apidoc = documented._apidoc
             return func
 
         return decorator

@@ -26,6 +26,7 @@ _EXAMPLE_DETAILS = {
     422: ("validation_error", "The request has invalid fields."),
     429: ("rate_limited", "Rate limit of 600 requests per minute exceeded."),
     500: ("internal_error", "An unexpected error occurred."),
+    503: ("database_unavailable", "The database is unavailable; retry shortly."),
 }
 _STATUS_CODES = {
     400: ("invalid_json", "invalid_cursor"),
@@ -39,6 +40,7 @@ _STATUS_CODES = {
     422: ("validation_error", "unknown_event_type", *sorted(webhook_url.ERROR_CODES)),
     429: ("rate_limited",),
     500: ("internal_error",),
+    503: ("database_unavailable",),
 }
 
 # Sent on every authenticated answer (so on everything but a 401); documented once as header
@@ -127,6 +129,13 @@ def _error_response(status: int, error_schema) -> dict:
                 "description": 'The bearer challenge: `Bearer realm="partner-api"`, '
                 'plus `, error="invalid_token"` when a token was sent but refused.',
                 "schema": {"type": "string"},
+            }
+        }
+    elif status == 503:  # may come before the key is counted
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds after which a retry may succeed.",
+                "schema": {"type": "integer"},
             }
         }
     elif status != 405:  # a 405 is answered by routing, before any key is counted

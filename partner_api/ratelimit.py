@@ -1,7 +1,7 @@
 """Per-key rate limiting in fixed one-minute windows, kept in the database.
 
-One atomic upsert per request both advances the window and counts the hit, so the limit holds
-exactly across gunicorn workers and API hosts (no read-modify-write race).
+One atomic upsert per admitted request both advances the window and counts the hit, so the limit
+holds exactly across gunicorn workers and API hosts (no read-modify-write race).
 """
 
 from __future__ import annotations
@@ -28,12 +28,17 @@ class RateLimitState:
         }
 
 
-def _upsert_sql(param: str) -> str:
+def window_start(now_unix: int) -> int:
+    """Unix seconds at which the window holding `now_unix` began."""
+    return now_unix - now_unix % WINDOW_SECONDS
+
+
+def upsert_sql(source: str) -> str:
+    """The counting upsert; `source` supplies (key_id, window_start, 1) as VALUES or SELECT."""
     # Both SQLite and PostgreSQL evaluate the SET expressions against the old row, so one
     # statement resets a stale window or increments the current one atomically.
     return (
-        "INSERT INTO rate_limit_windows (key_id, window_start, hits) "
-        f"VALUES ({param}, {param}, 1) "
+        f"INSERT INTO rate_limit_windows (key_id, window_start, hits) {source} "
         "ON CONFLICT (key_id) DO UPDATE SET "
         "hits = CASE WHEN rate_limit_windows.window_start = excluded.window_start "
         "THEN rate_limit_windows.hits + 1 ELSE 1 END, "
@@ -42,16 +47,37 @@ def _upsert_sql(param: str) -> str:
     )
 
 
-def record_hit(key_id: str, limit: int, now_unix: int) -> RateLimitState:
-    """Count one request for `key_id` and say whether it is within `limit` for this window."""
-    window_start = now_unix - now_unix % WINDOW_SECONDS
-    with database.atomic():
-        hits = database.execute_sql(_upsert_sql(database.param), (key_id, window_start)).fetchone()[
-            0
-        ]
+# On PostgreSQL a counting statement commits without waiting for the WAL flush:
+# set_config(..., true) lasts until the statement's own commit. A crash of the database server
+# may lose the last fraction of a second of counts (never corrupt them); no request waits for an
+# fsync to count a hit. Every other write keeps synchronous commits.
+ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
+_COUNT_HIT = {
+    "?": upsert_sql("VALUES (?, ?, 1)"),
+    "%s": upsert_sql(f"SELECT %s, %s, 1 FROM {ASYNC_COMMIT}"),
+}
+
+
+def count_hit(key_id: str, window: int) -> int:
+    """Count one request of `key_id` in `window`; returns the window's hits including it."""
+    # One autocommitted statement: atomic without BEGIN/COMMIT round trips.
+    cursor = database.execute_sql(_COUNT_HIT[database.param], (key_id, window))
+    return cursor.fetchall()[0][0]
+
+
+def is_exhausted(stored_hits: int, limit: int) -> bool:
+    """The window's count as read before this request already exceeds the limit.
+
+    A window's count only grows until it ends, so such a request is refused without counting
+    it: a flood of 429s then costs reads, never writes. Admissions are always counted."""
+    return stored_hits > limit
+
+
+def state(limit: int, hits: int, window: int) -> RateLimitState:
+    """The headroom after a request that made the window's count `hits`."""
     return RateLimitState(
         limit=limit,
         remaining=max(0, limit - hits),
-        reset=window_start + WINDOW_SECONDS,
+        reset=window + WINDOW_SECONDS,
         allowed=hits <= limit,
     )

@@ -7,6 +7,7 @@ SHA-256 hash of the token is ever stored.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import string
 import zlib
@@ -17,6 +18,10 @@ _RANDOM_LENGTH = 32  # 32 * log2(62) ≈ 190 bits
 _CHECKSUM_LENGTH = 6
 TOKEN_LENGTH = len(TOKEN_PREFIX) + _RANDOM_LENGTH + _CHECKSUM_LENGTH
 DISPLAY_PREFIX_LENGTH = len(TOKEN_PREFIX) + 8
+# Checked on every request: one regex match instead of a character-by-character loop.
+_SHAPE = re.compile(
+    re.escape(TOKEN_PREFIX) + f"[{_ALPHABET}]{{{_RANDOM_LENGTH + _CHECKSUM_LENGTH}}}"
+)
 
 
 def _base62(number: int, width: int) -> str:
@@ -41,7 +46,7 @@ def is_well_formed(token: str) -> bool:
     """Shape and checksum are right (says nothing about whether the key exists)."""
     if not isinstance(token, str) or len(token) != TOKEN_LENGTH:
         return False
-    if not token.startswith(TOKEN_PREFIX) or not all(c in _ALPHABET for c in token[3:]):
+    if not _SHAPE.fullmatch(token):
         return False
     body, checksum = token[:-_CHECKSUM_LENGTH], token[-_CHECKSUM_LENGTH:]
     return secrets.compare_digest(_checksum(body), checksum)

@@ -5,7 +5,10 @@ import pytest
 from partner_api import clock as clock_module
 from partner_api import tokens
 from partner_api.db import database
+from partner_api.identity.resources import describe_caller
+from partner_api.identity.schemas import MeSchema
 from partner_api.models import ApiKey, RateLimitWindow
+from partner_api.ratelimit import RateLimitState
 
 from .conftest import assert_problem, bearer
 
@@ -76,7 +79,7 @@ def test_malformed_tokens_are_401_without_lookup(client, make_key, header, monke
     def no_lookup(*args, **kwargs):
         raise AssertionError("a malformed token reached the database")
 
-    monkeypatch.setattr("partner_api.auth.ApiKey.select", no_lookup)
+    monkeypatch.setattr("partner_api.auth.find_caller", no_lookup)
     response = client.get(
         ME, headers={"Authorization": header.format(good=token, bad_checksum=bad_checksum)}
     )
@@ -174,7 +177,7 @@ def test_unexpected_exception_is_500_without_internals(app, make_key, monkeypatc
     def explode(*args, **kwargs):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr("partner_api.auth.record_hit", explode)
+    monkeypatch.setattr("partner_api.ratelimit.state", explode)
     response = app.test_client().get(ME, headers=bearer(token))
     body = assert_problem(response, 500, "internal_error")
     assert "secret internal detail" not in response.get_data(as_text=True)
@@ -188,3 +191,31 @@ def test_rate_limit_windows_are_per_key(client, make_key, db):
     assert client.get(ME, headers=bearer(token_b)).status_code == 200
     assert client.get(ME, headers=bearer(token_a)).status_code == 429
     assert RateLimitWindow.select().count() == 2
+
+
+def test_refusals_in_an_exhausted_window_are_answered_without_a_write(client, make_key, clock, db):
+    _, key, token = make_key(rate_limit=2)
+    statuses = [client.get(ME, headers=bearer(token)).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert RateLimitWindow.get_by_id(key.id).hits == 3  # the request that ran over counts
+    for _ in range(3):
+        response = client.get(ME, headers=bearer(token))
+        assert_problem(response, 429, "rate_limited")
+        assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert RateLimitWindow.get_by_id(key.id).hits == 3  # the window was known exhausted
+    clock.advance(30)
+    assert client.get(ME, headers=bearer(token)).status_code == 200
+    assert RateLimitWindow.get_by_id(key.id).hits == 1
+
+
+def test_me_body_is_exactly_what_its_documented_schema_gives(client, make_key, clock):
+    _, key, token = make_key(rate_limit=5)
+    body = client.get(ME, headers=bearer(token)).get_json()
+    with database.connection_context():
+        key = ApiKey.get_by_id(key.id)
+    state = RateLimitState(limit=5, remaining=4, reset=body["rate_limit"]["reset"], allowed=True)
+    rate_limit = {**vars(state), "window": 60}
+    by_schema = MeSchema().dump(
+        {"org": key.org, "key": key, "scopes": key.scope_list, "rate_limit": rate_limit}
+    )
+    assert body == by_schema == describe_caller(key, state)

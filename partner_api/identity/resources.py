@@ -1,8 +1,8 @@
 """Views of the identity resource."""
 
-from flask import g
+from flask import g, jsonify
 
-from partner_api import scopes
+from partner_api import clock, scopes
 from partner_api.auth import require_scope
 from partner_api.extensions import Blueprint, NoQuerySchema
 from partner_api.identity.schemas import MeSchema
@@ -18,10 +18,24 @@ blp = Blueprint("identity", __name__, description="Who the calling API key is.")
 @blp.errors(401, 403, 422, 429)
 def get_me(_query):
     """Identity of the calling key, its scopes and rate-limit headroom"""
-    key, state = g.api_key, g.rate_limit
+    return jsonify(describe_caller(g.api_key, g.rate_limit))
+
+
+def describe_caller(key, state) -> dict:
+    """The /me body, already in MeSchema's wire form.
+
+    Built by hand because /me is the hot path: dumping it through MeSchema was 7% of a gunicorn
+    worker's time per request (cProfile), the largest single item after the database. MeSchema
+    still documents it, and a test holds the two to the same output."""
     return {
-        "org": key.org,
-        "key": key,
+        "org": {"id": key.org.id, "name": key.org.name},
+        "key": {
+            "id": key.id,
+            "name": key.name,
+            "prefix": key.prefix,
+            "created_at": clock.isoformat(key.created_at),
+            "last_used_at": clock.isoformat(key.last_used_at),
+        },
         "scopes": key.scope_list,
         "rate_limit": {
             "limit": state.limit,

@@ -1,0 +1,375 @@
+"""GET /me under gunicorn against a bare Flask route, and the API under mixed contention.
+
+Usage: .venv/bin/python bench/api_bench.py [--rounds 8] [--duration 3] [--postgres URL]
+       .venv/bin/python bench/api_bench.py --contention [--duration 30]
+
+Default mode: the real app (`wsgi:app`, a key with a 1,000,000/min limit) and `bench/bare_app.py`
+run under the same gunicorn settings (4 sync workers); wrk (2 threads, 32 connections) drives
+them in alternating (ABBA) rounds; the median of the rounds' ratios of requests/s is printed
+with its range, on SQLite and, with --postgres, on PostgreSQL (whose tables it drops and
+recreates).
+
+--contention (SQLite): 48 clients mix /me, list and create on four keys, 8 clients probe /me
+with another key; first alone, then while 8 more clients flood /me with a key over its limit
+(64 clients). Prints statuses, 5xx, "database is locked" and the probe's p99 without and with
+the flood.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from partner_api import provisioning  # noqa: E402
+from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
+
+ME_PATH = "/api/v1/partner/me"
+WEBHOOKS_PATH = "/api/v1/partner/webhooks"
+WORKERS = 4
+
+# wrk calls done() once at the end: print the figures as one JSON line, plus (when the script
+# counts answers in response()) the statuses seen and the answers that mention a locked database.
+_REPORT_LUA = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function done(summary, latency, requests)
+  local statuses, locked = {}, 0
+  for _, thread in ipairs(threads) do
+    local counts = thread:get("counts") or {}
+    for status, n in pairs(counts) do
+      statuses[tostring(status)] = (statuses[tostring(status)] or 0) + n
+    end
+    locked = locked + (thread:get("locked") or 0)
+  end
+  local parts = {}
+  for status, n in pairs(statuses) do table.insert(parts, string.format('"%s": %d', status, n)) end
+  io.write(string.format(
+    '@@{"requests": %d, "seconds": %f, "p50_ms": %f, "p99_ms": %f, "non_2xx": %d, ' ..
+    '"socket_errors": %d, "locked": %d, "statuses": {%s}}\\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
+    latency:percentile(99) / 1e3, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    locked, table.concat(parts, ", ")))
+end
+"""
+
+_COUNT_LUA = """
+counts, locked = {}, 0
+function response(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+  if body and body:find("database is locked", 1, true) then locked = locked + 1 end
+end
+"""
+
+# Each wrk thread takes one of the mixed keys; of every 10 requests 6 are /me, 3 list, 1 create.
+_MIXED_LUA = """
+local tokens = {%(tokens)s}
+local next_thread = 0
+local setup_report = setup
+function setup(thread)
+  next_thread = next_thread + 1
+  thread:set("token", tokens[(next_thread - 1) %% #tokens + 1])
+  setup_report(thread)
+end
+local n = 0
+function request()
+  n = n + 1
+  local headers = {["Authorization"] = "Bearer " .. token}
+  local step = n %% 10
+  if step == 0 then
+    headers["Content-Type"] = "application/json"
+    return wrk.format("POST", "%(webhooks)s", headers,
+      string.format('{"url": "http://127.0.0.1:9/hook-%%d"}', n))
+  elseif step <= 3 then
+    return wrk.format("GET", "%(webhooks)s?limit=10", headers)
+  end
+  return wrk.format("GET", "%(me)s", headers)
+end
+"""
+
+
+def _listening_socket() -> socket.socket:
+    """A socket bound to an ephemeral loopback port, handed to gunicorn as a file descriptor."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextlib.contextmanager
+def gunicorn(app: str, env: dict, log_path: Path, chdir: Path = ROOT):
+    """Serve `app` with 4 sync workers on an ephemeral port; yields the base URL."""
+    sock = _listening_socket()
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        str(WORKERS),
+        "--bind",
+        f"fd://{sock.fileno()}",
+        "--chdir",
+        str(chdir),
+        "--error-logfile",
+        str(log_path),
+        app,
+    ]
+    process = subprocess.Popen(
+        command, env={**os.environ, **env}, pass_fds=(sock.fileno(),), cwd=chdir
+    )
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        _wait_until_answering(base, process)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        sock.close()
+
+
+def _wait_until_answering(base: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"gunicorn exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(base + ME_PATH, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return  # 401 from the real app: up and answering
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("gunicorn did not start within 30 s")
+
+
+def wrk(
+    url: str,
+    script: str,
+    *,
+    threads: int,
+    connections: int,
+    duration: float,
+    headers=(),
+    background=False,
+):
+    """Run wrk with `script` (plus the JSON report); returns its report, or the process."""
+    script_file = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)  # noqa: SIM115
+    script_file.write(_REPORT_LUA + script)
+    script_file.close()
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s"]
+    command += ["--timeout", "5s", "-s", script_file.name]
+    for header in headers:
+        command += ["-H", header]
+    process = subprocess.Popen([*command, url], stdout=subprocess.PIPE, text=True)
+    process.script_path = script_file.name
+    return process if background else wrk_report(process)
+
+
+def wrk_report(process: subprocess.Popen) -> dict:
+    output, _ = process.communicate()
+    os.unlink(process.script_path)
+    for line in output.splitlines():
+        if line.startswith("@@"):
+            report = json.loads(line[2:])
+            report["rps"] = report["requests"] / report["seconds"]
+            return report
+    raise SystemExit(f"wrk printed no report:\n{output}")
+
+
+def seed(url: str, keys: int = 1, rate_limits=None) -> list[str]:
+    """A fresh schema and `keys` keys (each in its own org); returns their tokens."""
+    bind(url)
+    drop_tables()
+    apply_schema()
+    tokens = []
+    with database.connection_context():
+        for n in range(keys):
+            org = provisioning.create_org(f"bench {n}")
+            limit = (rate_limits or {}).get(n, 1_000_000)
+            tokens.append(provisioning.create_key(org.id, "bench", ["webhooks:manage"], limit)[1])
+    database.close()
+    return tokens
+
+
+def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -> dict:
+    """Alternating wrk rounds against the bare app and the real /me; prints and returns them."""
+    (token,) = seed(url)
+    env = {"DATABASE_URL": url}
+    results = {"bare": [], "me": []}
+    auth = (f"Authorization: Bearer {token}",)
+    with (
+        gunicorn("bare_app:app", {}, workdir / "bare.log", chdir=ROOT / "bench") as bare,
+        gunicorn("wsgi:app", env, workdir / f"app-{label}.log") as app,
+    ):
+        targets = (("bare", bare, ()), ("me", app, auth))
+        for _name, base, headers in targets:  # warm both up
+            wrk(base + ME_PATH, "", threads=2, connections=32, duration=1, headers=headers)
+        for round_no in range(1, rounds + 1):
+            # ABBA order, so a load that drifts during the run favours neither side
+            for name, base, headers in targets if round_no % 2 else targets[::-1]:
+                report = wrk(
+                    base + ME_PATH,
+                    "",
+                    threads=2,
+                    connections=32,
+                    duration=duration,
+                    headers=headers,
+                )
+                results[name].append(report)
+                print(
+                    f"{label:10} round {round_no} {name:4}: {report['rps']:7.0f} req/s  "
+                    f"p50 {report['p50_ms']:5.1f} ms  p99 {report['p99_ms']:5.1f} ms  "
+                    f"errors {report['non_2xx'] + report['socket_errors']}",
+                    flush=True,
+                )
+    summary = {
+        name: {
+            "rps": statistics.median(r["rps"] for r in reports),
+            "p50_ms": statistics.median(r["p50_ms"] for r in reports),
+            "p99_ms": statistics.median(r["p99_ms"] for r in reports),
+            "errors": sum(r["non_2xx"] + r["socket_errors"] for r in reports),
+        }
+        for name, reports in results.items()
+    }
+    # The machine may be shared: compare each round's pair, measured seconds apart, and take
+    # the median of those ratios rather than the ratio of medians from different moments.
+    pairs = zip(results["bare"], results["me"], strict=True)
+    ratios = [me["rps"] / bare["rps"] for bare, me in pairs]
+    summary["ratio"] = statistics.median(ratios)
+    summary["ratio_range"] = (min(ratios), max(ratios))
+    return summary
+
+
+def print_summary(summaries: dict) -> None:
+    print(
+        "\nmedian of rounds | bare req/s | /me req/s | ratio (range) | bare p50/p99 ms "
+        "| /me p50/p99 ms | errors"
+    )
+    for label, s in summaries.items():
+        bare, me = s["bare"], s["me"]
+        print(
+            f"{label:16} | {bare['rps']:10.0f} | {me['rps']:9.0f} | {s['ratio']:4.2f} "
+            f"({s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f}) | "
+            f"{bare['p50_ms']:5.1f}/{bare['p99_ms']:5.1f}     | "
+            f"{me['p50_ms']:5.1f}/{me['p99_ms']:5.1f}    | {bare['errors'] + me['errors']}"
+        )
+
+
+def contention(duration: float, workdir: Path) -> None:
+    """Mixed load on SQLite, without and then with a flood of 429s from one key."""
+    url = f"sqlite:///{workdir / 'contention.sqlite3'}"
+    # keys 0-3 mixed, 4 probe, 5 flood (60/min, so nearly every flood request is refused)
+    tokens = seed(url, keys=6, rate_limits={5: 60})
+    mixed_tokens, probe_token, flood_token = tokens[:4], tokens[4], tokens[5]
+    env = {
+        "DATABASE_URL": url,
+        "PARTNER_API_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8",
+        "PARTNER_API_ALLOW_HTTP_WEBHOOKS": "true",
+        "PARTNER_API_MAX_SUBSCRIPTIONS_PER_ORG": "10000",
+    }
+    log_path = workdir / "contention.log"
+    mixed_script = _COUNT_LUA + _MIXED_LUA % {
+        "tokens": ", ".join(f'"{t}"' for t in mixed_tokens),
+        "webhooks": WEBHOOKS_PATH,
+        "me": ME_PATH,
+    }
+    phases = {}
+    with gunicorn("wsgi:app", env, log_path) as base:
+        for phase in ("alone", "flood"):
+            runs = {
+                "mixed": wrk(
+                    base,
+                    mixed_script,
+                    threads=4,
+                    connections=48,
+                    duration=duration,
+                    background=True,
+                ),
+                "probe": wrk(
+                    base + ME_PATH,
+                    _COUNT_LUA,
+                    threads=1,
+                    connections=8,
+                    duration=duration,
+                    headers=(f"Authorization: Bearer {probe_token}",),
+                    background=True,
+                ),
+            }
+            if phase == "flood":
+                runs["flood"] = wrk(
+                    base + ME_PATH,
+                    _COUNT_LUA,
+                    threads=1,
+                    connections=8,
+                    duration=duration,
+                    headers=(f"Authorization: Bearer {flood_token}",),
+                    background=True,
+                )
+            phases[phase] = {name: wrk_report(process) for name, process in runs.items()}
+    log_text = log_path.read_text()
+    locked_in_log = log_text.count("database is locked")
+    print(f"contention on SQLite, {WORKERS} workers, {duration:g} s per phase")
+    for phase, reports in phases.items():
+        clients = 56 if phase == "alone" else 64
+        print(f"\n{phase} ({clients} clients):")
+        for name, r in reports.items():
+            fivexx = sum(n for status, n in r["statuses"].items() if status.startswith("5"))
+            print(
+                f"  {name:5}: {r['rps']:6.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
+                f"p99 {r['p99_ms']:6.1f} ms  statuses {dict(sorted(r['statuses'].items()))}  "
+                f"5xx {fivexx}  socket errors {r['socket_errors']}  locked {r['locked']}"
+            )
+    print(
+        f"\n'database is locked' in the server log: {locked_in_log}; "
+        f"tracebacks: {log_text.count('Traceback')}"
+    )
+    print(
+        f"probe key p99: {phases['alone']['probe']['p99_ms']:.1f} ms alone, "
+        f"{phases['flood']['probe']['p99_ms']:.1f} ms during the flood"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
+    parser.add_argument("--postgres", help="a scratch PostgreSQL URL (its tables are dropped)")
+    parser.add_argument("--contention", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: run `make bench-tools` (apt-get install -y wrk)")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        if args.contention:
+            contention(args.duration or 30, workdir)
+            return
+        duration = args.duration or 3
+        summaries = {
+            "SQLite": compare(
+                "SQLite", f"sqlite:///{workdir / 'b.sqlite3'}", args.rounds, duration, workdir
+            )
+        }
+        if args.postgres:
+            summaries["PostgreSQL"] = compare(
+                "PostgreSQL", args.postgres, args.rounds, duration, workdir
+            )
+        print_summary(summaries)
+
+
+if __name__ == "__main__":
+    main()
