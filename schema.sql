@@ -79,7 +79,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at  TIMESTAMP NOT NULL,
     lease_token      TEXT,
     created_at       TIMESTAMP NOT NULL,
-    delivered_at     TIMESTAMP
+    delivered_at     TIMESTAMP,
+    -- The answer to the attempt that delivered it (failed attempts are in delivery_failures).
+    response_status  INTEGER,
+    duration_ms      INTEGER
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
 -- Serves the claim's per-subscription probe for due work and every per-subscription sweep.

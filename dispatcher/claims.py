@@ -142,8 +142,10 @@ _LOAD_SQL = (
 _DELIVERED_SQL = (
     # A finished delivery's next_attempt_at is when it finished (retention counts from it).
     "UPDATE deliveries SET status = {p}, delivered_at = {p}, next_attempt_at = {p}, "
-    "attempts = attempts + 1, lease_token = NULL WHERE lease_token = {p} AND id IN ({ids}) "
-    "RETURNING id"
+    "attempts = attempts + 1, lease_token = NULL, "
+    "response_status = CAST(CASE id {cases} END AS INTEGER), "
+    "duration_ms = CAST(CASE id {cases} END AS INTEGER) "
+    "WHERE lease_token = {p} AND id IN ({ids}) RETURNING id"
 )
 _STREAK_ENDED_SQL = (
     "UPDATE webhook_subscriptions SET consecutive_failures = 0 "
@@ -183,7 +185,12 @@ def _lease_oldest_due(wanted, now: dt.datetime, lease_seconds: float, token: str
 
 def _sql(template: str, count: int = 0, where: str = "") -> str:
     p = database.param
-    return template.format(p=p, ids=", ".join([p] * count), where=where.format(p=p))
+    return template.format(
+        p=p,
+        ids=", ".join([p] * count),
+        cases=" ".join([f"WHEN {p} THEN {p}"] * count),
+        where=where.format(p=p),
+    )
 
 
 def _subscribers_with_work_due(now: dt.datetime, known: dict) -> dict[str, shares.Subscriber]:
@@ -287,7 +294,7 @@ def record_outcomes(outcomes, config: Config) -> list[str]:
     now = clock.now()
     steps: dict[str, str] = {}
     with write_transaction():
-        delivered = [claim for claim, result in outcomes if result.ok]
+        delivered = [(claim, result) for claim, result in outcomes if result.ok]
         for claim in _record_delivered(delivered, now):
             steps[claim.id] = "delivered"
         for claim, result in outcomes:
@@ -300,7 +307,7 @@ def record_outcomes(outcomes, config: Config) -> list[str]:
 def record_delivered(claim: ClaimedDelivery) -> bool:
     """Mark one delivery delivered; False if the lease was lost."""
     with write_transaction():
-        return bool(_record_delivered([claim], clock.now()))
+        return bool(_record_delivered([(claim, None)], clock.now()))
 
 
 def record_failed_attempt(claim: ClaimedDelivery, result, config: Config) -> DeliveryFailure | None:
@@ -309,18 +316,22 @@ def record_failed_attempt(claim: ClaimedDelivery, result, config: Config) -> Del
         return _record_failure(claim, result, config, clock.now())
 
 
-def _record_delivered(claims: list[ClaimedDelivery], now: dt.datetime) -> list[ClaimedDelivery]:
-    """Mark delivered (one statement per claim batch) and end the subscriptions' failure
-    streaks; returns the claims whose lease still held."""
+def _record_delivered(outcomes, now: dt.datetime) -> list[ClaimedDelivery]:
+    """Mark delivered (one statement per claim batch), with the answer's status and duration,
+    and end the subscriptions' failure streaks; returns the claims whose lease still held.
+    `outcomes` are (claim, result) pairs; a result may be None (nothing known of the answer)."""
     by_token = collections.defaultdict(list)
-    for claim in claims:
-        by_token[claim.lease_token].append(claim)
+    for claim, result in outcomes:
+        by_token[claim.lease_token].append((claim, result))
     done = []
     for token, group in by_token.items():
-        params = [DeliveryStatus.DELIVERED, now, now, token, *(claim.id for claim in group)]
+        statuses = [v for c, r in group for v in (c.id, r.status_code if r else None)]
+        durations = [v for c, r in group for v in (c.id, r.duration_ms if r else None)]
+        params = [DeliveryStatus.DELIVERED, now, now, *statuses, *durations, token]
+        params += [claim.id for claim, _ in group]
         cursor = database.execute_sql(_sql(_DELIVERED_SQL, len(group)), params)
         updated = {row[0] for row in cursor.fetchall()}
-        done.extend(claim for claim in group if claim.id in updated)
+        done.extend(claim for claim, _ in group if claim.id in updated)
     streaks = sorted({claim.subscription_id for claim in done})
     if streaks:
         database.execute_sql(_sql(_STREAK_ENDED_SQL, len(streaks)), streaks)

@@ -218,8 +218,18 @@ def apply_schema() -> None:
         )
 
 
+# Columns schema.sql gained after its first release: (table, column, type).
+_ADDED_COLUMNS = (
+    ("deliveries", "response_status", "INTEGER"),
+    ("deliveries", "duration_ms", "INTEGER"),
+)
+
+
 def _upgrade_columns() -> None:
-    """Bring columns created by an older schema.sql to their current type."""
+    """Bring tables created by an older schema.sql to the current columns and types."""
+    for table, column, kind in _ADDED_COLUMNS:
+        if column not in {c.name for c in database.get_columns(table)}:
+            database.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     if not is_postgres():
         return  # SQLite stores booleans as 0/1 whatever the declared type
     database.execute_sql(

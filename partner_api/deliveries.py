@@ -142,9 +142,8 @@ def delivery_attempts(delivery: Delivery) -> list[dict]:
                 "attempt": delivery.attempts,
                 "attempted_at": clock.isoformat(delivery.delivered_at),
                 "outcome": "delivered",
-                # Successful attempts are not audited: only their time is kept.
-                "status": None,
-                "duration_ms": None,
+                "status": delivery.response_status,
+                "duration_ms": delivery.duration_ms,
                 "error": None,
                 "response_excerpt": None,
                 "next_attempt_at": None,

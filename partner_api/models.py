@@ -140,6 +140,8 @@ class Delivery(BaseModel):
     lease_token = TextField(null=True)
     created_at = DateTimeField()
     delivered_at = DateTimeField(null=True)
+    response_status = IntegerField(null=True)  # of the attempt that delivered it
+    duration_ms = IntegerField(null=True)
 
     class Meta:
         table_name = "deliveries"

@@ -209,6 +209,7 @@ def test_deliveries_show_of_a_delivered_delivery_lists_the_success(
         dispatcher.run_until_idle()
     log = run_json(runner, "deliveries", "show", delivery.id)["attempt_log"]
     assert [(a["attempt"], a["outcome"]) for a in log] == [(1, "http_status"), (2, "delivered")]
+    assert log[1]["status"] == 200 and log[1]["duration_ms"] >= 0 and log[1]["error"] is None
 
 
 @pytest.mark.parametrize("delivery_id", ["dlv_nope", "dlv_" + "a" * 26, ""])
@@ -613,11 +614,15 @@ def test_init_db_upgrades_a_database_from_before_stats_and_retention(database_ur
     }
     with database.connection_context():
         database.execute_sql("DROP TABLE dispatcher_polls")
+        for column in ("response_status", "duration_ms"):  # SQLite 3.35+ and PostgreSQL
+            database.execute_sql(f"ALTER TABLE deliveries DROP COLUMN {column}")
         for name in (*new_indexes.values(), "delivery_failures_delivery", "delivery_failures_time"):
             database.execute_sql(f"DROP INDEX {name}")
     assert run(runner, "init-db")[0] == 0
     with database.connection_context():
         assert "dispatcher_polls" in database.get_tables()
+        columns = {c.name for c in database.get_columns("deliveries")}
+        assert {"response_status", "duration_ms"} <= columns
         for table, index in new_indexes.items():
             assert index in {i.name for i in database.get_indexes(table)}
     assert run_json(runner, "stats")["last_poll_at"] is None
