@@ -183,6 +183,13 @@ def _lease_oldest_due(wanted, now: dt.datetime, lease_seconds: float, token: str
     return leased
 
 
+_STILL_SENDABLE_SQL = (
+    "SELECT d.id, d.lease_token FROM deliveries d "
+    "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
+    "WHERE s.status = {p} AND s.deleted_at IS NULL AND d.id IN ({ids})"
+)
+
+
 def _sql(template: str, count: int = 0, where: str = "") -> str:
     p = database.param
     return template.format(
@@ -281,6 +288,26 @@ def _hold_due(subscription_ids: list[str], now: dt.datetime) -> None:
             )
         )
     ).execute()
+
+
+def still_sendable(claims: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
+    """Those claims whose lease still holds and whose subscription is still enabled: a claim
+    that waited in a dispatcher's ready queue may have been cancelled, held or re-enabled."""
+    if not claims:
+        return []
+    cursor = database.execute_sql(_sql(_STILL_SENDABLE_SQL, len(claims)), [
+        SubscriptionStatus.ENABLED, *(claim.id for claim in claims)
+    ])  # fmt: skip
+    leases = dict(cursor.fetchall())
+    return [claim for claim in claims if leases.get(claim.id) == claim.lease_token]
+
+
+def release_claims(claims: list[ClaimedDelivery]) -> None:
+    """Give leased deliveries back, due now, to be claimed (or held or cancelled) afresh."""
+    now = clock.now()
+    with write_transaction():
+        for claim in claims:
+            Delivery.update(next_attempt_at=now, lease_token=None).where(_owned(claim)).execute()
 
 
 def _owned(claim: ClaimedDelivery):

@@ -20,19 +20,27 @@ import time
 import peewee
 
 from dispatcher import metrics, shares
-from dispatcher.claims import ClaimedDelivery, claim_due_deliveries, record_outcomes
+from dispatcher.claims import (
+    ClaimedDelivery,
+    claim_due_deliveries,
+    record_outcomes,
+    release_claims,
+    still_sendable,
+)
 from dispatcher.heartbeat import Heartbeat
 from dispatcher.transport import AttemptResult, WebhookTransport
 from partner_api import clock, signing
 from partner_api.config import Config
 from partner_api.db import database
 from partner_api.envelope import delivery_body
-from partner_api.models import Delivery
 
 log = logging.getLogger("dispatcher")
 HEADROOM = 3  # a claim leases up to three times what may run, so senders never wait on a claim
 RECORD_BATCH = 200  # most outcomes written in one transaction
 RECORD_TRIES = 5  # a batch the database refuses this often is left to the leases
+# A claim that waited longer than this in the ready queue (held back by the sharing rules) is
+# checked before it is sent: its subscription may have been deleted or disabled meanwhile.
+STALE_READY_SECONDS = 1.0
 
 
 @contextlib.contextmanager
@@ -187,7 +195,8 @@ class Dispatcher:
         )
         self._lock = threading.Lock()
         self._in_flight: dict[concurrent.futures.Future, tuple[str, float]] = {}
-        self._ready: dict[str, collections.deque[ClaimedDelivery]] = {}  # leased, not started
+        # Leased, not started: per subscription, (claim, when it was claimed).
+        self._ready: dict[str, collections.deque[tuple[ClaimedDelivery, float]]] = {}
         self._polling = threading.Lock()  # close() waits for a running poll to return
         self._nothing_due = False
         self.heartbeat = Heartbeat(every=config.poll_interval)
@@ -288,10 +297,12 @@ class Dispatcher:
             known=self.health.snapshot(self._running_since()),
             headroom=HEADROOM,
         )
+        claimed_at = time.monotonic()
         with self._lock:
             for claim in batch:
                 self.health.claimed(claim)
-                self._ready.setdefault(claim.subscription_id, collections.deque()).append(claim)
+                queue_ = self._ready.setdefault(claim.subscription_id, collections.deque())
+                queue_.append((claim, claimed_at))
         return len(batch)
 
     def _start_ready(self) -> int:
@@ -305,14 +316,24 @@ class Dispatcher:
         subscribers = self.health.snapshot(_oldest_start(running))
         counts = collections.Counter(sub for sub, _ in running)
         chosen = shares.choose(waiting, subscribers, counts, free, self.policy)
-        for sub, count in chosen.items():
-            for _ in range(count):
-                with self._lock:
-                    claim = self._ready[sub].popleft()
-                    if not self._ready[sub]:
-                        del self._ready[sub]
-                self._submit(claim)
-        return sum(chosen.values())
+        fresh, stale = [], []
+        stale_before = time.monotonic() - STALE_READY_SECONDS
+        with self._lock:
+            for sub, count in chosen.items():
+                for _ in range(count):
+                    claim, claimed_at = self._ready[sub].popleft()
+                    (stale if claimed_at < stale_before else fresh).append(claim)
+                if not self._ready[sub]:
+                    del self._ready[sub]
+        if stale:
+            sendable = still_sendable(stale)
+            gone = [claim for claim in stale if claim not in sendable]
+            if gone:
+                release_claims(gone)  # the next claim holds, cancels or skips them
+            fresh += sendable
+        for claim in fresh:
+            self._submit(claim)
+        return len(fresh)
 
     def _any_at_cap(self) -> bool:
         """Whether some subscription is held back by its cap (it may have more due)."""
@@ -327,16 +348,13 @@ class Dispatcher:
     def _release_ready(self) -> None:
         """Leased but never started (shutdown): make them due again now, not at lease end."""
         with self._lock:
-            leftover = [claim for items in self._ready.values() for claim in items]
+            leftover = [claim for items in self._ready.values() for claim, _ in items]
             self._ready.clear()
         if not leftover:
             return
         try:
-            with kept_connection(), database.atomic():
-                for claim in leftover:
-                    Delivery.update(next_attempt_at=clock.now(), lease_token=None).where(
-                        (Delivery.id == claim.id) & (Delivery.lease_token == claim.lease_token)
-                    ).execute()
+            with kept_connection():
+                release_claims(leftover)
         except (peewee.DatabaseError, peewee.InterfaceError) as exc:
             log.error("could not release %d unstarted claims (%s)", len(leftover), exc)
 

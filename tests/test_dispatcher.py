@@ -586,3 +586,28 @@ def test_claim_probes_untried_and_failing_subscriptions_one_at_a_time(client, pa
     # Running nothing, the tried subscription gets its share; the failing one one more probe.
     assert sorted(c.subscription_id for c in more).count(new["id"]) == 3
     assert sorted(c.subscription_id for c in more).count(failing["id"]) == 1
+
+
+def test_a_claim_that_waited_is_checked_before_it_is_sent(client, partner, clock):
+    """A claim held back in a ready queue is sent only if its lease still holds and its
+    subscription is still enabled; the others are given back, due now."""
+    from dispatcher.claims import claim_due_deliveries, release_claims, still_sendable
+
+    org, token = partner
+    subs = [subscribe(client, token, f"http://receiver.test:9/{n}") for n in range(3)]
+    with database.connection_context():
+        for sub in subs:
+            publish_event(org.id, "vc.test.ping", {}, subscription_id=sub["id"])
+        claims = claim_due_deliveries(10, 60)
+        by_sub = {claim.subscription_id: claim for claim in claims}
+        kept, deleted, disabled = (by_sub[sub["id"]] for sub in subs)
+        delete_subscription(org.id, deleted.subscription_id)
+        Subscription.update(status="disabled").where(
+            Subscription.id == disabled.subscription_id
+        ).execute()
+        assert still_sendable(claims) == [kept]
+        release_claims([deleted, disabled])
+    assert delivery(deleted.id).status == "cancelled"  # the delete cancelled it; stays so
+    given_back = delivery(disabled.id)
+    assert given_back.lease_token is None and given_back.next_attempt_at == clock.current
+    assert delivery(kept.id).lease_token == kept.lease_token
