@@ -73,11 +73,7 @@ def choose(
     multiplied by `headroom` (a claim may lease ahead of what runs now).
     """
     running = collections.Counter(running)
-    suspect_running = sum(n for sub, n in running.items() if _suspect(subscribers, sub))
-    org_running = collections.Counter()
-    for sub, n in running.items():
-        if sub in subscribers:
-            org_running[subscribers[sub].org_id] += n
+    suspect_running, org_running = _running_totals(running, subscribers)
     orgs: dict[str, list[str]] = {}
     for sub in waiting:
         orgs.setdefault(subscribers[sub].org_id, []).append(sub)
@@ -115,6 +111,13 @@ def choose(
     return taken
 
 
-def _suspect(subscribers: dict[str, Subscriber], sub: str) -> bool:
-    subscriber = subscribers.get(sub)
-    return subscriber is not None and subscriber.suspect
+def _running_totals(running, subscribers) -> tuple[int, collections.Counter]:
+    """(attempts of failing, slow or untried subscriptions, attempts per org) running now."""
+    suspect = 0
+    by_org: collections.Counter = collections.Counter()
+    for sub, n in running.items():
+        subscriber = subscribers.get(sub)
+        if subscriber is not None:
+            suspect += n if subscriber.suspect else 0
+            by_org[subscriber.org_id] += n
+    return suspect, by_org
