@@ -142,6 +142,7 @@ class Stack:
                 break
             except (requests.ConnectionError, requests.Timeout):
                 if time.monotonic() > deadline:
+                    self.close()  # no stray API or dispatcher left behind
                     raise
                 time.sleep(0.1)
 
