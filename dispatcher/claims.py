@@ -331,29 +331,17 @@ def record_outcomes(outcomes, config: Config) -> list[str]:
     return [steps.get(claim.id, "lease_lost") for claim, _ in outcomes]
 
 
-def record_delivered(claim: ClaimedDelivery) -> bool:
-    """Mark one delivery delivered; False if the lease was lost."""
-    with write_transaction():
-        return bool(_record_delivered([(claim, None)], clock.now()))
-
-
-def record_failed_attempt(claim: ClaimedDelivery, result, config: Config) -> DeliveryFailure | None:
-    """Record one failed attempt (see `_record_failure`)."""
-    with write_transaction():
-        return _record_failure(claim, result, config, clock.now())
-
-
 def _record_delivered(outcomes, now: dt.datetime) -> list[ClaimedDelivery]:
     """Mark delivered (one statement per claim batch), with the answer's status and duration,
     and end the subscriptions' failure streaks; returns the claims whose lease still held.
-    `outcomes` are (claim, result) pairs; a result may be None (nothing known of the answer)."""
+    `outcomes` are (claim, result) pairs."""
     by_token = collections.defaultdict(list)
     for claim, result in outcomes:
         by_token[claim.lease_token].append((claim, result))
     done = []
     for token, group in by_token.items():
-        statuses = [v for c, r in group for v in (c.id, r.status_code if r else None)]
-        durations = [v for c, r in group for v in (c.id, r.duration_ms if r else None)]
+        statuses = [v for claim, result in group for v in (claim.id, result.status_code)]
+        durations = [v for claim, result in group for v in (claim.id, result.duration_ms)]
         params = [DeliveryStatus.DELIVERED, now, now, *statuses, *durations, token]
         params += [claim.id for claim, _ in group]
         cursor = database.execute_sql(_sql(_DELIVERED_SQL, len(group)), params)

@@ -304,7 +304,7 @@ def test_deleted_subscription_receives_nothing_more(client, partner, clock, disp
 def test_lease_lost_attempt_does_not_overwrite_the_new_owner(
     client, partner, clock, dispatcher_factory
 ):
-    from dispatcher.claims import claim_due_deliveries, record_failed_attempt
+    from dispatcher.claims import claim_due_deliveries, record_outcomes
     from dispatcher.transport import AttemptResult
 
     _, token = partner
@@ -317,9 +317,11 @@ def test_lease_lost_attempt_does_not_overwrite_the_new_owner(
         [fresh] = claim_due_deliveries(10, config.lease_seconds)
         assert fresh.id == stale.id and fresh.lease_token != stale.lease_token
         result = AttemptResult(False, 500, "http_status", "HTTP 500", None, 5)
-        assert record_failed_attempt(stale, result, config) is None
+        assert record_outcomes([(stale, result)], config) == ["lease_lost"]
         assert DeliveryFailure.select().count() == 0
-        assert record_failed_attempt(fresh, result, config) is not None
+        [step] = record_outcomes([(fresh, result)], config)
+        assert step.startswith("retry_at:")
+        assert DeliveryFailure.select().count() == 1
     assert delivery(sent["delivery_id"]).attempts == 1
 
 
@@ -433,7 +435,8 @@ def test_events_published_while_disabled_are_held_then_sent_on_enable(
 def test_disable_keeps_the_outcome_of_attempts_in_flight(
     client, partner, clock, dispatcher_factory
 ):
-    from dispatcher.claims import claim_due_deliveries, record_delivered
+    from dispatcher.claims import claim_due_deliveries, record_outcomes
+    from dispatcher.transport import AttemptResult
 
     org, token = partner
     sub = subscribe(client, token, "http://receiver.test:9/hook")
@@ -446,7 +449,8 @@ def test_disable_keeps_the_outcome_of_attempts_in_flight(
 
         Subscription.update(status="disabled").where(Subscription.id == sub["id"]).execute()
         hold_pending_deliveries(sub["id"])
-        assert record_delivered(in_flight)
+        ok = AttemptResult(True, 200, None, None, None, 5)
+        assert record_outcomes([(in_flight, ok)], dispatcher_factory().config) == ["delivered"]
     assert delivery(in_flight_id).status == "delivered"
     assert delivery(waiting_id).status == "held"
 
