@@ -91,6 +91,18 @@ def test_metrics_count_requests_by_route_template_method_and_status(client, make
     assert "wh_nope" not in text and "/no/such/path" not in text  # labels stay bounded
 
 
+def test_a_method_outside_http_s_own_is_counted_as_other_so_it_cannot_add_series(client):
+    before = client.get("/metrics").get_data(as_text=True)
+    for method in ("FROB", "PURGE", "XYZZY"):
+        assert client.open(ME, method=method).status_code == 405
+    after = client.get("/metrics").get_data(as_text=True)
+    other = requests_total(after, "<unmatched>", "405", "OTHER") - requests_total(
+        before, "<unmatched>", "405", "OTHER"
+    )
+    assert other == 3
+    assert "FROB" not in after and "XYZZY" not in after
+
+
 def test_request_id_is_kept_when_sane_and_echoed(client):
     response = client.get("/healthz", headers={"X-Request-Id": "req-42.a:b_C"})
     assert response.headers["X-Request-Id"] == "req-42.a:b_C"
