@@ -16,7 +16,7 @@ from flask import current_app, g, request
 from partner_api import clock, ratelimit, tokens
 from partner_api.db import PreparedStatement, database, is_postgres
 from partner_api.errors import ApiError
-from partner_api.models import ApiKey, Org
+from partner_api.models import ApiKey
 
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 _CHALLENGE = 'Bearer realm="partner-api"'
@@ -41,22 +41,9 @@ def _unauthorized(code: str, detail: str) -> ApiError:
 # as running them. The lookup brings the key, its org and the stored count of the current
 # window in one round trip; on PostgreSQL the same statement also counts the request (unless the
 # key is revoked or its window already exhausted), so a request needs one round trip in all.
-_KEY_COLUMNS = (
-    "id",
-    "name",
-    "prefix",
-    "token_hash",
-    "scopes",
-    "rate_limit",
-    "created_at",
-    "last_used_at",
-    "revoked_at",
-)
-_DATETIME_COLUMNS = frozenset({"created_at", "last_used_at", "revoked_at"})
 _SELECT_KEY = (
-    "SELECT "
-    + ", ".join(f"k.{column}" for column in _KEY_COLUMNS)
-    + ", o.id AS org_id, o.name AS org_name, o.created_at AS org_created_at, "
+    "SELECT k.id, k.org_id, o.name, k.name, k.prefix, k.token_hash, k.scopes, k.rate_limit, "
+    "k.created_at, k.last_used_at, k.revoked_at, "
     "CASE WHEN w.window_start = {window_param} THEN w.hits ELSE 0 END AS stored_hits "
     "FROM api_keys k JOIN orgs o ON o.id = k.org_id "
     "LEFT JOIN rate_limit_windows w ON w.key_id = k.id "
@@ -85,13 +72,26 @@ _LOOKUP_AND_COUNT_POSTGRES = PreparedStatement(
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Caller:
-    """The key a request presented and the state of its current rate-limit window."""
+    """The key a request presented, its org, and its current rate-limit window.
 
-    key: ApiKey
+    A plain record, not the ApiKey model: building two peewee models per request cost more than
+    the SQLite lookup itself."""
+
+    key_id: str
+    org_id: str
+    org_name: str
+    name: str
+    prefix: str
+    token_hash: str
+    scopes: list[str]
+    rate_limit: int | None
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
     stored_hits: int  # the window's count before this request
-    counted_hits: int | None  # the count including this request, when the lookup counted it
+    counted_hits: int | None = None  # the count including this request, when the lookup counted it
 
 
 def find_caller(token_hash: str, window: int, default_limit: int) -> Caller | None:
@@ -102,17 +102,27 @@ def find_caller(token_hash: str, window: int, default_limit: int) -> Caller | No
         )
     else:
         cursor = database.execute_sql(_LOOKUP_SQLITE, {"token_hash": token_hash, "window": window})
-    rows = cursor.fetchall()
+    rows = cursor.fetchall()  # to the end: an unfinished SQLite statement holds its snapshot
     if not rows:
         return None
     row = rows[0]
-    values = dict(zip(_KEY_COLUMNS, row, strict=False))
-    for column in _DATETIME_COLUMNS:
-        values[column] = _datetime(values[column])
-    org_id, org_name, org_created_at, stored_hits = row[len(_KEY_COLUMNS) : len(_KEY_COLUMNS) + 4]
-    org = Org(id=org_id, name=org_name, created_at=_datetime(org_created_at))
-    counted = row[len(_KEY_COLUMNS) + 4] if len(row) > len(_KEY_COLUMNS) + 4 else None
-    return Caller(ApiKey(org=org, **values), stored_hits, counted)
+    (key_id, org_id, org_name, name, prefix, stored_hash, scopes, rate_limit) = row[:8]
+    created_at, last_used_at, revoked_at, stored_hits, *counted = row[8:]
+    return Caller(
+        key_id,
+        org_id,
+        org_name,
+        name,
+        prefix,
+        stored_hash,
+        scopes.split(),
+        rate_limit,
+        _datetime(created_at),
+        _datetime(last_used_at),
+        _datetime(revoked_at),
+        stored_hits,
+        counted[0] if counted else None,
+    )
 
 
 def _datetime(value):
@@ -133,29 +143,29 @@ def authenticate(window: int, default_limit: int) -> Caller:
         raise _unauthorized("invalid_token", "The bearer token is malformed.")
     token_hash = tokens.hash_token(token)
     caller = find_caller(token_hash, window, default_limit)
-    if caller is None or not secrets.compare_digest(caller.key.token_hash, token_hash):
+    if caller is None or not secrets.compare_digest(caller.token_hash, token_hash):
         raise _unauthorized("invalid_token", "The bearer token is unknown or revoked.")
-    if caller.key.revoked_at is not None:
+    if caller.revoked_at is not None:
         raise _unauthorized("invalid_token", "The bearer token is unknown or revoked.")
-    _touch_last_used(caller.key)
+    _touch_last_used(caller)
     return caller
 
 
-def _touch_last_used(key: ApiKey) -> None:
+def _touch_last_used(caller: Caller) -> None:
     """Record use at minute resolution: a write only when the stored value is stale."""
     now = clock.now()
-    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:
+    if caller.last_used_at is not None and now - caller.last_used_at < LAST_USED_RESOLUTION:
         return
     stale_before = now - LAST_USED_RESOLUTION
     (
         ApiKey.update(last_used_at=now)
         .where(
-            (ApiKey.id == key.id)
+            (ApiKey.id == caller.key_id)
             & (ApiKey.last_used_at.is_null() | (ApiKey.last_used_at < stale_before))
         )
         .execute()
     )
-    key.last_used_at = now
+    caller.last_used_at = now
 
 
 def require_scope(scope: str):
@@ -168,16 +178,15 @@ def require_scope(scope: str):
             window = ratelimit.window_start(now_unix)
             default_limit = current_app.config["PARTNER_API"].default_rate_limit
             caller = authenticate(window, default_limit)
-            key = caller.key
-            limit = key.rate_limit or default_limit
+            limit = caller.rate_limit or default_limit
             if caller.counted_hits is not None:
                 hits = caller.counted_hits
             elif ratelimit.is_exhausted(caller.stored_hits, limit):
                 hits = caller.stored_hits
             else:
-                hits = ratelimit.count_hit(key.id, window)
+                hits = ratelimit.count_hit(caller.key_id, window)
             state = ratelimit.state(limit, hits, window)
-            g.api_key, g.rate_limit = key, state
+            g.caller, g.rate_limit = caller, state
             if not state.allowed:
                 raise ApiError(
                     429,
@@ -185,7 +194,7 @@ def require_scope(scope: str):
                     f"Rate limit of {limit} requests per minute exceeded; retry after the reset.",
                     headers={"Retry-After": str(max(1, state.reset - now_unix))},
                 )
-            if scope not in key.scope_list:
+            if scope not in caller.scopes:
                 raise ApiError(
                     403,
                     "insufficient_scope",

@@ -55,7 +55,7 @@ CREATED_LINKS = {
 
 
 def _org_id() -> str:
-    return g.api_key.org_id
+    return g.caller.org_id
 
 
 @blp.post("/webhooks")
