@@ -212,5 +212,5 @@ def add_rate_limit_headers(response):
     """after_request: every authenticated answer carries the rate-limit headers."""
     state = g.get("rate_limit")
     if state is not None:
-        response.headers.update(state.headers())
+        response.headers.extend(state.headers())  # added, not set: no view sets them
     return response

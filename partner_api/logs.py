@@ -9,6 +9,7 @@ import logging
 import re
 import secrets
 import sys
+import time
 
 from flask import g, has_request_context
 from pythonjsonlogger.json import JsonFormatter
@@ -40,14 +41,6 @@ def request_id_for(incoming: str | None) -> str:
     return secrets.token_hex(16)
 
 
-def _extra_fields(record: logging.LogRecord) -> dict:
-    return {
-        key: value
-        for key, value in vars(record).items()
-        if key not in _RECORD_ATTRIBUTES and not key.startswith("_")
-    }
-
-
 class RequestIdFilter(logging.Filter):
     """Stamps the current request's id on every record logged while serving it."""
 
@@ -62,12 +55,23 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self):
         super().__init__(_TEXT_FORMAT)
+        self._second = (None, "")  # (whole second, its date and time text)
+
+    def formatTime(self, record: logging.LogRecord, datefmt=None) -> str:
+        """logging's default text, with the date and time part made once a second."""
+        second, text = self._second
+        if second != int(record.created):
+            second = int(record.created)
+            text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+            self._second = (second, text)
+        return f"{text},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         fields = " ".join(
             f"{key}={'-' if value is None else value}"
-            for key, value in _extra_fields(record).items()
+            for key, value in vars(record).items()
+            if key not in _RECORD_ATTRIBUTES and key[0] != "_"
         )
         if not fields:
             return line

@@ -203,3 +203,13 @@ def test_queue_gauges_report_a_database_that_does_not_answer(config, clock, capl
     assert value(scraped, "partner_api_dispatcher_database_up") == 0
     assert ("partner_api_deliveries_due", frozenset()) not in scraped
     assert "queue gauges unavailable" in caplog.text
+
+
+@pytest.mark.parametrize("created", [1_800_000_000.0, 1_800_000_000.999, 1_800_000_059.5004])
+def test_text_lines_carry_the_time_as_logging_s_default_formatter_writes_it(created):
+    ours, default = logs.TextFormatter(), logging.Formatter("%(asctime)s")
+    for offset in (0.0, 0.25, 1.0):  # the same second twice, then the next one
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
+        record.created = created + offset
+        record.msecs = (record.created - int(record.created)) * 1000
+        assert ours.formatTime(record) == default.formatTime(record)
