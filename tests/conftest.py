@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -120,15 +121,19 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def gunicorn_server(database_url: str, workers: int = 1, env: dict | None = None):
-    """`wsgi:app` under real gunicorn worker processes; yields the base URL once it answers."""
+    """`wsgi:app` under real gunicorn worker processes; yields the base URL once it answers.
+
+    gunicorn runs with its own defaults, not deploy/gunicorn.conf.py, as many do: its log
+    lines must still format ("--- Logging error ---" is a line logging could not write)."""
     port = free_port()
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--no-control-socket", "--workers", str(workers)]
         + ["--bind", f"127.0.0.1:{port}", "wsgi:app"],
         cwd=ROOT,
         env={"PATH": os.environ["PATH"], "DATABASE_URL": database_url, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -146,6 +151,10 @@ def gunicorn_server(database_url: str, workers: int = 1, env: dict | None = None
     finally:
         process.terminate()
         process.wait(timeout=30)
+        stderr.seek(0)
+        logged = stderr.read().decode("utf-8", "replace")
+        stderr.close()
+    assert "Logging error" not in logged, logged
 
 
 @pytest.fixture
