@@ -3,11 +3,13 @@
 Usage: .venv/bin/python bench/api_bench.py [--rounds 8] [--duration 3] [--postgres URL]
        .venv/bin/python bench/api_bench.py --contention [--duration 30]
 
-Default mode: the real app (`wsgi:app`, a key with a 1,000,000/min limit) and `bench/bare_app.py`
-run under the same gunicorn settings (4 sync workers); wrk (2 threads, 32 connections) drives
-them in alternating (ABBA) rounds; the median of the rounds' ratios of requests/s is printed
-with its range, on SQLite and, with --postgres, on PostgreSQL (whose tables it drops and
-recreates).
+Default mode: the real app (`wsgi:app`, a key with a 1,000,000/min limit), `bench/bare_app.py`
+and `bench/db_floor_app.py` (the bare route plus the statements /me runs, sent with the driver
+directly: the most a database-backed /me can reach) run under the same gunicorn settings (4 sync
+workers); wrk (2 threads, 32 connections) drives them in alternating (ABC, CBA) rounds; the
+median of the rounds' ratios of requests/s to the bare route is printed with its range, and the
+CPU each answer cost in gunicorn's processes and in PostgreSQL's, on SQLite and, with
+--postgres, on PostgreSQL (whose tables it drops and recreates).
 
 --contention (SQLite): 48 clients mix /me, list and create on four keys, 8 clients probe /me
 with another key; first alone, then while 8 more clients flood /me with a key over its limit
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -35,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from partner_api import provisioning  # noqa: E402
+from partner_api import provisioning, tokens  # noqa: E402
 from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
 
 ME_PATH = "/api/v1/partner/me"
@@ -111,9 +114,15 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
+@dataclasses.dataclass(frozen=True)
+class Server:
+    base: str  # http://127.0.0.1:<port>
+    pid: int  # gunicorn's master
+
+
 @contextlib.contextmanager
 def gunicorn(app: str, env: dict, log_path: Path, chdir: Path = ROOT):
-    """Serve `app` with 4 sync workers on an ephemeral port; yields the base URL."""
+    """Serve `app` with 4 sync workers on an ephemeral port; yields its Server."""
     sock = _listening_socket()
     command = [
         sys.executable,
@@ -135,7 +144,7 @@ def gunicorn(app: str, env: dict, log_path: Path, chdir: Path = ROOT):
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         _wait_until_answering(base, process)
-        yield base
+        yield Server(base, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -155,6 +164,32 @@ def _wait_until_answering(base: str, process: subprocess.Popen) -> None:
         except OSError:
             time.sleep(0.1)
     raise SystemExit("gunicorn did not start within 30 s")
+
+
+def _processes() -> list[tuple[int, int, str, int]]:
+    """(pid, parent pid, name, CPU ticks used) of every process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found.append((int(entry.name), int(fields[1]), name, int(fields[11]) + int(fields[12])))
+    return found
+
+
+def cpu_ticks(server: Server) -> dict:
+    """CPU ticks used so far by the server's gunicorn processes and by PostgreSQL's."""
+    processes = _processes()
+    workers = {pid for pid, parent, _, _ in processes if parent == server.pid} | {server.pid}
+    return {
+        "gunicorn": sum(t for pid, _, _, t in processes if pid in workers),
+        "postgres": sum(t for _, _, name, t in processes if name == "postgres"),
+    }
 
 
 def wrk(
@@ -206,68 +241,92 @@ def seed(url: str, keys: int = 1, rate_limits=None) -> list[str]:
     return tokens
 
 
+def measure(server: Server, headers, duration: float) -> dict:
+    """One wrk round against GET /me of `server`, with the CPU it cost per answer."""
+    before = cpu_ticks(server)
+    report = wrk(
+        server.base + ME_PATH,
+        "",
+        threads=2,
+        connections=32,
+        duration=duration,
+        headers=headers,
+    )
+    after = cpu_ticks(server)
+    per_request = 1e6 / os.sysconf("SC_CLK_TCK") / max(1, report["requests"])
+    for group in before:
+        report[f"{group}_us"] = (after[group] - before[group]) * per_request
+    return report
+
+
+TARGETS = ("bare", "floor", "me")
+
+
 def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -> dict:
-    """Alternating wrk rounds against the bare app and the real /me; prints and returns them."""
+    """Alternating wrk rounds against the bare app, the database floor and the real /me."""
     (token,) = seed(url)
-    env = {"DATABASE_URL": url}
-    results = {"bare": [], "me": []}
     auth = (f"Authorization: Bearer {token}",)
+    floor_env = {"BENCH_DATABASE_URL": url, "BENCH_TOKEN_HASH": tokens.hash_token(token)}
+    results = {name: [] for name in TARGETS}
     with (
         gunicorn("bare_app:app", {}, workdir / "bare.log", chdir=ROOT / "bench") as bare,
-        gunicorn("wsgi:app", env, workdir / f"app-{label}.log") as app,
+        gunicorn(
+            "db_floor_app:app", floor_env, workdir / "floor.log", chdir=ROOT / "bench"
+        ) as floor,
+        gunicorn("wsgi:app", {"DATABASE_URL": url}, workdir / f"app-{label}.log") as app,
     ):
-        targets = (("bare", bare, ()), ("me", app, auth))
-        for _name, base, headers in targets:  # warm both up
-            wrk(base + ME_PATH, "", threads=2, connections=32, duration=1, headers=headers)
+        targets = (("bare", bare, ()), ("floor", floor, ()), ("me", app, auth))
+        for _name, server, headers in targets:  # warm up
+            wrk(server.base + ME_PATH, "", threads=2, connections=32, duration=1, headers=headers)
         for round_no in range(1, rounds + 1):
-            # ABBA order, so a load that drifts during the run favours neither side
-            for name, base, headers in targets if round_no % 2 else targets[::-1]:
-                report = wrk(
-                    base + ME_PATH,
-                    "",
-                    threads=2,
-                    connections=32,
-                    duration=duration,
-                    headers=headers,
-                )
+            # ABC then CBA, so a load that drifts during the run favours none of them
+            for name, server, headers in targets if round_no % 2 else targets[::-1]:
+                report = measure(server, headers, duration)
                 results[name].append(report)
                 print(
-                    f"{label:10} round {round_no} {name:4}: {report['rps']:7.0f} req/s  "
+                    f"{label:10} round {round_no} {name:5}: {report['rps']:7.0f} req/s  "
                     f"p50 {report['p50_ms']:5.1f} ms  p99 {report['p99_ms']:5.1f} ms  "
+                    f"CPU/answer gunicorn {report['gunicorn_us']:5.0f} us "
+                    f"postgres {report['postgres_us']:4.0f} us  "
                     f"errors {report['non_2xx'] + report['socket_errors']}",
                     flush=True,
                 )
     summary = {
         name: {
-            "rps": statistics.median(r["rps"] for r in reports),
-            "p50_ms": statistics.median(r["p50_ms"] for r in reports),
-            "p99_ms": statistics.median(r["p99_ms"] for r in reports),
-            "errors": sum(r["non_2xx"] + r["socket_errors"] for r in reports),
+            key: statistics.median(r[key] for r in reports)
+            for key in ("rps", "p50_ms", "p99_ms", "gunicorn_us", "postgres_us")
         }
+        | {"errors": sum(r["non_2xx"] + r["socket_errors"] for r in reports)}
         for name, reports in results.items()
     }
-    # The machine may be shared: compare each round's pair, measured seconds apart, and take
-    # the median of those ratios rather than the ratio of medians from different moments.
-    pairs = zip(results["bare"], results["me"], strict=True)
-    ratios = [me["rps"] / bare["rps"] for bare, me in pairs]
-    summary["ratio"] = statistics.median(ratios)
-    summary["ratio_range"] = (min(ratios), max(ratios))
+    # The machine may be shared: compare each round's figures, measured seconds apart, and
+    # take the median of those ratios rather than the ratio of medians from different moments.
+    for name in ("floor", "me"):
+        pairs = zip(results["bare"], results[name], strict=True)
+        ratios = [other["rps"] / bare["rps"] for bare, other in pairs]
+        summary[name]["ratio"] = statistics.median(ratios)
+        summary[name]["ratio_range"] = (min(ratios), max(ratios))
     return summary
 
 
 def print_summary(summaries: dict) -> None:
     print(
-        "\nmedian of rounds | bare req/s | /me req/s | ratio (range) | bare p50/p99 ms "
-        "| /me p50/p99 ms | errors"
+        "\nmedian of rounds | target | req/s | ratio to bare (range) | p50/p99 ms "
+        "| CPU per answer: gunicorn / postgres us | errors"
     )
-    for label, s in summaries.items():
-        bare, me = s["bare"], s["me"]
-        print(
-            f"{label:16} | {bare['rps']:10.0f} | {me['rps']:9.0f} | {s['ratio']:4.2f} "
-            f"({s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f}) | "
-            f"{bare['p50_ms']:5.1f}/{bare['p99_ms']:5.1f}     | "
-            f"{me['p50_ms']:5.1f}/{me['p99_ms']:5.1f}    | {bare['errors'] + me['errors']}"
-        )
+    for label, by_target in summaries.items():
+        for name in TARGETS:
+            s = by_target[name]
+            ratio = (
+                f"{s['ratio']:4.2f} ({s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f})"
+                if "ratio" in s
+                else "1"
+            )
+            print(
+                f"{label:10} | {name:5} | {s['rps']:6.0f} | {ratio:16} | "
+                f"{s['p50_ms']:5.1f}/{s['p99_ms']:5.1f} | "
+                f"{s['gunicorn_us']:5.0f} / {s['postgres_us']:4.0f} | {s['errors']}"
+            )
 
 
 def contention(duration: float, workdir: Path) -> None:
@@ -289,7 +348,8 @@ def contention(duration: float, workdir: Path) -> None:
         "me": ME_PATH,
     }
     phases = {}
-    with gunicorn("wsgi:app", env, log_path) as base:
+    with gunicorn("wsgi:app", env, log_path) as server:
+        base = server.base
         for phase in ("alone", "flood"):
             runs = {
                 "mixed": wrk(
@@ -359,11 +419,8 @@ def main() -> None:
             contention(args.duration or 30, workdir)
             return
         duration = args.duration or 3
-        summaries = {
-            "SQLite": compare(
-                "SQLite", f"sqlite:///{workdir / 'b.sqlite3'}", args.rounds, duration, workdir
-            )
-        }
+        sqlite_url = f"sqlite:///{workdir / 'b.sqlite3'}"
+        summaries = {"SQLite": compare("SQLite", sqlite_url, args.rounds, duration, workdir)}
         if args.postgres:
             summaries["PostgreSQL"] = compare(
                 "PostgreSQL", args.postgres, args.rounds, duration, workdir
