@@ -67,16 +67,19 @@ class TextFormatter(logging.Formatter):
         return f"{text},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
         fields = " ".join(
             f"{key}={'-' if value is None else value}"
             for key, value in vars(record).items()
             if key not in _RECORD_ATTRIBUTES and key[0] != "_"
         )
-        if not fields:
-            return line
-        head, newline, rest = line.partition("\n")  # a traceback stays below the fields
-        return f"{head} {fields}{newline}{rest}"
+        if record.exc_info or record.exc_text or record.stack_info:
+            line = super().format(record)
+            head, newline, rest = line.partition("\n")  # a traceback stays below the fields
+            return f"{head} {fields}{newline}{rest}" if fields else line
+        # The common line (every request's) without Formatter's general machinery: the same
+        # text as _TEXT_FORMAT, in half the time.
+        line = f"{self.formatTime(record)} {record.levelname} {record.name} {record.getMessage()}"
+        return f"{line} {fields}" if fields else line
 
 
 def formatter(log_format: str) -> logging.Formatter:

@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import logging
+import sys
 
 import pytest
 from prometheus_client import generate_latest
@@ -213,3 +214,21 @@ def test_text_lines_carry_the_time_as_logging_s_default_formatter_writes_it(crea
         record.created = created + offset
         record.msecs = (record.created - int(record.created)) * 1000
         assert ours.formatTime(record) == default.formatTime(record)
+
+
+def test_a_text_line_is_logging_s_own_format_followed_by_the_fields():
+    record = logging.LogRecord("partner_api.requests", 20, __file__, 1, "r %s", (7,), None)
+    record.method, record.status, record.request_id = "GET", 200, None
+    head = logging.Formatter(logs._TEXT_FORMAT).format(record)
+    assert logs.TextFormatter().format(record) == f"{head} method=GET status=200 request_id=-"
+
+
+def test_a_traceback_stays_below_the_fields_of_its_line():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    record.attempt = 3
+    first, *rest = logs.TextFormatter().format(record).splitlines()
+    assert first.endswith("ERROR x failed attempt=3")
+    assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "ValueError: boom"
