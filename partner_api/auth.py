@@ -42,8 +42,8 @@ def _unauthorized(code: str, detail: str) -> ApiError:
 # window in one round trip; on PostgreSQL the same statement also counts the request (unless the
 # key is revoked or its window already exhausted), so a request needs one round trip in all.
 _SELECT_KEY = (
-    "SELECT k.id, k.org_id, o.name, k.name, k.prefix, k.token_hash, k.scopes, k.rate_limit, "
-    "k.created_at, k.last_used_at, k.revoked_at, "
+    "SELECT k.id, k.org_id, o.name AS org_name, k.name, k.prefix, k.token_hash, k.scopes, "
+    "k.rate_limit, k.created_at, k.last_used_at, k.revoked_at, "
     "CASE WHEN w.window_start = {window_param} THEN w.hits ELSE 0 END AS stored_hits "
     "FROM api_keys k JOIN orgs o ON o.id = k.org_id "
     "LEFT JOIN rate_limit_windows w ON w.key_id = k.id "
