@@ -397,18 +397,24 @@ def test_a_slow_endpoint_does_not_hold_back_the_others(client, partner, clock, d
     with Receiver(delay=1.5) as slow, Receiver() as fast:
         slow_sub = subscribe(client, token, slow.url("receiver.test"))
         fast_sub = subscribe(client, token, fast.url("other.test"))
+        dispatcher = dispatcher_factory(dispatch_workers=2)
+        # The fast receiver has answered before: a healthy subscription. (Two untried ones
+        # would share the one probe that 2 senders allow; see "How senders are shared".)
+        with database.connection_context():
+            publish_event(org.id, "vc.test.ping", {"n": -1}, subscription_id=fast_sub["id"])
+        dispatcher.run_until_idle()
+        assert len(fast.requests) == 1
         with database.connection_context():
             publish_event(org.id, "vc.test.ping", {}, subscription_id=slow_sub["id"])
             for n in range(5):
                 publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=fast_sub["id"])
-        dispatcher = dispatcher_factory(dispatch_workers=2)
         started = clock_module.monotonic()
         dispatcher.poll()
         # One sender is stuck on the slow receiver; the other serves the fast one meanwhile.
-        while len(fast.requests) < 5 and clock_module.monotonic() - started < 1.2:
+        while len(fast.requests) < 6 and clock_module.monotonic() - started < 1.2:
             dispatcher.poll()
             fast.first_request.wait(0.02)
-        assert len(fast.requests) == 5
+        assert len(fast.requests) == 6
         assert len(slow.requests) == 1  # arrived, its answer still 1.5 s away
         dispatcher.run_until_idle()
     assert len(slow.requests) == 1
