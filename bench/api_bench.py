@@ -329,6 +329,19 @@ def print_summary(summaries: dict) -> None:
             )
 
 
+def eight_clients_on_me(base: str, token: str, duration: float) -> subprocess.Popen:
+    """wrk in the background: 8 connections asking GET /me with `token`, answers counted."""
+    return wrk(
+        base + ME_PATH,
+        _COUNT_LUA,
+        threads=1,
+        connections=8,
+        duration=duration,
+        headers=(f"Authorization: Bearer {token}",),
+        background=True,
+    )
+
+
 def contention(duration: float, workdir: Path) -> None:
     """Mixed load on SQLite, without and then with a flood of 429s from one key."""
     url = f"sqlite:///{workdir / 'contention.sqlite3'}"
@@ -360,26 +373,10 @@ def contention(duration: float, workdir: Path) -> None:
                     duration=duration,
                     background=True,
                 ),
-                "probe": wrk(
-                    base + ME_PATH,
-                    _COUNT_LUA,
-                    threads=1,
-                    connections=8,
-                    duration=duration,
-                    headers=(f"Authorization: Bearer {probe_token}",),
-                    background=True,
-                ),
+                "probe": eight_clients_on_me(base, probe_token, duration),
             }
             if phase == "flood":
-                runs["flood"] = wrk(
-                    base + ME_PATH,
-                    _COUNT_LUA,
-                    threads=1,
-                    connections=8,
-                    duration=duration,
-                    headers=(f"Authorization: Bearer {flood_token}",),
-                    background=True,
-                )
+                runs["flood"] = eight_clients_on_me(base, flood_token, duration)
             phases[phase] = {name: wrk_report(process) for name, process in runs.items()}
     log_text = log_path.read_text()
     locked_in_log = log_text.count("database is locked")

@@ -130,7 +130,7 @@ def _datetime(value):
     return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
-def authenticate(window: int, default_limit: int) -> Caller:
+def authenticate(now: dt.datetime, window: int, default_limit: int) -> Caller:
     """The live key named by the Authorization header and its window, or a 401."""
     header = request.headers.get("Authorization", "")
     if not header:
@@ -147,13 +147,12 @@ def authenticate(window: int, default_limit: int) -> Caller:
         raise _unauthorized("invalid_token", "The bearer token is unknown or revoked.")
     if caller.revoked_at is not None:
         raise _unauthorized("invalid_token", "The bearer token is unknown or revoked.")
-    _touch_last_used(caller)
+    _touch_last_used(caller, now)
     return caller
 
 
-def _touch_last_used(caller: Caller) -> None:
+def _touch_last_used(caller: Caller, now: dt.datetime) -> None:
     """Record use at minute resolution: a write only when the stored value is stale."""
-    now = clock.now()
     if caller.last_used_at is not None and now - caller.last_used_at < LAST_USED_RESOLUTION:
         return
     stale_before = now - LAST_USED_RESOLUTION
@@ -174,10 +173,11 @@ def require_scope(scope: str):
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            now_unix = clock.unix()
+            now = clock.now()  # one reading of the clock for the whole request
+            now_unix = clock.unix(now)
             window = ratelimit.window_start(now_unix)
             default_limit = current_app.config["PARTNER_API"].default_rate_limit
-            caller = authenticate(window, default_limit)
+            caller = authenticate(now, window, default_limit)
             limit = caller.rate_limit or default_limit
             if caller.counted_hits is not None:
                 hits = caller.counted_hits
