@@ -20,7 +20,6 @@ import click
 import peewee
 import psycopg2
 import psycopg2.extensions
-from flask import request
 from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse import db_url
 from playhouse.pool import PooledPostgresqlDatabase
@@ -284,12 +283,6 @@ def check_schema() -> None:
         raise RuntimeError(database_problem(exc)) from None
 
 
-def without_connection(view):
-    """Mark a view that opens no connection up front (health checks must answer without one)."""
-    view.without_connection = True
-    return view
-
-
 def release_connection() -> None:
     """End of a request: give a PostgreSQL connection back to the pool; keep SQLite's open.
 
@@ -298,26 +291,26 @@ def release_connection() -> None:
     connection is the thread's own, in autocommit mode, so it carries no state between requests
     unless a transaction was left open, which is rolled back here.
     """
-    if database.is_closed():
+    db = database.obj  # once: every attribute read through the proxy costs a call
+    if db is None or db.is_closed():
         return
-    if is_sqlite():
-        if database.connection().in_transaction:
-            database.rollback()
+    if isinstance(db, SqliteDatabase):
+        if db.connection().in_transaction:
+            db.rollback()
         return
-    if database.obj.connection_lost():
-        database.obj.discard_connections()
+    if db.connection_lost():
+        db.discard_connections()
     else:
-        database.close()
+        db.close()
 
 
 def init_app(app) -> None:
-    """Connect per request (pooled on PostgreSQL, one per thread on SQLite); add `init-db`."""
+    """Release each request's connection at its end; add `init-db`.
 
-    @app.before_request
-    def _connect():
-        view = app.view_functions.get(request.endpoint)
-        if not getattr(view, "without_connection", False):
-            database.connect(reuse_if_open=True)
+    No hook connects up front: peewee connects on a request's first statement (from the pool on
+    PostgreSQL; SQLite's stays open), so a request that reads nothing, like a health check or a
+    scrape, takes no connection, and a database that does not answer fails that statement,
+    which the error handlers turn into 503."""
 
     @app.teardown_appcontext
     def _release(exc):

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 def readiness_problem() -> ApiError | None:
     """None when the database answers and holds every table and column the code uses."""
     try:
-        db.database.connect(reuse_if_open=True)
         db.database.execute_sql("SELECT 1").fetchone()
     except peewee.DatabaseError as exc:
         log.warning("not ready: %s", db.database_problem(exc))
@@ -42,14 +41,12 @@ def readiness_problem() -> ApiError | None:
 
 
 @blp.get("/healthz")
-@db.without_connection
 def healthz():
     """The process serves."""
     return jsonify(status="ok")
 
 
 @blp.get("/readyz")
-@db.without_connection
 def readyz():
     """The database answers and its schema is current."""
     problem = readiness_problem()
@@ -59,7 +56,6 @@ def readyz():
 
 
 @blp.get("/metrics")
-@db.without_connection
 def prometheus_metrics():
     """Prometheus text for every worker of this API."""
     config = current_app.config["PARTNER_API"]

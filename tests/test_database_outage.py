@@ -16,7 +16,7 @@ import urllib.request
 import psycopg2
 import pytest
 
-from partner_api import create_app, provisioning
+from partner_api import create_app, provisioning, tokens
 from partner_api import db as db_module
 from partner_api.config import Config
 from partner_api.db import database
@@ -92,10 +92,14 @@ def _closed_port() -> int:
 def test_unreachable_postgres_is_503_database_unavailable():
     url = f"postgresql://postgres@127.0.0.1:{_closed_port()}/partner_api"
     app = create_app({"PARTNER_API": Config(database_url=url), "TESTING": True})
-    response = app.test_client().get(ME_PATH, headers=bearer("vc_" + "a" * 38))
+    client = app.test_client()
+    response = client.get(ME_PATH, headers=bearer(tokens.new_token()))  # well formed: looked up
     assert_problem(response, 503, "database_unavailable")
     assert response.headers["Retry-After"] == "1"
     assert "127.0.0.1" not in response.get_data(as_text=True)
+    # A malformed token needs no database to be refused, and the process still serves.
+    assert_problem(client.get(ME_PATH, headers=bearer("vc_" + "a" * 38)), 401, "invalid_token")
+    assert client.get("/healthz").status_code == 200
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
