@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import logging
+import re
 import sys
 
 import pytest
@@ -232,3 +233,89 @@ def test_a_traceback_stays_below_the_fields_of_its_line():
     first, *rest = logs.TextFormatter().format(record).splitlines()
     assert first.endswith("ERROR x failed attempt=3")
     assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "ValueError: boom"
+
+
+@pytest.fixture
+def only_our_handler():
+    """Root's handlers replaced by one log_handler (as under gunicorn): pytest's capture
+    handler would otherwise send every request line through logging's own path."""
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+
+    def install(log_format: str) -> io.StringIO:
+        stream = io.StringIO()
+        root.handlers[:] = [logs.log_handler(log_format, stream)]
+        root.setLevel(logging.INFO)
+        return stream
+
+    yield install
+    root.handlers[:] = saved
+    root.setLevel(level)
+
+
+REQUEST_FIELDS = {
+    "request_id": "r-1",
+    "method": "GET",
+    "path": "/api/v1/partner/me",
+    "status": 200,
+    "duration_ms": 1.5,
+}
+
+
+def _without_time(line: str, log_format: str) -> str:
+    if log_format == "json":
+        record = json.loads(line)
+        assert record.pop("time")
+        return json.dumps(record, sort_keys=True)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", line[:23]), line
+    return line[23:]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_request_line_written_directly_is_the_line_logging_would_write(
+    only_our_handler, log_format
+):
+    stream = only_our_handler(log_format)
+    assert logs._only_handler(logging.INFO) is logging.getLogger().handlers[0]
+    logs.log_request(logging.INFO, **REQUEST_FIELDS)  # straight to the one handler
+    direct = stream.getvalue()
+    # A filter on the logger makes the line take logging's whole path.
+    passthrough = logging.Filter()
+    logs.request_log.addFilter(passthrough)
+    try:
+        assert logs._only_handler(logging.INFO) is None
+        logs.log_request(logging.INFO, **REQUEST_FIELDS)
+    finally:
+        logs.request_log.removeFilter(passthrough)
+    first, second = stream.getvalue()[len(direct) :], direct
+    assert direct.endswith("\n") and first.endswith("\n")
+    assert _without_time(second.rstrip("\n"), log_format) == _without_time(
+        first.rstrip("\n"), log_format
+    )
+    if log_format == "text":
+        assert second[23:].startswith(" INFO partner_api.requests request request_id=r-1 method=")
+
+
+def test_a_request_line_reaches_every_other_handler_and_respects_levels(only_our_handler):
+    stream = only_our_handler("text")
+    extra = io.StringIO()
+    other = logging.StreamHandler(extra)
+    logging.getLogger("partner_api").addHandler(other)
+    try:
+        logs.log_request(logging.INFO, **REQUEST_FIELDS)
+    finally:
+        logging.getLogger("partner_api").removeHandler(other)
+    assert "request_id=r-1" in stream.getvalue()
+    assert extra.getvalue() == "request\n"  # the other handler saw it too
+    # Below the handler's level: no line, and DEBUG (probes) is below the root's INFO.
+    logging.getLogger().handlers[0].setLevel(logging.WARNING)
+    logs.log_request(logging.INFO, **REQUEST_FIELDS)
+    logs.log_request(logging.DEBUG, **REQUEST_FIELDS)
+    assert stream.getvalue().count("\n") == 1
+
+
+def test_a_request_line_that_cannot_be_written_is_reported_not_raised(only_our_handler, capsys):
+    only_our_handler("text")
+    logging.getLogger().handlers[0].stream.close()  # writing now raises ValueError
+    logs.log_request(logging.INFO, **REQUEST_FIELDS)  # no exception into the request
+    assert "--- Logging error ---" in capsys.readouterr().err
