@@ -8,8 +8,9 @@ and `bench/db_floor_app.py` (the bare route plus the statements /me runs, sent w
 directly: the most a database-backed /me can reach) run under the same gunicorn settings (4 sync
 workers); wrk (2 threads, 32 connections) drives them in alternating (ABC, CBA) rounds; the
 median of the rounds' ratios of requests/s to the bare route is printed with its range, and the
-CPU each answer cost in gunicorn's processes and in PostgreSQL's, on SQLite and, with
---postgres, on PostgreSQL (whose tables it drops and recreates).
+CPU each answer cost in gunicorn's processes (of which, in parentheses, the part spent inside
+the app, counted by `bench/timed_app.py`) and in PostgreSQL's, on SQLite and, with --postgres,
+on PostgreSQL (whose tables it drops and recreates).
 
 --contention (SQLite): 48 clients mix /me, list and create on four keys, 8 clients probe /me
 with another key; first alone, then while 8 more clients flood /me with a key over its limit
@@ -37,6 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from timed_app import read_totals  # noqa: E402
 
 from partner_api import provisioning, tokens  # noqa: E402
 from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
@@ -118,12 +121,21 @@ def _listening_socket() -> socket.socket:
 class Server:
     base: str  # http://127.0.0.1:<port>
     pid: int  # gunicorn's master
+    timed_dir: Path | None = None  # where timed_app counts the CPU spent in the app
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, env: dict, log_path: Path, chdir: Path = ROOT):
-    """Serve `app` with 4 sync workers on an ephemeral port; yields its Server."""
+def gunicorn(
+    app: str, env: dict, log_path: Path, chdir: Path = ROOT, timed_dir: Path | None = None
+):
+    """Serve `app` with 4 sync workers on an ephemeral port; yields its Server.
+
+    With `timed_dir`, `bench/timed_app.py` wraps the app and counts there the CPU spent in it."""
     sock = _listening_socket()
+    if timed_dir is not None:
+        timed_dir.mkdir()
+        env = {**env, "TIMED_APP": app, "TIMED_APP_DIR": str(timed_dir)}
+        app = "timed_app:app"
     command = [
         sys.executable,
         "-m",
@@ -136,6 +148,8 @@ def gunicorn(app: str, env: dict, log_path: Path, chdir: Path = ROOT):
         str(chdir),
         "--error-logfile",
         str(log_path),
+        "--pythonpath",
+        str(ROOT / "bench"),
         app,
     ]
     process = subprocess.Popen(
@@ -144,7 +158,7 @@ def gunicorn(app: str, env: dict, log_path: Path, chdir: Path = ROOT):
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         _wait_until_answering(base, process)
-        yield Server(base, process.pid)
+        yield Server(base, process.pid, timed_dir)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -243,7 +257,7 @@ def seed(url: str, keys: int = 1, rate_limits=None) -> list[str]:
 
 def measure(server: Server, headers, duration: float) -> dict:
     """One wrk round against GET /me of `server`, with the CPU it cost per answer."""
-    before = cpu_ticks(server)
+    before, app_before = cpu_ticks(server), read_totals(server.timed_dir)
     report = wrk(
         server.base + ME_PATH,
         "",
@@ -252,10 +266,12 @@ def measure(server: Server, headers, duration: float) -> dict:
         duration=duration,
         headers=headers,
     )
-    after = cpu_ticks(server)
+    after, app_after = cpu_ticks(server), read_totals(server.timed_dir)
     per_request = 1e6 / os.sysconf("SC_CLK_TCK") / max(1, report["requests"])
     for group in before:
         report[f"{group}_us"] = (after[group] - before[group]) * per_request
+    answers, nanoseconds = (a - b for a, b in zip(app_after, app_before, strict=True))
+    report["app_us"] = nanoseconds / 1000 / max(1, answers)
     return report
 
 
@@ -269,11 +285,22 @@ def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -
     floor_env = {"BENCH_DATABASE_URL": url, "BENCH_TOKEN_HASH": tokens.hash_token(token)}
     results = {name: [] for name in TARGETS}
     with (
-        gunicorn("bare_app:app", {}, workdir / "bare.log", chdir=ROOT / "bench") as bare,
         gunicorn(
-            "db_floor_app:app", floor_env, workdir / "floor.log", chdir=ROOT / "bench"
+            "bare_app:app", {}, workdir / "bare.log", ROOT / "bench", workdir / f"{label}-bare"
+        ) as bare,
+        gunicorn(
+            "db_floor_app:app",
+            floor_env,
+            workdir / "floor.log",
+            ROOT / "bench",
+            workdir / f"{label}-floor",
         ) as floor,
-        gunicorn("wsgi:app", {"DATABASE_URL": url}, workdir / f"app-{label}.log") as app,
+        gunicorn(
+            "wsgi:app",
+            {"DATABASE_URL": url},
+            workdir / f"app-{label}.log",
+            timed_dir=workdir / f"{label}-me",
+        ) as app,
     ):
         targets = (("bare", bare, ()), ("floor", floor, ()), ("me", app, auth))
         for _name, server, headers in targets:  # warm up
@@ -287,6 +314,7 @@ def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -
                     f"{label:10} round {round_no} {name:5}: {report['rps']:7.0f} req/s  "
                     f"p50 {report['p50_ms']:5.1f} ms  p99 {report['p99_ms']:5.1f} ms  "
                     f"CPU/answer gunicorn {report['gunicorn_us']:5.0f} us "
+                    f"(in the app {report['app_us']:4.0f}) "
                     f"postgres {report['postgres_us']:4.0f} us  "
                     f"errors {report['non_2xx'] + report['socket_errors']}",
                     flush=True,
@@ -294,7 +322,7 @@ def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -
     summary = {
         name: {
             key: statistics.median(r[key] for r in reports)
-            for key in ("rps", "p50_ms", "p99_ms", "gunicorn_us", "postgres_us")
+            for key in ("rps", "p50_ms", "p99_ms", "gunicorn_us", "app_us", "postgres_us")
         }
         | {"errors": sum(r["non_2xx"] + r["socket_errors"] for r in reports)}
         for name, reports in results.items()
@@ -312,7 +340,7 @@ def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -
 def print_summary(summaries: dict) -> None:
     print(
         "\nmedian of rounds | target | req/s | ratio to bare (range) | p50/p99 ms "
-        "| CPU per answer: gunicorn / postgres us | errors"
+        "| CPU per answer: gunicorn (in the app) / postgres us | errors"
     )
     for label, by_target in summaries.items():
         for name in TARGETS:
@@ -325,7 +353,8 @@ def print_summary(summaries: dict) -> None:
             print(
                 f"{label:10} | {name:5} | {s['rps']:6.0f} | {ratio:16} | "
                 f"{s['p50_ms']:5.1f}/{s['p99_ms']:5.1f} | "
-                f"{s['gunicorn_us']:5.0f} / {s['postgres_us']:4.0f} | {s['errors']}"
+                f"{s['gunicorn_us']:5.0f} ({s['app_us']:4.0f}) / {s['postgres_us']:4.0f} | "
+                f"{s['errors']}"
             )
 
 
