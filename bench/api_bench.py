@@ -3,14 +3,15 @@
 Usage: .venv/bin/python bench/api_bench.py [--rounds 8] [--duration 3] [--postgres URL]
        .venv/bin/python bench/api_bench.py --contention [--duration 30]
 
-Default mode: the real app (`wsgi:app`, a key with a 1,000,000/min limit), `bench/bare_app.py`
-and `bench/db_floor_app.py` (the bare route plus the statements /me runs, sent with the driver
-directly: the most a database-backed /me can reach) run under the same gunicorn settings (4 sync
-workers); wrk (2 threads, 32 connections) drives them in alternating (ABC, CBA) rounds; the
-median of the rounds' ratios of requests/s to the bare route is printed with its range, and the
-CPU each answer cost in gunicorn's processes (of which, in parentheses, the part spent inside
-the app, counted by `bench/timed_app.py`) and in PostgreSQL's, on SQLite and, with --postgres,
-on PostgreSQL (whose tables it drops and recreates).
+Default mode: the real app (`wsgi:app`, a key with a 1,000,000/min limit), `bench/bare_app.py`,
+`bench/db_floor_app.py` (the bare route plus the statements /me runs, sent with the driver
+directly: the most a database-backed /me can reach) and `bench/lean_app.py` (the real app
+without its request id, log line, metrics and rate-limit headers) run under the same gunicorn
+settings (4 sync workers); wrk (2 threads, 32 connections) drives them in alternating (ABCD,
+DCBA) rounds; the median of the rounds' ratios of requests/s to the bare route is printed with
+its range, and the CPU each answer cost in gunicorn's processes (of which, in parentheses, the
+part spent inside the app, counted by `bench/timed_app.py`) and in PostgreSQL's, on SQLite and,
+with --postgres, on PostgreSQL (whose tables it drops and recreates).
 
 --contention (SQLite): 48 clients mix /me, list and create on four keys, 8 clients probe /me
 with another key; first alone, then while 8 more clients flood /me with a key over its limit
@@ -275,38 +276,47 @@ def measure(server: Server, headers, duration: float) -> dict:
     return report
 
 
-TARGETS = ("bare", "floor", "me")
+TARGETS = ("bare", "floor", "lean", "me")
 
 
 def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -> dict:
-    """Alternating wrk rounds against the bare app, the database floor and the real /me."""
+    """Alternating wrk rounds against the bare app, the database floor, the app without its
+    telemetry and rate-limit headers (bench/lean_app.py) and the real /me."""
     (token,) = seed(url)
     auth = (f"Authorization: Bearer {token}",)
-    floor_env = {"BENCH_DATABASE_URL": url, "BENCH_TOKEN_HASH": tokens.hash_token(token)}
+    env = {
+        "DATABASE_URL": url,
+        "BENCH_DATABASE_URL": url,
+        "BENCH_TOKEN_HASH": tokens.hash_token(token),
+    }
+    apps = {  # target: (app, gunicorn's working directory, request headers)
+        "bare": ("bare_app:app", ROOT / "bench", ()),
+        "floor": ("db_floor_app:app", ROOT / "bench", ()),
+        "lean": ("lean_app:app", ROOT, auth),
+        "me": ("wsgi:app", ROOT, auth),
+    }
     results = {name: [] for name in TARGETS}
-    with (
-        gunicorn(
-            "bare_app:app", {}, workdir / "bare.log", ROOT / "bench", workdir / f"{label}-bare"
-        ) as bare,
-        gunicorn(
-            "db_floor_app:app",
-            floor_env,
-            workdir / "floor.log",
-            ROOT / "bench",
-            workdir / f"{label}-floor",
-        ) as floor,
-        gunicorn(
-            "wsgi:app",
-            {"DATABASE_URL": url},
-            workdir / f"app-{label}.log",
-            timed_dir=workdir / f"{label}-me",
-        ) as app,
-    ):
-        targets = (("bare", bare, ()), ("floor", floor, ()), ("me", app, auth))
+    with contextlib.ExitStack() as stack:
+        targets = [
+            (
+                name,
+                stack.enter_context(
+                    gunicorn(
+                        app,
+                        env,
+                        workdir / f"{label}-{name}.log",
+                        chdir,
+                        workdir / f"{label}-{name}",
+                    )
+                ),
+                headers,
+            )
+            for name, (app, chdir, headers) in apps.items()
+        ]
         for _name, server, headers in targets:  # warm up
             wrk(server.base + ME_PATH, "", threads=2, connections=32, duration=1, headers=headers)
         for round_no in range(1, rounds + 1):
-            # ABC then CBA, so a load that drifts during the run favours none of them
+            # ABCD then DCBA, so a load that drifts during the run favours none of them
             for name, server, headers in targets if round_no % 2 else targets[::-1]:
                 report = measure(server, headers, duration)
                 results[name].append(report)
@@ -329,7 +339,7 @@ def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -
     }
     # The machine may be shared: compare each round's figures, measured seconds apart, and
     # take the median of those ratios rather than the ratio of medians from different moments.
-    for name in ("floor", "me"):
+    for name in TARGETS[1:]:
         pairs = zip(results["bare"], results[name], strict=True)
         ratios = [other["rps"] / bare["rps"] for bare, other in pairs]
         summary[name]["ratio"] = statistics.median(ratios)
