@@ -169,7 +169,10 @@ _UNKNOWN_FILE, _UNKNOWN_FUNCTION = "(unknown file)", "(unknown function)"
 
 def _only_handler(level: int) -> logging.StreamHandler | None:
     """configure_logging's handler, when it is the only one a request line reaches, takes
-    `level`, and no logger on the way has a filter; else None (the line goes through logging)."""
+    `level`, and no logger on the way (nor the handler, but for its request-id stamp) filters or
+    is disabled; else None (the line goes through logging, which decides)."""
+    if request_log.disabled:
+        return None
     found, logger = None, request_log
     while logger is not None:
         if logger.filters:
@@ -182,6 +185,8 @@ def _only_handler(level: int) -> logging.StreamHandler | None:
             break
         logger = logger.parent
     if found is None or level < found.level:
+        return None
+    if any(type(check) is not RequestIdFilter for check in found.filters):
         return None
     return found
 

@@ -314,6 +314,23 @@ def test_a_request_line_reaches_every_other_handler_and_respects_levels(only_our
     assert stream.getvalue().count("\n") == 1
 
 
+def test_a_filter_on_the_handler_or_a_disabled_logger_is_obeyed(only_our_handler):
+    stream = only_our_handler("text")
+    handler = logging.getLogger().handlers[0]
+    dropping = logging.Filter("nothing.matches")  # refuses every partner_api line
+    handler.addFilter(dropping)
+    logs.log_request(logging.INFO, **REQUEST_FIELDS)
+    handler.removeFilter(dropping)
+    logs.request_log.disabled = True  # as dictConfig leaves loggers it was not told about
+    try:
+        logs.log_request(logging.INFO, **REQUEST_FIELDS)
+    finally:
+        logs.request_log.disabled = False
+    assert stream.getvalue() == ""
+    logs.log_request(logging.INFO, **REQUEST_FIELDS)
+    assert "request_id=r-1" in stream.getvalue()
+
+
 def test_a_request_line_that_cannot_be_written_is_reported_not_raised(only_our_handler, capsys):
     only_our_handler("text")
     logging.getLogger().handlers[0].stream.close()  # writing now raises ValueError
