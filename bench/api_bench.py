@@ -147,23 +147,33 @@ def gunicorn(
         f"fd://{sock.fileno()}",
         "--chdir",
         str(chdir),
-        "--error-logfile",
-        str(log_path),
         "--pythonpath",
         str(ROOT / "bench"),
         app,
     ]
+    # The app's own lines (one per request) go to the log file too, as to a journal in
+    # production: written to a terminal they would cost the terminal, and so the round, more.
+    log = open(log_path, "ab")  # noqa: SIM115  (closed below, after the server)
     process = subprocess.Popen(
-        command, env={**os.environ, **env}, pass_fds=(sock.fileno(),), cwd=chdir
+        command,
+        env={**os.environ, **env},
+        pass_fds=(sock.fileno(),),
+        cwd=chdir,
+        stdout=log,
+        stderr=log,
     )
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        _wait_until_answering(base, process)
+        try:
+            _wait_until_answering(base, process)
+        except SystemExit as exc:
+            raise SystemExit(f"{exc}; its log ends:\n{log_path.read_text()[-2000:]}") from None
         yield Server(base, process.pid, timed_dir)
     finally:
         process.terminate()
         process.wait(timeout=30)
         sock.close()
+        log.close()
 
 
 def _wait_until_answering(base: str, process: subprocess.Popen) -> None:
