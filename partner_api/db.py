@@ -1,4 +1,4 @@
-"""The database: one peewee DatabaseProxy, connect/close hooks, and the `init-db` command.
+"""The database: one peewee DatabaseProxy, the end-of-request release, and `init-db`.
 
 Backend differences (SQLite pragmas and long-lived connections, PostgreSQL pooling and
 reconnection) live here and nowhere else.
@@ -103,6 +103,10 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):
         return self._reconnecting(run, repeatable=statement.repeatable)
 
     def _reconnecting(self, run, repeatable: bool):
+        if self.is_closed():
+            # Outside the retry: a server that refuses a new connection is asked once per
+            # statement, not twice (the pool never hands out a connection it has seen die).
+            self.connect()
         try:
             return run()
         except (peewee.OperationalError, peewee.InterfaceError) as exc:

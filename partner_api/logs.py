@@ -136,13 +136,14 @@ def log_request(level: int, **fields) -> None:
     """The one line per API request (`request` plus `fields`), when `level` is enabled.
 
     When the line's only destination is configure_logging's handler (so no filter or other
-    handler could see it), it goes there directly, and a text line is written without the
-    record and handler machinery: logging's path was the largest part of the request line, and
-    the line the largest item of a `GET /me` after the database (profiles in the README)."""
+    handler could see it) and records are logging's own (no record factory adds to them), it
+    goes there directly, and a text line is written without the record and handler machinery:
+    logging's path was the largest part of the request line, and the line the largest item of
+    a `GET /me` after the database (profiles in the README)."""
     if not request_log.isEnabledFor(level):
         return
     handler = _only_handler(level)
-    if handler is None:
+    if handler is None or logging.getLogRecordFactory() is not logging.LogRecord:
         request_log.log(level, "request", extra=fields)
         return
     record = logging.LogRecord(
@@ -153,11 +154,12 @@ def log_request(level: int, **fields) -> None:
         record.__dict__.update(fields)
         handler.handle(record)
         return
-    line = formatter.line(record, "request", fields)
     with handler.lock:
         try:
-            handler.stream.write(line + handler.terminator)
+            handler.stream.write(formatter.line(record, "request", fields) + handler.terminator)
             handler.flush()
+        except RecursionError:  # as StreamHandler.emit
+            raise
         except Exception:  # as StreamHandler.emit: reported, never raised into the request
             record.__dict__.update(fields)
             handler.handleError(record)

@@ -89,12 +89,16 @@ def _closed_port() -> int:
         return sock.getsockname()[1]  # nothing listens once the socket is closed
 
 
-def test_unreachable_postgres_is_503_database_unavailable():
+def test_unreachable_postgres_is_503_database_unavailable(monkeypatch):
     url = f"postgresql://postgres@127.0.0.1:{_closed_port()}/partner_api"
     app = create_app({"PARTNER_API": Config(database_url=url), "TESTING": True})
     client = app.test_client()
+    attempts = []
+    connect = psycopg2.connect
+    monkeypatch.setattr(psycopg2, "connect", lambda *a, **k: attempts.append(1) or connect(*a, **k))
     response = client.get(ME_PATH, headers=bearer(tokens.new_token()))  # well formed: looked up
     assert_problem(response, 503, "database_unavailable")
+    assert len(attempts) == 1  # a server that refuses is asked once per request, not again
     assert response.headers["Retry-After"] == "1"
     assert "127.0.0.1" not in response.get_data(as_text=True)
     # A malformed token needs no database to be refused, and the process still serves.

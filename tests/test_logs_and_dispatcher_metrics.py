@@ -331,6 +331,23 @@ def test_a_filter_on_the_handler_or_a_disabled_logger_is_obeyed(only_our_handler
     assert "request_id=r-1" in stream.getvalue()
 
 
+def test_a_log_record_factory_sees_every_request_line(only_our_handler):
+    stream = only_our_handler("text")
+    default = logging.getLogRecordFactory()
+
+    def traced(*args, **kwargs):
+        record = default(*args, **kwargs)
+        record.trace = "t-9"
+        return record
+
+    logging.setLogRecordFactory(traced)
+    try:
+        logs.log_request(logging.INFO, **REQUEST_FIELDS)
+    finally:
+        logging.setLogRecordFactory(default)
+    assert " request trace=t-9 request_id=r-1 method=GET " in stream.getvalue()
+
+
 def test_a_request_line_that_cannot_be_written_is_reported_not_raised(only_our_handler, capsys):
     only_our_handler("text")
     logging.getLogger().handlers[0].stream.close()  # writing now raises ValueError
