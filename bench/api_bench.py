@@ -122,21 +122,19 @@ def _listening_socket() -> socket.socket:
 class Server:
     base: str  # http://127.0.0.1:<port>
     pid: int  # gunicorn's master
-    timed_dir: Path | None = None  # where timed_app counts the CPU spent in the app
+    timed_dir: Path  # where timed_app counts the CPU spent in the app
 
 
 @contextlib.contextmanager
-def gunicorn(
-    app: str, env: dict, log_path: Path, chdir: Path = ROOT, timed_dir: Path | None = None
-):
+def gunicorn(app: str, env: dict, log_path: Path, chdir: Path = ROOT):
     """Serve `app` with 4 sync workers on an ephemeral port; yields its Server.
 
-    With `timed_dir`, `bench/timed_app.py` wraps the app and counts there the CPU spent in it."""
+    `bench/timed_app.py` wraps the app and counts the CPU spent in it beside the log file."""
     sock = _listening_socket()
-    if timed_dir is not None:
-        timed_dir.mkdir()
-        env = {**env, "TIMED_APP": app, "TIMED_APP_DIR": str(timed_dir)}
-        app = "timed_app:app"
+    timed_dir = log_path.with_suffix(".cpu")
+    timed_dir.mkdir()
+    env = {**env, "TIMED_APP": app, "TIMED_APP_DIR": str(timed_dir)}
+    app = "timed_app:app"
     command = [
         sys.executable,
         "-m",
@@ -310,15 +308,7 @@ def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -
         targets = [
             (
                 name,
-                stack.enter_context(
-                    gunicorn(
-                        app,
-                        env,
-                        workdir / f"{label}-{name}.log",
-                        chdir,
-                        workdir / f"{label}-{name}",
-                    )
-                ),
+                stack.enter_context(gunicorn(app, env, workdir / f"{label}-{name}.log", chdir)),
                 headers,
             )
             for name, (app, chdir, headers) in apps.items()

@@ -29,7 +29,12 @@ _totals = {}  # pid -> [answers, nanoseconds, mmap]: a worker opens its file on 
 
 def app(environ, start_response):
     started = time.thread_time_ns()
-    body = b"".join(_inner(environ, start_response))  # the body is produced inside the app
+    result = _inner(environ, start_response)
+    try:
+        body = b"".join(result)  # the body is produced inside the app
+    finally:
+        if hasattr(result, "close"):  # as a WSGI server must (PEP 3333): teardown runs here
+            result.close()
     spent = time.thread_time_ns() - started
     totals = _totals.get(os.getpid()) or _open()
     totals[0] += 1
