@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dispatcher.claims import claim_due_deliveries  # noqa: E402
-from dispatcher.shares import SharePolicy, Subscriber  # noqa: E402
 from partner_api import clock, ids  # noqa: E402
 from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
+from partner_api.delivery.claims import claim_due_deliveries  # noqa: E402
+from partner_api.delivery.shares import SharePolicy, Subscriber  # noqa: E402
 from partner_api.models import Delivery, Event, Org, Subscription  # noqa: E402
 
 BATCH = 50

@@ -17,9 +17,9 @@ from flask import Flask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from partner_api.auth import _LOOKUP_AND_COUNT_POSTGRES, _LOOKUP_SQLITE  # noqa: E402
 from partner_api.db import SQLITE_PRAGMAS  # noqa: E402
-from partner_api.ratelimit import upsert_sql, window_start  # noqa: E402
+from partner_api.web.auth import _LOOKUP_AND_COUNT_POSTGRES, _LOOKUP_SQLITE  # noqa: E402
+from partner_api.web.ratelimit import upsert_sql, window_start  # noqa: E402
 
 app = Flask(__name__)
 _URL = os.environ["BENCH_DATABASE_URL"]

@@ -35,9 +35,10 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from partner_api import provisioning, signing  # noqa: E402
+from partner_api import provisioning  # noqa: E402
 from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
-from partner_api.events import publish_event  # noqa: E402
+from partner_api.delivery import signing  # noqa: E402
+from partner_api.delivery.outbox import publish_event  # noqa: E402
 
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
@@ -292,7 +293,7 @@ def dispatcher_rate(postgres, workdir, receiver: ReceiverProcess, deliveries: in
     org_id, token = partner("throughput")
     with database.connection_context():
         from partner_api.config import Config
-        from partner_api.webhooks.subscriptions import create_subscription
+        from partner_api.delivery.subscriptions import create_subscription
 
         config = Config(
             allow_http_webhooks=True,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from partner_api import auth, telemetry  # noqa: E402
+from partner_api.web import auth, telemetry  # noqa: E402
 from wsgi import app  # noqa: E402
 
 _REMOVED = {telemetry._begin, telemetry._end, auth.add_rate_limit_headers}

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 from partner_api import clock, provisioning  # noqa: E402
 from partner_api.config import Config  # noqa: E402
 from partner_api.db import apply_schema, bind, database, drop_tables, is_postgres  # noqa: E402
-from partner_api.events import publish_event  # noqa: E402
-from partner_api.webhooks.subscriptions import create_subscription  # noqa: E402
+from partner_api.delivery.outbox import publish_event  # noqa: E402
+from partner_api.delivery.subscriptions import create_subscription  # noqa: E402
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 POLL_INTERVAL = "0.5"

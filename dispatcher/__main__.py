@@ -18,9 +18,10 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from dispatcher import metrics
 from dispatcher.dispatch import Dispatcher
-from partner_api import clock, db, logs, retention
+from partner_api import clock, db, logs
 from partner_api.config import Config, ConfigError
 from partner_api.db import database
+from partner_api.delivery import retention
 
 log = logging.getLogger("dispatcher")
 FIRST_PRUNE_AFTER = datetime.timedelta(minutes=5)  # not in the way of a restart's first polls

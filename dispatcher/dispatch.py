@@ -19,20 +19,21 @@ import time
 
 import peewee
 
-from dispatcher import metrics, shares
-from dispatcher.claims import (
+from dispatcher import metrics
+from dispatcher.heartbeat import Heartbeat
+from dispatcher.transport import AttemptResult, WebhookTransport
+from partner_api import clock
+from partner_api.config import Config
+from partner_api.db import database
+from partner_api.delivery import shares, signing
+from partner_api.delivery.claims import (
     ClaimedDelivery,
     claim_due_deliveries,
     record_outcomes,
     release_claims,
     still_sendable,
 )
-from dispatcher.heartbeat import Heartbeat
-from dispatcher.transport import AttemptResult, WebhookTransport
-from partner_api import clock, signing
-from partner_api.config import Config
-from partner_api.db import database
-from partner_api.envelope import delivery_body
+from partner_api.delivery.envelope import delivery_body
 
 log = logging.getLogger("dispatcher")
 HEADROOM = 3  # a claim leases up to three times what may run, so senders never wait on a claim

@@ -23,9 +23,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from partner_api import __version__
-from partner_api.dns import call_with_deadline
-from partner_api.ssrf import SsrfPolicy, resolve_allowed_addresses
-from partner_api.webhook_url import WebhookUrlError, parse_webhook_url
+from partner_api.delivery.dns import call_with_deadline
+from partner_api.delivery.ssrf import SsrfPolicy, resolve_allowed_addresses
+from partner_api.delivery.webhook_url import WebhookUrlError, parse_webhook_url
 
 VERSION = __version__
 USER_AGENT = f"PartnerAPI-Webhooks/{VERSION}"

@@ -8,6 +8,6 @@ __version__ = "1.0.0"
 
 def create_app(test_config=None):
     """Build the Flask app; `test_config` overrides settings read from the environment."""
-    from partner_api.app import build_app
+    from partner_api.web.app import build_app
 
     return build_app(test_config)

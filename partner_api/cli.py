@@ -16,12 +16,13 @@ import peewee
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
-from partner_api import clock, deliveries, provisioning, replay, retention, scopes, stats
+from partner_api import clock, provisioning, scopes
 from partner_api.config import MAX_RETENTION_DAYS
 from partner_api.db import database, database_problem
+from partner_api.delivery import history, replay, retention, stats
 from partner_api.errors import DomainError
-from partner_api.fields import Timestamp
 from partner_api.models import DeliveryStatus, SubscriptionStatus
+from partner_api.web.fields import Timestamp
 
 orgs_cli = AppGroup("orgs", help="Create and list partner organisations.")
 keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
@@ -181,7 +182,7 @@ def keys_revoke(key_id, as_json):
 @admin_command
 def webhooks_enable(subscription_id, as_json):
     """Re-enable a disabled subscription; its held deliveries resume."""
-    from partner_api.webhooks.subscriptions import enable_subscription
+    from partner_api.delivery.subscriptions import enable_subscription
 
     subscription = enable_subscription(subscription_id)
     _emit(
@@ -211,7 +212,7 @@ def subscription_dict(subscription) -> dict:
 @admin_command
 def webhooks_list(org_id, as_json):
     """List live subscriptions with status, failure streak and why any is disabled."""
-    from partner_api.webhooks.subscriptions import list_all_subscriptions
+    from partner_api.delivery.subscriptions import list_all_subscriptions
 
     found = list_all_subscriptions(org_id)
     rows = [
@@ -271,13 +272,13 @@ def delivery_dict(delivery) -> dict:
 @click.option("--org", "org_id", default=None, help="Only this org's deliveries.")
 @click.option("--subscription", "subscription_id", default=None, help="Only this subscription's.")
 @click.option("--status", default=None, help=f"One of: {', '.join(DeliveryStatus.ALL)}.")
-@click.option("--limit", default="50", help=f"At most this many (1-{deliveries.MAX_LIST_LIMIT}).")
+@click.option("--limit", default="50", help=f"At most this many (1-{history.MAX_LIST_LIMIT}).")
 @json_option
 @admin_command
 def deliveries_list(org_id, subscription_id, status, limit, as_json):
     """List deliveries, newest first."""
-    limit = _whole_number(limit, "--limit", 1, deliveries.MAX_LIST_LIMIT)
-    found = deliveries.list_deliveries(org_id, subscription_id, status, limit)
+    limit = _whole_number(limit, "--limit", 1, history.MAX_LIST_LIMIT)
+    found = history.list_deliveries(org_id, subscription_id, status, limit)
     rows = [
         [
             d.id,
@@ -299,8 +300,8 @@ def deliveries_list(org_id, subscription_id, status, limit, as_json):
 @admin_command
 def deliveries_show(delivery_id, as_json):
     """Show a delivery, its event and every attempt."""
-    delivery = deliveries.get_delivery(delivery_id)
-    attempts = deliveries.delivery_attempts(delivery)
+    delivery = history.get_delivery(delivery_id)
+    attempts = history.delivery_attempts(delivery)
     event = delivery.event
     payload = delivery_dict(delivery) | {
         "url": delivery.subscription.url,

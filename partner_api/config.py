@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from partner_api import dns, retry, ssrf
+from partner_api.delivery import dns, retry, ssrf
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = f"sqlite:///{ROOT / 'instance' / 'partner_api.sqlite3'}"

@@ -12,12 +12,13 @@ import pytest
 
 from dispatcher import __main__ as dispatcher_main
 from dispatcher.dispatch import Dispatcher
-from partner_api import cli, ids, replay, retention, stats
+from partner_api import cli, ids
 from partner_api.db import database
+from partner_api.delivery import replay, retention, stats
+from partner_api.delivery.outbox import publish_event
+from partner_api.delivery.subscriptions import create_subscription, delete_subscription
 from partner_api.errors import DomainError
-from partner_api.events import publish_event
 from partner_api.models import Delivery, DeliveryFailure, DispatcherPoll, Event, Subscription
-from partner_api.webhooks.subscriptions import create_subscription, delete_subscription
 
 from .receivers import Receiver
 

@@ -16,12 +16,12 @@ import threading
 import pytest
 
 from dispatcher.dispatch import Dispatcher
-from dispatcher.shares import SharePolicy, Subscriber
 from partner_api import clock as clock_module
 from partner_api.db import database
-from partner_api.events import publish_event
+from partner_api.delivery.outbox import publish_event
+from partner_api.delivery.shares import SharePolicy, Subscriber
+from partner_api.delivery.subscriptions import delete_subscription
 from partner_api.models import Delivery, DeliveryFailure, Subscription
-from partner_api.webhooks.subscriptions import delete_subscription
 
 from .conftest import bearer
 from .receivers import Receiver
@@ -304,8 +304,8 @@ def test_deleted_subscription_receives_nothing_more(client, partner, clock, disp
 def test_lease_lost_attempt_does_not_overwrite_the_new_owner(
     client, partner, clock, dispatcher_factory
 ):
-    from dispatcher.claims import claim_due_deliveries, record_outcomes
     from dispatcher.transport import AttemptResult
+    from partner_api.delivery.claims import claim_due_deliveries, record_outcomes
 
     _, token = partner
     sub = subscribe(client, token, "http://receiver.test:9/hook")
@@ -328,7 +328,7 @@ def test_lease_lost_attempt_does_not_overwrite_the_new_owner(
 def test_claim_takes_only_due_pending_deliveries_up_to_the_limit(
     client, partner, clock, dispatcher_factory
 ):
-    from dispatcher.claims import claim_due_deliveries
+    from partner_api.delivery.claims import claim_due_deliveries
 
     org, token = partner
     subscribe(client, token, "http://receiver.test:9/hook")
@@ -441,8 +441,8 @@ def test_events_published_while_disabled_are_held_then_sent_on_enable(
 def test_disable_keeps_the_outcome_of_attempts_in_flight(
     client, partner, clock, dispatcher_factory
 ):
-    from dispatcher.claims import claim_due_deliveries, record_outcomes
     from dispatcher.transport import AttemptResult
+    from partner_api.delivery.claims import claim_due_deliveries, record_outcomes
 
     org, token = partner
     sub = subscribe(client, token, "http://receiver.test:9/hook")
@@ -451,7 +451,7 @@ def test_disable_keeps_the_outcome_of_attempts_in_flight(
         [in_flight] = claim_due_deliveries(10, 60)
         waiting_id = publish_event(org.id, "vc.test.ping", {"n": 2})[1][0].id
         # The subscription gets disabled (e.g. by another sender's 20th failure) meanwhile.
-        from partner_api.deliveries import hold_pending_deliveries
+        from partner_api.delivery.history import hold_pending_deliveries
 
         Subscription.update(status="disabled").where(Subscription.id == sub["id"]).execute()
         hold_pending_deliveries(sub["id"])
@@ -464,7 +464,7 @@ def test_disable_keeps_the_outcome_of_attempts_in_flight(
 def test_delivery_leased_by_a_dead_dispatcher_of_a_disabled_subscription_is_held(
     client, partner, clock, dispatcher_factory
 ):
-    from dispatcher.claims import claim_due_deliveries
+    from partner_api.delivery.claims import claim_due_deliveries
 
     org, token = partner
     sub = subscribe(client, token, "http://receiver.test:9/hook")
@@ -495,7 +495,7 @@ def test_binary_answer_with_nul_bytes_is_audited_not_looped(
 def test_claim_gives_a_subscription_at_most_its_share_and_takes_the_oldest_first(
     client, partner, clock, dispatcher_factory
 ):
-    from dispatcher.claims import claim_due_deliveries
+    from partner_api.delivery.claims import claim_due_deliveries
 
     org, token = partner
     busy = subscribe(client, token, "http://receiver.test:9/busy")
@@ -525,7 +525,7 @@ def test_claim_gives_a_subscription_at_most_its_share_and_takes_the_oldest_first
 def test_claim_holds_rows_of_disabled_subscriptions_and_deleting_cancels_leased_ones(
     client, partner, clock, dispatcher_factory
 ):
-    from dispatcher.claims import claim_due_deliveries
+    from partner_api.delivery.claims import claim_due_deliveries
 
     org, token = partner
     disabled = subscribe(client, token, "http://receiver.test:9/a")
@@ -576,7 +576,7 @@ def test_the_readme_verification_recipe_accepts_a_real_delivery(
 
 
 def test_claim_probes_untried_and_failing_subscriptions_one_at_a_time(client, partner, clock):
-    from dispatcher.claims import claim_due_deliveries
+    from partner_api.delivery.claims import claim_due_deliveries
 
     org, token = partner
     new = subscribe(client, token, "http://receiver.test:9/new")
@@ -601,7 +601,7 @@ def test_claim_probes_untried_and_failing_subscriptions_one_at_a_time(client, pa
 def test_a_claim_that_waited_is_checked_before_it_is_sent(client, partner, clock):
     """A claim held back in a ready queue is sent only if its lease still holds and its
     subscription is still enabled; the others are given back, due now."""
-    from dispatcher.claims import claim_due_deliveries, release_claims, still_sendable
+    from partner_api.delivery.claims import claim_due_deliveries, release_claims, still_sendable
 
     org, token = partner
     subs = [subscribe(client, token, f"http://receiver.test:9/{n}") for n in range(3)]

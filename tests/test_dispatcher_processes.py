@@ -19,9 +19,9 @@ from partner_api import clock as clock_module
 from partner_api import provisioning
 from partner_api.config import ROOT, Config
 from partner_api.db import database
-from partner_api.events import publish_event
+from partner_api.delivery.outbox import publish_event
+from partner_api.delivery.subscriptions import create_subscription
 from partner_api.models import Delivery
-from partner_api.webhooks.subscriptions import create_subscription
 
 from .receivers import Receiver, SilentReceiver
 from .servers import wait_for

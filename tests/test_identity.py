@@ -4,12 +4,12 @@ import pytest
 
 from partner_api import clock as clock_module
 from partner_api import tokens
-from partner_api.auth import find_caller
 from partner_api.db import database
-from partner_api.identity.resources import describe_caller
-from partner_api.identity.schemas import MeSchema
 from partner_api.models import ApiKey, RateLimitWindow
-from partner_api.ratelimit import RateLimitState
+from partner_api.web.auth import find_caller
+from partner_api.web.identity.resources import describe_caller
+from partner_api.web.identity.schemas import MeSchema
+from partner_api.web.ratelimit import RateLimitState
 
 from .conftest import assert_problem, bearer
 
@@ -80,7 +80,7 @@ def test_malformed_tokens_are_401_without_lookup(client, make_key, header, monke
     def no_lookup(*args, **kwargs):
         raise AssertionError("a malformed token reached the database")
 
-    monkeypatch.setattr("partner_api.auth.find_caller", no_lookup)
+    monkeypatch.setattr("partner_api.web.auth.find_caller", no_lookup)
     response = client.get(
         ME, headers={"Authorization": header.format(good=token, bad_checksum=bad_checksum)}
     )
@@ -178,7 +178,7 @@ def test_unexpected_exception_is_500_without_internals(app, make_key, monkeypatc
     def explode(*args, **kwargs):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr("partner_api.ratelimit.state", explode)
+    monkeypatch.setattr("partner_api.web.ratelimit.state", explode)
     response = app.test_client().get(ME, headers=bearer(token))
     body = assert_problem(response, 500, "internal_error")
     assert "secret internal detail" not in response.get_data(as_text=True)

@@ -17,7 +17,7 @@ from dispatcher import metrics as dispatcher_metrics
 from dispatcher.dispatch import Dispatcher
 from partner_api import logs
 from partner_api.db import database
-from partner_api.events import publish_event
+from partner_api.delivery.outbox import publish_event
 from partner_api.models import Delivery, Subscription
 
 from .conftest import bearer

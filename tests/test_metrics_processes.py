@@ -17,8 +17,8 @@ import urllib.request
 from partner_api import provisioning
 from partner_api.config import ROOT, Config
 from partner_api.db import apply_schema, bind, database
-from partner_api.events import publish_event
-from partner_api.webhooks.subscriptions import create_subscription
+from partner_api.delivery.outbox import publish_event
+from partner_api.delivery.subscriptions import create_subscription
 
 from .receivers import Receiver
 from .servers import start_gunicorn, wait_for

@@ -186,7 +186,7 @@ def test_docs_page_loads_only_its_own_assets_under_a_strict_policy(client):
 
 
 def test_docs_ship_swagger_ui_5_which_renders_openapi_3_1():
-    from partner_api.docs import swagger_ui_version
+    from partner_api.web.docs import swagger_ui_version
 
     assert int(swagger_ui_version().split(".")[0]) >= 5
 
@@ -200,7 +200,7 @@ def test_docs_serve_no_other_file(client, name):
 
 
 def test_every_event_type_documents_its_delivery_and_signature_headers(spec):
-    from partner_api.events import EVENT_TYPES
+    from partner_api.delivery.outbox import EVENT_TYPES
 
     assert set(spec["webhooks"]) == set(EVENT_TYPES)
     for event_type, item in spec["webhooks"].items():
@@ -243,7 +243,7 @@ def test_every_operation_has_a_unique_operation_id(spec):
 
 
 def test_webhook_url_is_documented_as_a_uri_of_at_most_2048_characters(spec):
-    from partner_api.webhook_url import MAX_URL_LENGTH
+    from partner_api.delivery.webhook_url import MAX_URL_LENGTH
 
     schemas = spec["components"]["schemas"]
     for name in ("SubscriptionCreate", "Subscription"):
@@ -290,9 +290,9 @@ def test_create_documents_that_its_answer_is_not_cached(spec):
 
 def test_request_examples_are_bodies_the_api_accepts(spec):
     """The examples a generated client or the docs' "Try it out" start from load cleanly."""
-    from partner_api.ssrf import SsrfPolicy
-    from partner_api.webhook_url import parse_webhook_url
-    from partner_api.webhooks.schemas import SubscriptionCreateSchema, TestPingSchema
+    from partner_api.delivery.ssrf import SsrfPolicy
+    from partner_api.delivery.webhook_url import parse_webhook_url
+    from partner_api.web.webhooks.schemas import SubscriptionCreateSchema, TestPingSchema
 
     schemas = spec["components"]["schemas"]
     for name, schema in (

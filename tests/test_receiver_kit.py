@@ -18,13 +18,12 @@ import pytest
 
 from dispatcher.dispatch import Dispatcher
 from partner_api import clock as clock_module
-from partner_api import signing
 from partner_api.config import ROOT
 from partner_api.db import database
-from partner_api.events import publish_event
+from partner_api.delivery import signing, subscriptions
+from partner_api.delivery.outbox import publish_event
+from partner_api.delivery.subscriptions import new_secret
 from partner_api.models import Delivery
-from partner_api.webhooks import subscriptions
-from partner_api.webhooks.subscriptions import new_secret
 
 from .conftest import FakeClock, bearer
 

@@ -10,9 +10,9 @@ import urllib.parse
 
 import pytest
 
-from partner_api.app import MAX_BODY_BYTES
 from partner_api.db import database
 from partner_api.models import Subscription
+from partner_api.web.app import MAX_BODY_BYTES
 
 from .conftest import assert_problem, bearer, gunicorn_server
 

@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from partner_api import retry
+from partner_api.delivery import retry
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, 0)
 DEFAULT = (60, 300, 1800, 7200, 21600, 86400)

@@ -4,7 +4,7 @@ import collections
 
 import pytest
 
-from dispatcher.shares import SharePolicy, Subscriber, choose
+from partner_api.delivery.shares import SharePolicy, Subscriber, choose
 
 TEN = SharePolicy(senders=10)
 

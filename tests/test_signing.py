@@ -9,9 +9,9 @@ import hmac
 import pytest
 from standardwebhooks import Webhook
 
-from partner_api import signing
 from partner_api.config import ROOT
-from partner_api.webhooks.subscriptions import new_secret
+from partner_api.delivery import signing
+from partner_api.delivery.subscriptions import new_secret
 
 BODY = b'{"event":"vc.test.ping","id":"evt_1","data":{"message":"caf\xc3\xa9"}}'
 TIMESTAMP = 1795780830

@@ -1,4 +1,4 @@
-"""Specification of the webhook SSRF policy (partner_api.ssrf); no test touches real DNS."""
+"""Specification of the webhook SSRF policy (delivery/ssrf.py); no test touches real DNS."""
 
 import ipaddress
 import logging
@@ -8,17 +8,17 @@ import threading
 
 import pytest
 
-from partner_api import dns, ssrf, webhook_url
-from partner_api.dns import system_resolver
-from partner_api.errors import DomainError
-from partner_api.ssrf import (
+from partner_api.delivery import dns, ssrf, webhook_url
+from partner_api.delivery.dns import system_resolver
+from partner_api.delivery.ssrf import (
     SsrfPolicy,
     is_address_allowed,
     parse_allow_cidrs,
     resolve_allowed_addresses,
     validate_webhook_url,
 )
-from partner_api.webhook_url import WebhookUrl, WebhookUrlError, parse_webhook_url
+from partner_api.delivery.webhook_url import WebhookUrl, WebhookUrlError, parse_webhook_url
+from partner_api.errors import DomainError
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
@@ -470,7 +470,7 @@ def test_name_with_mixed_public_and_private_records_is_refused(records):
 def test_refusal_of_a_name_keeps_its_address_in_the_log_not_the_message(caplog):
     """The message must not be an oracle into internal DNS: the address is logged only."""
     pol = policy({"db.internal": ["10.20.30.40"]})
-    with caplog.at_level(logging.WARNING, logger="partner_api.ssrf"):
+    with caplog.at_level(logging.WARNING, logger="partner_api.delivery.ssrf"):
         error = refused("https://db.internal/", pol, "address_not_allowed")
     assert "10.20.30.40" not in str(error) and "private" not in str(error)
     assert "db.internal" in caplog.text and "10.20.30.40" in caplog.text

@@ -17,9 +17,9 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from dispatcher.dispatch import Dispatcher
 from partner_api import clock as clock_module
-from partner_api import signing
 from partner_api.config import ROOT
-from partner_api.webhooks.subscriptions import new_secret
+from partner_api.delivery import signing
+from partner_api.delivery.subscriptions import new_secret
 
 from .conftest import FakeClock, bearer
 from .receivers import Receiver

@@ -20,7 +20,7 @@ from dispatcher.transport import (
     AttemptResult,
     WebhookTransport,
 )
-from partner_api.ssrf import SsrfPolicy, resolve_allowed_addresses
+from partner_api.delivery.ssrf import SsrfPolicy, resolve_allowed_addresses
 
 LOOPBACK = (ip_network("127.0.0.0/8"),)
 HUGE_BYTES = 64 * 1024 * 1024  # more than any socket buffers can absorb

@@ -8,10 +8,10 @@ import http
 
 from flask_smorest.utils import prepare_response
 
-from partner_api import retry, signing, webhook_url
 from partner_api.config import Config
+from partner_api.delivery import retry, signing, webhook_url
+from partner_api.delivery.outbox import EVENT_TYPES
 from partner_api.errors import DEFAULT_CODES, PROBLEM_CONTENT_TYPE, problem_body
-from partner_api.events import EVENT_TYPES
 
 # An example answer per status, and every `code` an error of that status can carry.
 _EXAMPLE_DETAILS = {

@@ -12,11 +12,11 @@ import dataclasses
 import datetime as dt
 import secrets
 
-from dispatcher import shares
-from partner_api import clock, ids, retry
+from partner_api import clock, ids
 from partner_api.config import Config
 from partner_api.db import database, is_postgres, write_transaction
-from partner_api.deliveries import hold_pending_deliveries
+from partner_api.delivery import retry, shares
+from partner_api.delivery.history import hold_pending_deliveries
 from partner_api.models import (
     Delivery,
     DeliveryFailure,

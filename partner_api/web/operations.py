@@ -10,8 +10,9 @@ import logging
 import peewee
 from flask import Blueprint, current_app, jsonify
 
-from partner_api import db, metrics, models
+from partner_api import db, models
 from partner_api.errors import ApiError
+from partner_api.web import metrics
 
 blp = Blueprint("operations", __name__)
 log = logging.getLogger(__name__)

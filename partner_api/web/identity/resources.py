@@ -3,10 +3,10 @@
 from flask import g, jsonify
 
 from partner_api import clock, scopes
-from partner_api.auth import require_scope
-from partner_api.extensions import Blueprint, NoQuerySchema
-from partner_api.identity.schemas import MeSchema
-from partner_api.ratelimit import WINDOW_SECONDS
+from partner_api.web.auth import require_scope
+from partner_api.web.extensions import Blueprint, NoQuerySchema
+from partner_api.web.identity.schemas import MeSchema
+from partner_api.web.ratelimit import WINDOW_SECONDS
 
 blp = Blueprint("identity", __name__, description="Who the calling API key is.")
 

@@ -7,10 +7,11 @@ import io
 from flask import Flask
 from werkzeug.wsgi import get_content_length
 
-from partner_api import __version__, auth, cli, db, docs, logs, metrics, operations, telemetry
+from partner_api import __version__, cli, db, logs
 from partner_api.config import Config
-from partner_api.extensions import Api
-from partner_api.openapi import spec_options
+from partner_api.web import auth, docs, metrics, operations, telemetry
+from partner_api.web.extensions import Api
+from partner_api.web.openapi import spec_options
 
 API_PREFIX = "/api/v1/partner"
 MAX_BODY_BYTES = 64 * 1024
@@ -65,8 +66,8 @@ def build_app(test_config=None) -> Flask:
     app.register_blueprint(operations.blp)
 
     api = Api(app)
-    from partner_api.identity.resources import blp as identity_blp
-    from partner_api.webhooks.resources import blp as webhooks_blp
+    from partner_api.web.identity.resources import blp as identity_blp
+    from partner_api.web.webhooks.resources import blp as webhooks_blp
 
     api.register_blueprint(identity_blp, url_prefix=API_PREFIX)
     api.register_blueprint(webhooks_blp, url_prefix=API_PREFIX)

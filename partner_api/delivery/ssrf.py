@@ -8,8 +8,8 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from partner_api.dns import Resolver, system_resolver
-from partner_api.webhook_url import (
+from partner_api.delivery.dns import Resolver, system_resolver
+from partner_api.delivery.webhook_url import (
     IPAddress,
     WebhookUrl,
     WebhookUrlError,

@@ -2,7 +2,7 @@
 
 import marshmallow as ma
 
-from partner_api.fields import Timestamp
+from partner_api.web.fields import Timestamp
 
 
 class OrgSchema(ma.Schema):

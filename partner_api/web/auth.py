@@ -13,10 +13,11 @@ import secrets
 
 from flask import current_app, g, request
 
-from partner_api import clock, ratelimit, tokens
+from partner_api import clock, tokens
 from partner_api.db import PreparedStatement, database, is_postgres
 from partner_api.errors import ApiError
 from partner_api.models import ApiKey
+from partner_api.web import ratelimit
 
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 _CHALLENGE = 'Bearer realm="partner-api"'

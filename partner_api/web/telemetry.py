@@ -12,7 +12,8 @@ import time
 
 from flask import g, request
 
-from partner_api import logs, metrics
+from partner_api import logs
+from partner_api.web import metrics
 
 OPERATIONS_BLUEPRINT = "operations"  # probes and scrapes: logged at DEBUG only
 

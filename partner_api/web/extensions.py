@@ -22,7 +22,7 @@ from partner_api.errors import (
     problem_response,
     register_error_handlers,
 )
-from partner_api.openapi import RATE_LIMIT_HEADERS, register_error_responses
+from partner_api.web.openapi import RATE_LIMIT_HEADERS, register_error_responses
 
 
 class StrictParser(FlaskParser):

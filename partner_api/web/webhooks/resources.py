@@ -3,11 +3,11 @@
 from flask import current_app, g
 
 from partner_api import scopes
-from partner_api.auth import require_scope
-from partner_api.extensions import RATE_LIMIT_HEADERS, Blueprint, NoQuerySchema
-from partner_api.pagination import ListQuerySchema
-from partner_api.webhooks import subscriptions
-from partner_api.webhooks.schemas import (
+from partner_api.delivery import subscriptions
+from partner_api.web.auth import require_scope
+from partner_api.web.extensions import RATE_LIMIT_HEADERS, Blueprint, NoQuerySchema
+from partner_api.web.pagination import ListQuerySchema
+from partner_api.web.webhooks.schemas import (
     FailurePageSchema,
     SubscriptionCreatedSchema,
     SubscriptionCreateSchema,

@@ -2,10 +2,10 @@
 
 import marshmallow as ma
 
-from partner_api.events import EVENT_TYPES
-from partner_api.fields import Timestamp
-from partner_api.pagination import page_schema
-from partner_api.webhook_url import MAX_URL_LENGTH
+from partner_api.delivery.outbox import EVENT_TYPES
+from partner_api.delivery.webhook_url import MAX_URL_LENGTH
+from partner_api.web.fields import Timestamp
+from partner_api.web.pagination import page_schema
 
 
 class SubscriptionCreateSchema(ma.Schema):

@@ -9,15 +9,16 @@ import base64
 import hmac
 import secrets
 
-from partner_api import clock, ids, ssrf
+from partner_api import clock, ids
 from partner_api.config import Config
 from partner_api.db import locked, write_transaction
-from partner_api.deliveries import cancel_open_deliveries, release_held_deliveries
+from partner_api.delivery import ssrf
+from partner_api.delivery.history import cancel_open_deliveries, release_held_deliveries
+from partner_api.delivery.outbox import EVENT_TYPES, publish_event
+from partner_api.delivery.signing import SECRET_PREFIX
 from partner_api.errors import DomainError
-from partner_api.events import EVENT_TYPES, publish_event
 from partner_api.models import DeliveryFailure, Org, Subscription, SubscriptionStatus
-from partner_api.pagination import paginate
-from partner_api.signing import SECRET_PREFIX
+from partner_api.web.pagination import paginate
 
 
 def new_secret() -> str:
