@@ -1,9 +1,8 @@
 """The dispatcher: keeps a bounded pool of senders busy with due deliveries, shared fairly.
 
 A poll claims due deliveries in batches (leased ahead, at most three times what the sharing
-rules let run), starts them on free senders by the rules in `shares.py`, and hands every
-outcome to one recorder thread that writes them in batches. It stops claiming as soon as
-shutdown begins.
+rules let run), starts them on free senders by the rules in `delivery/shares.py`, and hands
+every outcome to the recorder (`recorder.py`). It stops claiming as soon as shutdown begins.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-import queue
 import threading
 import time
 
@@ -21,41 +19,20 @@ import peewee
 
 from dispatcher import metrics
 from dispatcher.heartbeat import Heartbeat
+from dispatcher.recorder import OutcomeRecorder
 from dispatcher.transport import AttemptResult, WebhookTransport
 from partner_api import clock
 from partner_api.config import Config
-from partner_api.db import database
-from partner_api.delivery import shares, signing
-from partner_api.delivery.claims import (
-    ClaimedDelivery,
-    claim_due_deliveries,
-    record_outcomes,
-    release_claims,
-    still_sendable,
-)
+from partner_api.db import database, kept_connection
+from partner_api.delivery import lifecycle, shares, signing, ssrf
+from partner_api.delivery.claims import ClaimedDelivery, claim_due_deliveries, still_sendable
 from partner_api.delivery.envelope import delivery_body
 
 log = logging.getLogger("dispatcher")
 HEADROOM = 3  # a claim leases up to three times what may run, so senders never wait on a claim
-RECORD_BATCH = 200  # most outcomes written in one transaction
-RECORD_TRIES = 5  # a batch the database refuses this often is left to the leases
 # A claim that waited longer than this in the ready queue (held back by the sharing rules) is
 # checked before it is sent: its subscription may have been deleted or disabled meanwhile.
 STALE_READY_SECONDS = 1.0
-
-
-@contextlib.contextmanager
-def kept_connection():
-    """The calling thread's connection, kept open between uses (opening a SQLite connection,
-    and closing the last one, which checkpoints the WAL, cost more than the work itself) and
-    dropped after a database error so the next use reconnects."""
-    database.connect(reuse_if_open=True)
-    try:
-        yield
-    except (peewee.DatabaseError, peewee.InterfaceError):
-        with contextlib.suppress(Exception):
-            database.close()
-        raise
 
 
 class SubscriberHealth:
@@ -98,91 +75,13 @@ class SubscriberHealth:
         return known
 
 
-class OutcomeRecorder:
-    """One thread that writes attempt outcomes in batches and logs one line per attempt."""
-
-    def __init__(self, config: Config):
-        self.config = config
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
-        self._thread.start()
-
-    def put(self, claim: ClaimedDelivery, result: AttemptResult) -> None:
-        self._queue.put((claim, result))
-
-    def flush(self) -> None:
-        """Wait until every outcome handed over so far is written (or given up on)."""
-        self._queue.join()
-
-    def close(self) -> None:
-        self.flush()
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            if batch[0] is None:
-                self._queue.task_done()
-                break
-            while len(batch) < RECORD_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # after this batch
-                    self._queue.task_done()
-                    break
-                batch.append(item)
-            try:
-                self._record(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-        with contextlib.suppress(Exception):
-            database.close()
-
-    def _record(self, batch) -> None:
-        for attempt in range(1, RECORD_TRIES + 1):
-            try:
-                with kept_connection():
-                    steps = record_outcomes(batch, self.config)
-                break
-            except (peewee.DatabaseError, peewee.InterfaceError) as exc:
-                if attempt == RECORD_TRIES:
-                    log.error(
-                        "could not record %d outcomes (%s); their leases make them due again",
-                        len(batch),
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc),
-                    )
-                    return
-                time.sleep(min(0.1 * 2**attempt, 2.0))
-        for (claim, result), step in zip(batch, steps, strict=True):
-            if step == "dead_lettered":
-                metrics.DEAD_LETTERED.inc()
-            # The fields are JSON keys in PARTNER_API_LOG_FORMAT=json, key=value in text.
-            log.info(
-                "attempt",
-                extra={
-                    "delivery": claim.id,
-                    "subscription": claim.subscription_id,
-                    "attempt": claim.attempt,
-                    "outcome": "ok" if result.ok else result.error_kind,
-                    "status": result.status_code,
-                    "duration_ms": result.duration_ms,
-                    "next": step,
-                },
-            )
-
-
 class Dispatcher:
     """Claims due deliveries and sends them concurrently; `poll` claims and sends what is due."""
 
     def __init__(self, config: Config):
         self.config = config
         self.transport = WebhookTransport(
-            config.ssrf_policy(),
+            ssrf.policy_for(config),
             timeout=config.delivery_timeout,
             ca_bundle=config.ca_bundle,
             pool_maxsize=config.dispatch_workers,
@@ -330,7 +229,7 @@ class Dispatcher:
             sendable = still_sendable(stale)
             gone = [claim for claim in stale if claim not in sendable]
             if gone:
-                release_claims(gone)  # the next claim holds, cancels or skips them
+                lifecycle.release(gone)  # the next claim holds, cancels or skips them
             fresh += sendable
         for claim in fresh:
             self._submit(claim)
@@ -355,7 +254,7 @@ class Dispatcher:
             return
         try:
             with kept_connection():
-                release_claims(leftover)
+                lifecycle.release(leftover)
         except (peewee.DatabaseError, peewee.InterfaceError) as exc:
             log.error("could not release %d unstarted claims (%s)", len(leftover), exc)
 

@@ -8,7 +8,7 @@ import os
 import socket
 
 from partner_api import clock, ids
-from partner_api.models import DispatcherPoll
+from partner_api.delivery import stats
 
 
 class Heartbeat:
@@ -27,15 +27,5 @@ class Heartbeat:
         recent = self._last_stamp is not None and clock.monotonic() - self._last_stamp < self.every
         if recent and not force:
             return
-        now = clock.now()
-        DispatcherPoll.insert(
-            dispatcher_id=self.dispatcher_id,
-            hostname=self.hostname,
-            pid=self.pid,
-            started_at=self.started_at,
-            last_poll_at=now,
-        ).on_conflict(
-            conflict_target=[DispatcherPoll.dispatcher_id],
-            update={DispatcherPoll.last_poll_at: now},
-        ).execute()
+        stats.stamp_poll(self.dispatcher_id, self.hostname, self.pid, self.started_at)
         self._last_stamp = clock.monotonic()

@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from partner_api import clock
 from partner_api.db import database
-from partner_api.models import Delivery, DeliveryStatus, Subscription, SubscriptionStatus
+from partner_api.delivery import outcomes, stats
 
 log = logging.getLogger("dispatcher")
 disable_created_metrics()  # `_created` series double the output and no dashboard reads them
@@ -28,14 +28,8 @@ REGISTRY = CollectorRegistry()  # this process's own, never mixed with the API's
 
 # Every outcome an attempt can have, so each series exists (at 0) from the first scrape.
 OUTCOMES = (
-    "ok",
-    "http_status",
-    "redirect",
-    "timeout",
-    "connection_error",
-    "tls_error",
-    "dns_error",
-    "address_blocked",
+    outcomes.OK,
+    *outcomes.AttemptError,
     "error",  # an unexpected failure before any outcome; the lease makes it due again
 )
 ATTEMPTS = Counter(
@@ -105,51 +99,28 @@ class QueueCollector:
         yield from gauges
 
     def _queue_gauges(self) -> list[GaugeMetricFamily]:
-        now = clock.now()
         with database.connection_context():
-            # Served by the (status, next_attempt_at) index, like the claim itself.
-            due, oldest = (
-                Delivery.select(
-                    peewee.fn.COUNT(Delivery.id), peewee.fn.MIN(Delivery.next_attempt_at)
-                )
-                .where(
-                    (Delivery.status == DeliveryStatus.PENDING) & (Delivery.next_attempt_at <= now)
-                )
-                .tuples()
-                .get()
-            )
-            held = Delivery.select().where(Delivery.status == DeliveryStatus.HELD).count()
-            disabled = (
-                Subscription.select()
-                .where(
-                    (Subscription.status == SubscriptionStatus.DISABLED)
-                    & Subscription.deleted_at.is_null()
-                )
-                .count()
-            )
-        if isinstance(oldest, str):  # SQLite hands back MIN() of a datetime column as text
-            oldest = Delivery.next_attempt_at.python_value(oldest)
-        age = (now - oldest).total_seconds() if oldest is not None else 0.0
+            found = stats.queue_gauges(clock.now())
         return [
             GaugeMetricFamily(
                 "partner_api_deliveries_due",
                 "Pending deliveries whose next attempt is due now (not leased by a dispatcher).",
-                value=due,
+                value=found["due"],
             ),
             GaugeMetricFamily(
                 "partner_api_oldest_due_seconds",
                 "How long the oldest due delivery has waited past its due time (0 when none).",
-                value=max(0.0, age),
+                value=found["oldest_due_seconds"],
             ),
             GaugeMetricFamily(
                 "partner_api_deliveries_held",
                 "Deliveries held while their subscription is disabled.",
-                value=held,
+                value=found["held"],
             ),
             GaugeMetricFamily(
                 "partner_api_subscriptions_disabled",
                 "Live subscriptions disabled after repeated failures.",
-                value=disabled,
+                value=found["disabled_subscriptions"],
             ),
         ]
 

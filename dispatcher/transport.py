@@ -24,6 +24,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from partner_api import __version__
 from partner_api.delivery.dns import call_with_deadline
+from partner_api.delivery.outcomes import AttemptError
 from partner_api.delivery.ssrf import SsrfPolicy, resolve_allowed_addresses
 from partner_api.delivery.webhook_url import WebhookUrlError, parse_webhook_url
 
@@ -33,7 +34,10 @@ MAX_RESPONSE_BYTES = 64 * 1024
 EXCERPT_BYTES = 1024
 _CHUNK_BYTES = 16 * 1024
 _MAX_MESSAGE = 500
-_REFUSAL_KINDS = {"address_not_allowed": "address_blocked", "host_unresolvable": "dns_error"}
+_REFUSAL_KINDS = {
+    "address_not_allowed": AttemptError.ADDRESS_BLOCKED,
+    "host_unresolvable": AttemptError.DNS_ERROR,
+}
 
 # The connection pools call back into the attempt of the thread that is inside send().
 _local = threading.local()
@@ -383,8 +387,8 @@ def _status_outcome(status: int | None) -> tuple[str | None, str | None]:
     if status is not None and 200 <= status < 300:
         return None, None
     if status is not None and 300 <= status < 400:
-        return "redirect", f"Receiver answered HTTP {status}; redirects are not followed"
-    return "http_status", f"Receiver answered HTTP {status}"
+        return AttemptError.REDIRECT, f"Receiver answered HTTP {status}; redirects are not followed"
+    return AttemptError.HTTP_STATUS, f"Receiver answered HTTP {status}"
 
 
 def _classify(
@@ -392,21 +396,27 @@ def _classify(
 ) -> tuple[str, str]:
     refusal = exc if isinstance(exc, WebhookUrlError) else attempt.refusal
     if refusal is not None:
-        kind = _REFUSAL_KINDS.get(refusal.code, "connection_error")
+        kind = _REFUSAL_KINDS.get(refusal.code, AttemptError.CONNECTION_ERROR)
         return kind, f"{refusal.message} ({refusal.code})"
     if attempt.dns_timed_out:
-        return "timeout", f"DNS resolution did not finish within the {timeout:g} s deadline"
+        return (
+            AttemptError.TIMEOUT,
+            f"DNS resolution did not finish within the {timeout:g} s deadline",
+        )
     if expired or isinstance(exc, (requests.Timeout, u3exc.ReadTimeoutError, TimeoutError)):
-        return "timeout", f"No complete answer within the {timeout:g} s deadline"
+        return AttemptError.TIMEOUT, f"No complete answer within the {timeout:g} s deadline"
     chain = _exception_chain(exc)
     if isinstance(exc, requests.exceptions.SSLError) or any(
         isinstance(e, (ssl.SSLError, ssl.CertificateError, u3exc.SSLError)) for e in chain
     ):
-        return "tls_error", f"TLS handshake or certificate check failed: {_tls_reason(chain)}"
+        return (
+            AttemptError.TLS_ERROR,
+            f"TLS handshake or certificate check failed: {_tls_reason(chain)}",
+        )
     if isinstance(exc, (requests.ConnectionError, u3exc.HTTPError, OSError)):
-        return "connection_error", f"Connection failed: {_root_reason(chain)}"
+        return AttemptError.CONNECTION_ERROR, f"Connection failed: {_root_reason(chain)}"
     # Only the type: messages of unexpected errors may quote header values or URLs.
-    return "connection_error", f"Unexpected error while sending: {type(exc).__name__}"
+    return AttemptError.CONNECTION_ERROR, f"Unexpected error while sending: {type(exc).__name__}"
 
 
 def _exception_chain(exc: BaseException | None) -> list[BaseException]:

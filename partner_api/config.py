@@ -1,6 +1,8 @@
 """The one configuration object: every environment variable is read and validated here, once.
 
 Nothing else in the code base reads os.environ; a bad value stops the process with one clear line.
+A leaf: parsing and validation only. The policies built from these settings live with their
+domain (`delivery/ssrf.policy_for`, `delivery/retry`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import os
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-
-from partner_api.delivery import dns, retry, ssrf
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = f"sqlite:///{ROOT / 'instance' / 'partner_api.sqlite3'}"
@@ -41,10 +41,11 @@ class Config:
     dispatch_batch_size: int = 50
     dispatch_workers: int = 10
     retention_days: int = 30
-    # Not from the environment: how webhook host names are resolved (tests inject a table), and
-    # how long a create may wait on DNS before answering host_unresolvable.
-    resolver: Callable[[str, int], list[str]] = dataclasses.field(
-        default=dns.system_resolver, compare=False, repr=False
+    # Not from the environment: how webhook host names are resolved (None: the system's
+    # resolver; tests inject a table), and how long a create may wait on DNS before answering
+    # host_unresolvable.
+    resolver: Callable[[str, int], list[str]] | None = dataclasses.field(
+        default=None, compare=False, repr=False
     )
     create_dns_timeout: float = 5.0
     metrics_port: int | None = None  # the dispatcher's /metrics; None = off, 0 = any free port
@@ -55,26 +56,9 @@ class Config:
     prometheus_multiproc_dir: str | None = None
 
     @property
-    def max_attempts(self) -> int:
-        """Attempts before dead-lettering: one first try plus one per scheduled retry."""
-        return retry.max_attempts(self.retry_schedule)
-
-    @property
     def lease_seconds(self) -> float:
         """How long a claimed delivery stays invisible: longer than any attempt can last."""
         return self.delivery_timeout * 3 + 30
-
-    def ssrf_policy(self, dns_deadline: float | None = None) -> ssrf.SsrfPolicy:
-        """The SSRF policy these settings describe; with `dns_deadline`, a lookup slower than
-        that many seconds fails as unresolvable."""
-        resolver = self.resolver
-        if dns_deadline is not None:
-            resolver = dns.resolver_with_deadline(resolver, dns_deadline)
-        return ssrf.SsrfPolicy(
-            allow_http=self.allow_http_webhooks,
-            allow_networks=self.webhook_allow_cidrs,
-            resolver=resolver,
-        )
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Config:
@@ -90,6 +74,23 @@ class Config:
                     raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
         values.update(overrides)
         return cls(**values)
+
+
+def parse_allow_cidrs(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Parse PARTNER_API_WEBHOOK_ALLOW_CIDRS ('127.0.0.0/8, ::1/128'); '' gives ()."""
+    networks = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        if "%" in entry:
+            raise ValueError(f"{entry!r} has a zone id; use a plain CIDR")
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=True))
+        except ValueError as exc:
+            raise ValueError(
+                f"{entry!r} is not a valid network (expected e.g. 10.0.0.0/8 or fd00::/8): {exc}"
+            ) from None
+    return tuple(networks)
 
 
 def _database_url(value: str) -> str:
@@ -177,7 +178,7 @@ _VARIABLES = {
     "PARTNER_API_DELIVERY_TIMEOUT": ("delivery_timeout", _positive_seconds(300)),
     "PARTNER_API_POLL_INTERVAL": ("poll_interval", _positive_seconds(3600)),
     "PARTNER_API_AUTO_DISABLE_AFTER": ("auto_disable_after", _whole_number(1, 1_000_000)),
-    "PARTNER_API_WEBHOOK_ALLOW_CIDRS": ("webhook_allow_cidrs", ssrf.parse_allow_cidrs),
+    "PARTNER_API_WEBHOOK_ALLOW_CIDRS": ("webhook_allow_cidrs", parse_allow_cidrs),
     "PARTNER_API_ALLOW_HTTP_WEBHOOKS": ("allow_http_webhooks", _boolean),
     "PARTNER_API_CA_BUNDLE": ("ca_bundle", _ca_bundle),
     "PARTNER_API_DEFAULT_RATE_LIMIT": ("default_rate_limit", _whole_number(1, 1_000_000)),

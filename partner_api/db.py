@@ -6,6 +6,7 @@ reconnection) live here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -184,6 +185,27 @@ def is_postgres() -> bool:
 
 def is_sqlite() -> bool:
     return isinstance(database.obj, SqliteDatabase)
+
+
+def by_backend(*, sqlite, postgres):
+    """The variant for the backend in use. A statement that differs by backend is written as
+    two small functions side by side where its SQL belongs (each tested on its backend), and
+    this picks one: no other module asks which backend is in use."""
+    return postgres if is_postgres() else sqlite
+
+
+@contextlib.contextmanager
+def kept_connection():
+    """The calling thread's connection, kept open between uses (opening a SQLite connection,
+    and closing the last one, which checkpoints the WAL, cost more than the work itself) and
+    dropped after a database error so the next use reconnects."""
+    database.connect(reuse_if_open=True)
+    try:
+        yield
+    except (peewee.DatabaseError, peewee.InterfaceError):
+        with contextlib.suppress(Exception):
+            database.close()
+        raise
 
 
 def write_transaction():

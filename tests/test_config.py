@@ -7,12 +7,13 @@ import sys
 import pytest
 
 from partner_api.config import ROOT, Config, ConfigError
+from partner_api.delivery import retry
 
 
 def test_defaults_match_the_contract():
     config = Config.from_env({})
     assert config.retry_schedule == (60, 300, 1800, 7200, 21600, 86400)
-    assert config.max_attempts == 7
+    assert retry.max_attempts(config.retry_schedule) == 7
     assert config.delivery_timeout == 10
     assert config.poll_interval == 2
     assert config.auto_disable_after == 20
@@ -51,7 +52,7 @@ def test_values_are_parsed():
             "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
         }
     )
-    assert config.retry_schedule == (1, 2, 3) and config.max_attempts == 4
+    assert config.retry_schedule == (1, 2, 3) and retry.max_attempts(config.retry_schedule) == 4
     assert config.delivery_timeout == 2.5
     assert config.webhook_allow_cidrs == (
         ipaddress.ip_network("127.0.0.0/8"),
@@ -130,7 +131,8 @@ def test_a_pem_ca_bundle_is_accepted(tmp_path):
 
 
 def test_domain_error_codes_map_to_their_http_status():
-    from partner_api.errors import DomainError, from_domain_error, status_for
+    from partner_api.errors import DomainError
+    from partner_api.web.problems import from_domain_error, status_for
 
     assert status_for("subscription_not_found") == 404
     assert status_for("secret_mismatch") == 403

@@ -20,7 +20,7 @@ from partner_api import clock as clock_module
 from partner_api.db import database
 from partner_api.delivery.outbox import publish_event
 from partner_api.delivery.shares import SharePolicy, Subscriber
-from partner_api.delivery.subscriptions import delete_subscription
+from partner_api.delivery.subscriptions import delete_subscription, disable_subscription
 from partner_api.models import Delivery, DeliveryFailure, Subscription
 
 from .conftest import bearer
@@ -305,7 +305,8 @@ def test_lease_lost_attempt_does_not_overwrite_the_new_owner(
     client, partner, clock, dispatcher_factory
 ):
     from dispatcher.transport import AttemptResult
-    from partner_api.delivery.claims import claim_due_deliveries, record_outcomes
+    from partner_api.delivery.claims import claim_due_deliveries
+    from partner_api.delivery.lifecycle import record_outcomes
 
     _, token = partner
     sub = subscribe(client, token, "http://receiver.test:9/hook")
@@ -442,7 +443,8 @@ def test_disable_keeps_the_outcome_of_attempts_in_flight(
     client, partner, clock, dispatcher_factory
 ):
     from dispatcher.transport import AttemptResult
-    from partner_api.delivery.claims import claim_due_deliveries, record_outcomes
+    from partner_api.delivery.claims import claim_due_deliveries
+    from partner_api.delivery.lifecycle import record_outcomes
 
     org, token = partner
     sub = subscribe(client, token, "http://receiver.test:9/hook")
@@ -451,10 +453,7 @@ def test_disable_keeps_the_outcome_of_attempts_in_flight(
         [in_flight] = claim_due_deliveries(10, 60)
         waiting_id = publish_event(org.id, "vc.test.ping", {"n": 2})[1][0].id
         # The subscription gets disabled (e.g. by another sender's 20th failure) meanwhile.
-        from partner_api.delivery.history import hold_pending_deliveries
-
-        Subscription.update(status="disabled").where(Subscription.id == sub["id"]).execute()
-        hold_pending_deliveries(sub["id"])
+        disable_subscription(sub["id"])
         ok = AttemptResult(True, 200, None, None, None, 5)
         assert record_outcomes([(in_flight, ok)], dispatcher_factory().config) == ["delivered"]
     assert delivery(in_flight_id).status == "delivered"
@@ -601,7 +600,8 @@ def test_claim_probes_untried_and_failing_subscriptions_one_at_a_time(client, pa
 def test_a_claim_that_waited_is_checked_before_it_is_sent(client, partner, clock):
     """A claim held back in a ready queue is sent only if its lease still holds and its
     subscription is still enabled; the others are given back, due now."""
-    from partner_api.delivery.claims import claim_due_deliveries, release_claims, still_sendable
+    from partner_api.delivery.claims import claim_due_deliveries, still_sendable
+    from partner_api.delivery.lifecycle import release
 
     org, token = partner
     subs = [subscribe(client, token, f"http://receiver.test:9/{n}") for n in range(3)]
@@ -616,7 +616,7 @@ def test_a_claim_that_waited_is_checked_before_it_is_sent(client, partner, clock
             Subscription.id == disabled.subscription_id
         ).execute()
         assert still_sendable(claims) == [kept]
-        release_claims([deleted, disabled])
+        release([deleted, disabled])
     assert delivery(deleted.id).status == "cancelled"  # the delete cancelled it; stays so
     given_back = delivery(disabled.id)
     assert given_back.lease_token is None and given_back.next_attempt_at == clock.current

@@ -200,7 +200,7 @@ def test_docs_serve_no_other_file(client, name):
 
 
 def test_every_event_type_documents_its_delivery_and_signature_headers(spec):
-    from partner_api.delivery.outbox import EVENT_TYPES
+    from partner_api.delivery.event_types import EVENT_TYPES
 
     assert set(spec["webhooks"]) == set(EVENT_TYPES)
     for event_type, item in spec["webhooks"].items():

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.provisional import domains
 from urllib3.util import parse_url
 
+from partner_api import pagination
 from partner_api.db import apply_schema, bind, database
 from partner_api.delivery import signing
 from partner_api.delivery.ssrf import SsrfPolicy
@@ -27,7 +28,6 @@ from partner_api.delivery.webhook_url import (
     parse_webhook_url,
 )
 from partner_api.errors import DomainError
-from partner_api.web import pagination
 
 # Derandomized and without an example database, so CI sees the same examples on every run;
 # no deadline, because a shared CI machine makes per-example timings meaningless.

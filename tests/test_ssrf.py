@@ -8,12 +8,12 @@ import threading
 
 import pytest
 
+from partner_api.config import Config, parse_allow_cidrs
 from partner_api.delivery import dns, ssrf, webhook_url
 from partner_api.delivery.dns import system_resolver
 from partner_api.delivery.ssrf import (
     SsrfPolicy,
-    is_address_allowed,
-    parse_allow_cidrs,
+    policy_for,
     resolve_allowed_addresses,
     validate_webhook_url,
 )
@@ -22,6 +22,18 @@ from partner_api.errors import DomainError
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
+
+
+def is_address_allowed(address, allow_networks=()) -> bool:
+    """Whether a webhook may reach `address`, asked through the public check of an IP
+    literal (the resolver must not be consulted)."""
+    policy = SsrfPolicy(allow_networks=allow_networks, resolver=must_not_resolve)
+    try:
+        resolve_allowed_addresses(str(address), 443, policy)
+    except WebhookUrlError as exc:
+        assert exc.code == "address_not_allowed", exc.code
+        return False
+    return True
 
 
 class FakeResolver:
@@ -680,6 +692,25 @@ def test_error_has_stable_code_and_human_message():
 
 def test_system_resolver_is_the_default():
     assert SsrfPolicy().resolver is system_resolver
+    assert policy_for(Config()).resolver is system_resolver
+
+
+def test_policy_for_config_carries_its_settings_and_deadline():
+    hanging_called = threading.Event()
+
+    def hanging(host, port):
+        hanging_called.set()
+        threading.Event().wait(5)
+        return []
+
+    config = Config(
+        allow_http_webhooks=True, webhook_allow_cidrs=parse_allow_cidrs("::1/128"), resolver=hanging
+    )
+    policy = policy_for(config, dns_deadline=0.1)
+    assert policy.allow_http and policy.allow_networks == (ipaddress.ip_network("::1/128"),)
+    with pytest.raises(WebhookUrlError) as caught:
+        resolve_allowed_addresses("slow.example", 443, policy)
+    assert caught.value.code == "host_unresolvable" and hanging_called.is_set()
 
 
 def test_system_resolver_returns_numeric_host_without_dns():

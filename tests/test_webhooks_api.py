@@ -18,7 +18,8 @@ import pytest
 from partner_api import clock as clock_module
 from partner_api import ids
 from partner_api.db import database
-from partner_api.delivery.outbox import EVENT_TYPES, publish_event
+from partner_api.delivery.event_types import EVENT_TYPES
+from partner_api.delivery.outbox import publish_event
 from partner_api.models import Delivery, DeliveryFailure, Event, Subscription
 
 from .conftest import assert_problem, bearer

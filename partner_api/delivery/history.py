@@ -1,10 +1,6 @@
-"""Delivery state changes that the API, the admin CLI and the dispatcher share, and the
-operator's views of deliveries (list, show).
-
-Statuses: pending (due at next_attempt_at), held (subscription disabled), delivered,
-dead_lettered, cancelled. Each change clears the lease token, so an in-flight attempt whose
-delivery changed under it cannot overwrite the new state. A finished delivery's
-next_attempt_at is when it finished (retention and `stats` count from it).
+"""A delivery's history as operators read it: find deliveries (newest first), one delivery
+with its event and subscription, and every attempt it had. Read-only; the state changes are
+in `lifecycle.py`.
 """
 
 from __future__ import annotations
@@ -21,49 +17,6 @@ from partner_api.models import (
 )
 
 MAX_LIST_LIMIT = 1000
-
-
-def cancel_open_deliveries(subscription_id: str) -> int:
-    """The subscription is gone: nothing pending or held will ever be sent."""
-    return (
-        Delivery.update(
-            status=DeliveryStatus.CANCELLED, lease_token=None, next_attempt_at=clock.now()
-        )
-        .where(
-            (Delivery.subscription == subscription_id) & Delivery.status.in_(DeliveryStatus.OPEN)
-        )
-        .execute()
-    )
-
-
-def hold_pending_deliveries(subscription_id: str) -> int:
-    """The subscription is disabled: park its deliveries where claims never look.
-
-    Deliveries in flight keep their lease, so their outcome is still recorded; the outcome
-    writer (or the next claim, if their dispatcher died) holds them afterwards.
-    """
-    return (
-        Delivery.update(status=DeliveryStatus.HELD)
-        .where(
-            (Delivery.subscription == subscription_id)
-            & (Delivery.status == DeliveryStatus.PENDING)
-            & Delivery.lease_token.is_null()
-        )
-        .execute()
-    )
-
-
-def release_held_deliveries(subscription_id: str) -> int:
-    """The subscription is enabled again: its held deliveries are due now."""
-    return (
-        Delivery.update(
-            status=DeliveryStatus.PENDING, next_attempt_at=clock.now(), lease_token=None
-        )
-        .where(
-            (Delivery.subscription == subscription_id) & (Delivery.status == DeliveryStatus.HELD)
-        )
-        .execute()
-    )
 
 
 def list_deliveries(

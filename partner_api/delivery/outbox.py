@@ -1,24 +1,22 @@
-"""The event catalogue and `publish_event`, the one call that emits a webhook event: it writes
-the event and one delivery per matching subscription in one transaction (the outbox).
+"""`publish_event`, the one call that emits a webhook event: it writes the event and one
+delivery per matching subscription in one transaction (the outbox), so an event is never
+recorded without its deliveries, nor a delivery without its event.
 """
 
 from __future__ import annotations
 
 from partner_api import clock, ids
 from partner_api.db import locked, write_transaction
-from partner_api.models import Delivery, DeliveryStatus, Event, Subscription, SubscriptionStatus
-
-# New event types are one line here.
-EVENT_TYPES = {
-    "vc.test.ping": "A test event sent on request by POST /webhooks/{id}/test.",
-}
+from partner_api.delivery import lifecycle
+from partner_api.delivery.event_types import EVENT_TYPES
+from partner_api.models import Event, Subscription
 
 
 def publish_event(org_id: str, event_type: str, data: dict, *, subscription_id: str | None = None):
     """Record an event for an org and queue it for its subscribers; returns (event, deliveries).
 
-    A disabled subscription's delivery is queued as held, to be sent if an operator re-enables
-    it. `subscription_id` sends to that one subscription whatever its event filter (test ping).
+    A disabled subscription's delivery is queued as held, to be sent once it is enabled again.
+    `subscription_id` sends to that one subscription whatever its event filter (test ping).
     """
     if event_type not in EVENT_TYPES:  # a programming error, not a partner's input
         raise ValueError(f"unknown event type {event_type!r}")
@@ -33,21 +31,6 @@ def publish_event(org_id: str, event_type: str, data: dict, *, subscription_id: 
         event = Event.create(
             id=ids.new_id("evt"), org=org_id, type=event_type, data=data, occurred_at=now
         )
-        deliveries = [
-            Delivery.create(
-                id=ids.new_id("dlv"),
-                event=event,
-                subscription=sub,
-                status=(
-                    DeliveryStatus.PENDING
-                    if sub.status == SubscriptionStatus.ENABLED
-                    else DeliveryStatus.HELD
-                ),
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-            )
-            for sub in query
-            if subscription_id is not None or event_type in sub.events
-        ]
+        wanted = [sub for sub in query if subscription_id is not None or event_type in sub.events]
+        deliveries = lifecycle.create_deliveries(event, wanted, now)
     return event, deliveries

@@ -1,9 +1,8 @@
 """Sending finished deliveries again: `deliveries replay` (one) and `webhooks recover` (every
-dead letter of a subscription since a time). Both reset the existing delivery row.
+dead letter of a subscription since a time): which deliveries, checked; `lifecycle.replay`
+makes them due again.
 
-A replay keeps the delivery id and its event, so the receiver sees the same event `id`; the
-row goes back to attempt 0, due now (held while its subscription is disabled), and the failure
-audit keeps every earlier attempt.
+A replay keeps the delivery id and its event, so the receiver sees the same event `id`.
 """
 
 from __future__ import annotations
@@ -13,25 +12,13 @@ import re
 
 from partner_api import clock, ids
 from partner_api.db import locked, write_transaction
+from partner_api.delivery import lifecycle
 from partner_api.errors import DomainError
-from partner_api.models import Delivery, DeliveryStatus, Event, Subscription, SubscriptionStatus
+from partner_api.models import Delivery, DeliveryStatus, Event, Subscription
 
-REPLAYABLE = (DeliveryStatus.DELIVERED, DeliveryStatus.DEAD_LETTERED)
 RECOVER_BATCH = 500  # deliveries reset per transaction, so the dispatcher is never held up long
 _AGO = re.compile(r"^(\d{1,6})([mhd])$")
 _AGO_UNITS = {"m": 60, "h": 3600, "d": 86400}
-
-
-def _reset(query_filter, subscription: Subscription, statuses=REPLAYABLE):
-    """The update that makes finished deliveries due again, from attempt 1 (held instead,
-    like newly published events, while the subscription is disabled)."""
-    live = subscription.status == SubscriptionStatus.ENABLED
-    return Delivery.update(
-        status=DeliveryStatus.PENDING if live else DeliveryStatus.HELD,
-        attempts=0,
-        next_attempt_at=clock.now(),
-        lease_token=None,
-    ).where(query_filter & Delivery.status.in_(statuses))
 
 
 def _live_subscription(subscription_id: str) -> Subscription:
@@ -63,13 +50,13 @@ def replay_delivery(delivery_id: str) -> Delivery:
         if delivery is None:
             raise DomainError("delivery_not_found", f"no delivery with id {delivery_id!r}")
         subscription = _live_subscription(delivery.subscription_id)
-        if delivery.status not in REPLAYABLE:
+        if delivery.status not in lifecycle.REPLAYABLE:
             raise DomainError(
                 "delivery_not_replayable",
                 f"delivery {delivery.id} is {delivery.status}; only delivered or dead-lettered "
                 "deliveries can be replayed",
             )
-        _reset(Delivery.id == delivery.id, subscription).execute()
+        lifecycle.replay([delivery.id], subscription)
     return Delivery.get_by_id(delivery.id)
 
 
@@ -122,7 +109,7 @@ def replay_dead_letters(subscription_id: str, found: list[str], progress=None) -
             # Re-read each time: the subscription may have been disabled or deleted meanwhile.
             subscription = _live_subscription(subscription_id)
             dead = (DeliveryStatus.DEAD_LETTERED,)
-            replayed += _reset(Delivery.id.in_(batch), subscription, statuses=dead).execute()
+            replayed += lifecycle.replay(batch, subscription, statuses=dead)
         if progress is not None:
             progress(len(batch))
     return replayed

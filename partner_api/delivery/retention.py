@@ -14,9 +14,10 @@ from peewee import Tuple
 
 from partner_api import clock
 from partner_api.config import MAX_RETENTION_DAYS
-from partner_api.db import locked, write_transaction
+from partner_api.db import write_transaction
+from partner_api.delivery import lifecycle
 from partner_api.errors import DomainError
-from partner_api.models import Delivery, DeliveryFailure, DeliveryStatus, DispatcherPoll, Event
+from partner_api.models import Delivery, DeliveryStatus, DispatcherPoll, Event
 
 BATCH_SIZE = 1000
 
@@ -51,7 +52,7 @@ def prune(days: int, *, batch_size: int = BATCH_SIZE, yield_ratio: float = 1.0, 
 
     for status in DeliveryStatus.FINISHED:
         while not stop():
-            deleted, failures = step(_prune_delivery_batch, status, cutoff, batch_size)
+            deleted, failures = step(lifecycle.prune_finished, status, cutoff, batch_size)
             counts["deliveries"] += deleted
             counts["delivery_failures"] += failures
             if deleted < batch_size:
@@ -67,24 +68,6 @@ def prune(days: int, *, batch_size: int = BATCH_SIZE, yield_ratio: float = 1.0, 
             DispatcherPoll.delete().where(DispatcherPoll.last_poll_at < cutoff).execute()
         )
     return counts
-
-
-def _prune_delivery_batch(status: str, cutoff: dt.datetime, batch_size: int) -> tuple[int, int]:
-    """One transaction: up to `batch_size` finished deliveries and their audit rows."""
-    with write_transaction():
-        # (status, next_attempt_at) is the deliveries_due index: no scan of live rows.
-        query = (
-            Delivery.select(Delivery.id)
-            .where((Delivery.status == status) & (Delivery.next_attempt_at < cutoff))
-            .limit(batch_size)
-        )
-        # A replay holding one of these rows keeps it; other pruners take other rows.
-        found = [row[0] for row in locked(query, "FOR UPDATE SKIP LOCKED").tuples()]
-        if not found:
-            return 0, 0
-        failures = DeliveryFailure.delete().where(DeliveryFailure.delivery.in_(found)).execute()
-        deleted = Delivery.delete().where(Delivery.id.in_(found)).execute()
-    return deleted, failures
 
 
 def _prune_event_batch(cutoff: dt.datetime, after, batch_size: int):

@@ -8,7 +8,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from partner_api.delivery.dns import Resolver, system_resolver
+from partner_api.delivery.dns import Resolver, resolver_with_deadline, system_resolver
 from partner_api.delivery.webhook_url import (
     IPAddress,
     WebhookUrl,
@@ -79,30 +79,6 @@ class SsrfPolicy:
         object.__setattr__(self, "allow_networks", networks)
 
 
-def parse_allow_cidrs(value: str) -> tuple[IPNetwork, ...]:
-    """Parse PARTNER_API_WEBHOOK_ALLOW_CIDRS ('127.0.0.0/8, ::1/128'); '' gives ()."""
-    networks = []
-    for entry in (part.strip() for part in value.split(",")):
-        if not entry:
-            continue
-        if "%" in entry:
-            raise ValueError(f"{entry!r} has a zone id; use a plain CIDR")
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=True))
-        except ValueError as exc:
-            raise ValueError(
-                f"{entry!r} is not a valid network (expected e.g. 10.0.0.0/8 or fd00::/8): {exc}"
-            ) from None
-    return tuple(networks)
-
-
-def is_address_allowed(
-    address: IPAddress | str, allow_networks: tuple[IPNetwork, ...] = ()
-) -> bool:
-    """True if the policy lets us connect to `address`."""
-    return _refusal_reason(_as_address(address), allow_networks) is None
-
-
 def resolve_allowed_addresses(host: str, port: int, policy: SsrfPolicy) -> list[IPAddress]:
     """Resolve `host` (or take it as an IP literal) and check every address.
 
@@ -140,6 +116,19 @@ def resolve_allowed_addresses(host: str, port: int, policy: SsrfPolicy) -> list[
     for address in addresses:
         _require_allowed(address, policy, name)
     return addresses
+
+
+def policy_for(config, dns_deadline: float | None = None) -> SsrfPolicy:
+    """The SSRF policy a `Config` describes; with `dns_deadline`, a lookup slower than that
+    many seconds fails as unresolvable (a create must answer promptly)."""
+    resolver = config.resolver or system_resolver
+    if dns_deadline is not None:
+        resolver = resolver_with_deadline(resolver, dns_deadline)
+    return SsrfPolicy(
+        allow_http=config.allow_http_webhooks,
+        allow_networks=config.webhook_allow_cidrs,
+        resolver=resolver,
+    )
 
 
 def validate_webhook_url(url: str, policy: SsrfPolicy) -> WebhookUrl:

@@ -1,4 +1,6 @@
-"""`stats`: queue and subscription health in one read, and when each dispatcher last polled.
+"""`stats`: queue and subscription health in one read, the queue gauges of `/metrics`, and
+each dispatcher's poll stamps (written by its heartbeat, so `stats` can tell a running
+dispatcher from a stopped one).
 
 Every count is served by an index (deliveries_due, delivery_failures_time, dispatcher_polls).
 """
@@ -90,3 +92,40 @@ def collect_stats(poll_interval: float) -> dict:
 
 def _age(now: dt.datetime, moment: dt.datetime | None) -> float | None:
     return None if moment is None else round(max(0.0, (now - moment).total_seconds()), 3)
+
+
+def stamp_poll(dispatcher_id: str, hostname: str, pid: int, started_at: dt.datetime) -> None:
+    """Record that this dispatcher polled now (one row per dispatcher, upserted)."""
+    now = clock.now()
+    DispatcherPoll.insert(
+        dispatcher_id=dispatcher_id,
+        hostname=hostname,
+        pid=pid,
+        started_at=started_at,
+        last_poll_at=now,
+    ).on_conflict(
+        conflict_target=[DispatcherPoll.dispatcher_id],
+        update={DispatcherPoll.last_poll_at: now},
+    ).execute()
+
+
+def queue_gauges(now: dt.datetime) -> dict:
+    """What the queue gauges show: due now, how long the oldest due has waited, held, and
+    disabled subscriptions. The due count and age are served by the (status,
+    next_attempt_at) index, like the claim itself."""
+    due, oldest = (
+        Delivery.select(fn.COUNT(Delivery.id), fn.MIN(Delivery.next_attempt_at))
+        .where((Delivery.status == DeliveryStatus.PENDING) & (Delivery.next_attempt_at <= now))
+        .tuples()
+        .get()
+    )
+    if isinstance(oldest, str):  # SQLite hands back MIN() of a datetime column as text
+        oldest = Delivery.next_attempt_at.python_value(oldest)
+    return {
+        "due": due,
+        "oldest_due_seconds": max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+        "held": _count(Delivery.status == DeliveryStatus.HELD),
+        "disabled_subscriptions": Subscription.select()
+        .where((Subscription.status == SubscriptionStatus.DISABLED) & Subscription.live())
+        .count(),
+    }

@@ -12,13 +12,13 @@ import secrets
 from partner_api import clock, ids
 from partner_api.config import Config
 from partner_api.db import locked, write_transaction
-from partner_api.delivery import ssrf
-from partner_api.delivery.history import cancel_open_deliveries, release_held_deliveries
-from partner_api.delivery.outbox import EVENT_TYPES, publish_event
+from partner_api.delivery import lifecycle, ssrf
+from partner_api.delivery.event_types import EVENT_TYPES
+from partner_api.delivery.outbox import publish_event
 from partner_api.delivery.signing import SECRET_PREFIX
 from partner_api.errors import DomainError
 from partner_api.models import DeliveryFailure, Org, Subscription, SubscriptionStatus
-from partner_api.web.pagination import paginate
+from partner_api.pagination import paginate
 
 
 def new_secret() -> str:
@@ -41,7 +41,7 @@ def _check_event_types(events) -> list[str]:
 def create_subscription(org_id: str, url: str, events, description: str, config: Config):
     """Validate everything (URL and SSRF policy first), then store; returns (sub, secret)."""
     event_types = _check_event_types(events if events is not None else list(EVENT_TYPES))
-    checked = ssrf.validate_webhook_url(url, config.ssrf_policy(config.create_dns_timeout))
+    checked = ssrf.validate_webhook_url(url, ssrf.policy_for(config, config.create_dns_timeout))
     secret = new_secret()
     with write_transaction():
         # Serialise creates per org so the cap cannot be overshot.
@@ -105,23 +105,20 @@ def get_subscription(org_id: str | None, subscription_id: str, lock: bool = Fals
 def delete_subscription(org_id: str, subscription_id: str) -> None:
     """Delete a subscription and cancel its pending deliveries so none is ever sent."""
     with write_transaction():
-        subscription = get_subscription(org_id, subscription_id)
-        now = clock.now()
-        Subscription.update(deleted_at=now).where(Subscription.id == subscription.id).execute()
-        cancel_open_deliveries(subscription.id)
+        lifecycle.delete(get_subscription(org_id, subscription_id, lock=True))
 
 
 def enable_subscription(subscription_id: str) -> Subscription:
     """Operator action: re-enable an (auto-)disabled subscription; held deliveries resume."""
     with write_transaction():
-        subscription = get_subscription(None, subscription_id)
-        Subscription.update(
-            status=SubscriptionStatus.ENABLED,
-            disabled_reason=None,
-            disabled_at=None,
-            consecutive_failures=0,
-        ).where(Subscription.id == subscription.id).execute()
-        release_held_deliveries(subscription.id)
+        lifecycle.enable(get_subscription(None, subscription_id, lock=True))
+    return Subscription.get_by_id(subscription_id)
+
+
+def disable_subscription(subscription_id: str, reason: str = lifecycle.OPERATOR_DISABLE_REASON):
+    """Operator action: disable a subscription; its pending deliveries are held until enabled."""
+    with write_transaction():
+        lifecycle.disable(get_subscription(None, subscription_id, lock=True), reason)
     return Subscription.get_by_id(subscription_id)
 
 

@@ -14,10 +14,10 @@ import secrets
 from flask import current_app, g, request
 
 from partner_api import clock, tokens
-from partner_api.db import PreparedStatement, database, is_postgres
-from partner_api.errors import ApiError
+from partner_api.db import PreparedStatement, by_backend, database
 from partner_api.models import ApiKey
 from partner_api.web import ratelimit
+from partner_api.web.problems import ApiError
 
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 _CHALLENGE = 'Bearer realm="partner-api"'
@@ -97,13 +97,8 @@ class Caller:
 
 def find_caller(token_hash: str, window: int, default_limit: int) -> Caller | None:
     """The key (revoked or not) with this token hash, its org attached, or None."""
-    if is_postgres():
-        cursor = database.execute_prepared(
-            _LOOKUP_AND_COUNT_POSTGRES, (token_hash, window, default_limit)
-        )
-    else:
-        cursor = database.execute_sql(_LOOKUP_SQLITE, {"token_hash": token_hash, "window": window})
-    rows = cursor.fetchall()  # to the end: an unfinished SQLite statement holds its snapshot
+    lookup = by_backend(sqlite=_lookup_sqlite, postgres=_lookup_and_count_postgres)
+    rows = lookup(token_hash, window, default_limit)
     if not rows:
         return None
     row = rows[0]
@@ -124,6 +119,18 @@ def find_caller(token_hash: str, window: int, default_limit: int) -> Caller | No
         stored_hits,
         counted[0] if counted else None,
     )
+
+
+def _lookup_sqlite(token_hash: str, window: int, default_limit: int) -> list[tuple]:
+    """The key's row; the hit is counted afterwards (`ratelimit.admit`)."""
+    cursor = database.execute_sql(_LOOKUP_SQLITE, {"token_hash": token_hash, "window": window})
+    return cursor.fetchall()  # to the end: an unfinished SQLite statement holds its snapshot
+
+
+def _lookup_and_count_postgres(token_hash: str, window: int, default_limit: int) -> list[tuple]:
+    """The key's row, the hit counted in the same round trip (its last column)."""
+    params = (token_hash, window, default_limit)
+    return database.execute_prepared(_LOOKUP_AND_COUNT_POSTGRES, params).fetchall()
 
 
 def _datetime(value):
@@ -179,22 +186,9 @@ def require_scope(scope: str):
             window = ratelimit.window_start(now_unix)
             default_limit = current_app.config["PARTNER_API"].default_rate_limit
             caller = authenticate(now, window, default_limit)
-            limit = caller.rate_limit or default_limit
-            if caller.counted_hits is not None:
-                hits = caller.counted_hits
-            elif ratelimit.is_exhausted(caller.stored_hits, limit):
-                hits = caller.stored_hits
-            else:
-                hits = ratelimit.count_hit(caller.key_id, window)
-            state = ratelimit.state(limit, hits, window)
-            g.caller, g.rate_limit = caller, state
-            if not state.allowed:
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    f"Rate limit of {limit} requests per minute exceeded; retry after the reset.",
-                    headers={"Retry-After": str(max(1, state.reset - now_unix))},
-                )
+            g.caller = caller
+            g.rate_limit = ratelimit.admit(caller, caller.rate_limit or default_limit, window)
+            ratelimit.refuse_if_exceeded(g.rate_limit, now_unix)
             if scope not in caller.scopes:
                 raise ApiError(
                     403,

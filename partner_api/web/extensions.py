@@ -15,14 +15,14 @@ import marshmallow as ma
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
-from partner_api.errors import (
+from partner_api.web.openapi import RATE_LIMIT_HEADERS, register_error_responses
+from partner_api.web.problems import (
     ApiError,
     ProblemSchema,
     from_http_exception,
     problem_response,
     register_error_handlers,
 )
-from partner_api.web.openapi import RATE_LIMIT_HEADERS, register_error_responses
 
 
 class StrictParser(FlaskParser):

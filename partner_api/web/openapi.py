@@ -10,8 +10,8 @@ from flask_smorest.utils import prepare_response
 
 from partner_api.config import Config
 from partner_api.delivery import retry, signing, webhook_url
-from partner_api.delivery.outbox import EVENT_TYPES
-from partner_api.errors import DEFAULT_CODES, PROBLEM_CONTENT_TYPE, problem_body
+from partner_api.delivery.event_types import EVENT_TYPES
+from partner_api.web.problems import DEFAULT_CODES, PROBLEM_CONTENT_TYPE, problem_body
 
 # An example answer per status, and every `code` an error of that status can carry.
 _EXAMPLE_DETAILS = {
@@ -220,7 +220,7 @@ def delivery_terms(config: Config) -> str:
         f"A 2xx answer within {retry.describe_seconds(config.delivery_timeout)} is success; "
         "anything else, redirects included (never followed), is retried after "
         f"{retry.describe_schedule(config.retry_schedule)}, then dead-lettered "
-        f"({config.max_attempts} attempts in all)."
+        f"({retry.max_attempts(config.retry_schedule)} attempts in all)."
     )
 
 

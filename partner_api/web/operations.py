@@ -11,8 +11,8 @@ import peewee
 from flask import Blueprint, current_app, jsonify
 
 from partner_api import db, models
-from partner_api.errors import ApiError
 from partner_api.web import metrics
+from partner_api.web.problems import ApiError
 
 blp = Blueprint("operations", __name__)
 log = logging.getLogger(__name__)

@@ -1,7 +1,10 @@
-"""Per-key rate limiting in fixed one-minute windows, kept in the database.
+"""Per-key rate limiting in fixed one-minute windows, kept in the database: where a 429 is
+decided.
 
 One atomic upsert per admitted request both advances the window and counts the hit, so the limit
-holds exactly across gunicorn workers and API hosts (no read-modify-write race).
+holds exactly across gunicorn workers and API hosts (no read-modify-write race). On PostgreSQL
+the key lookup (`auth.find_caller`) runs the same upsert in its round trip; `admit` then only
+reads the count it returned.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from partner_api.db import database
+from partner_api.web.problems import ApiError
 
 WINDOW_SECONDS = 60
 
@@ -81,3 +85,26 @@ def state(limit: int, hits: int, window: int) -> RateLimitState:
         reset=window + WINDOW_SECONDS,
         allowed=hits <= limit,
     )
+
+
+def admit(caller, limit: int, window: int) -> RateLimitState:
+    """Count this request of `caller` (unless its lookup already did, or its window is
+    already exhausted) and return the headroom after it."""
+    if caller.counted_hits is not None:
+        hits = caller.counted_hits
+    elif is_exhausted(caller.stored_hits, limit):
+        hits = caller.stored_hits
+    else:
+        hits = count_hit(caller.key_id, window)
+    return state(limit, hits, window)
+
+
+def refuse_if_exceeded(current: RateLimitState, now_unix: int) -> None:
+    """429 with `Retry-After` when the request went over the key's limit."""
+    if not current.allowed:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"Rate limit of {current.limit} requests per minute exceeded; retry after the reset.",
+            headers={"Retry-After": str(max(1, current.reset - now_unix))},
+        )

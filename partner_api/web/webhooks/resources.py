@@ -4,9 +4,9 @@ from flask import current_app, g
 
 from partner_api import scopes
 from partner_api.delivery import subscriptions
+from partner_api.pagination import ListQuerySchema
 from partner_api.web.auth import require_scope
 from partner_api.web.extensions import RATE_LIMIT_HEADERS, Blueprint, NoQuerySchema
-from partner_api.web.pagination import ListQuerySchema
 from partner_api.web.webhooks.schemas import (
     FailurePageSchema,
     SubscriptionCreatedSchema,

@@ -2,10 +2,11 @@
 
 import marshmallow as ma
 
-from partner_api.delivery.outbox import EVENT_TYPES
+from partner_api.delivery import outcomes
+from partner_api.delivery.event_types import EVENT_TYPES
 from partner_api.delivery.webhook_url import MAX_URL_LENGTH
+from partner_api.pagination import page_schema
 from partner_api.web.fields import Timestamp
-from partner_api.web.pagination import page_schema
 
 
 class SubscriptionCreateSchema(ma.Schema):
@@ -95,12 +96,7 @@ class FailureSchema(ma.Schema):
     attempt = ma.fields.Integer(metadata={"description": "Attempt number, 1-based."})
     attempted_at = Timestamp()
     duration_ms = ma.fields.Integer()
-    error_kind = ma.fields.String(
-        metadata={
-            "description": "timeout, connection_error, tls_error, dns_error, address_blocked, "
-            "http_status or redirect."
-        }
-    )
+    error_kind = ma.fields.String(metadata={"description": outcomes.listed() + "."})
     error_message = ma.fields.String()
     response_status = ma.fields.Integer(allow_none=True)
     response_excerpt = ma.fields.String(
