@@ -287,6 +287,7 @@ def measure(server: Server, headers, duration: float) -> dict:
 TARGETS = ("bare", "floor", "lean", "me")
 
 
+# Long: the rounds of one comparison, ABCD then DCBA, in the order they run.
 def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -> dict:
     """Alternating wrk rounds against the bare app, the database floor, the app without its
     telemetry and rate-limit headers (bench/lean_app.py) and the real /me."""
@@ -381,6 +382,7 @@ def eight_clients_on_me(base: str, token: str, duration: float) -> subprocess.Po
     )
 
 
+# Long: one scenario, its servers, its two client groups and its report, in order.
 def contention(duration: float, workdir: Path) -> None:
     """Mixed load on SQLite, without and then with a flood of 429s from one key."""
     url = f"sqlite:///{workdir / 'contention.sqlite3'}"

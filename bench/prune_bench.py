@@ -105,6 +105,7 @@ def percentiles(lags: list[float]) -> str:
     return f"p50 {cuts[49] * 1000:6.0f} ms  p99 {cuts[98] * 1000:6.0f} ms  n={len(lags)}"
 
 
+# Long: one scenario, set up, measured and reported in the order it runs.
 def measure(url: str, receiver_url: str, rows: int, rate: float, baseline_s: float) -> None:
     bind(url)
     drop_tables()

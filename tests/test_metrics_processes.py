@@ -53,6 +53,7 @@ def batch_of_requests(base: str, count: int) -> list[int]:
         return list(pool.map(lambda _: status_of(base + ME), range(count)))
 
 
+# Long: one gunicorn run, scraped before and after a worker is killed.
 def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_path):
     url = f"sqlite:///{tmp_path / 'api.sqlite3'}"
     bind(url)

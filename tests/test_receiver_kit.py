@@ -213,6 +213,7 @@ def real_time_clock():
     clock_module.reset_clock()
 
 
+# Long: one receiver process, fed real deliveries, replays and forgeries in turn.
 def test_the_example_receiver_verifies_real_deliveries_once_each_and_refuses_the_rest(
     client, make_key, config, real_time_clock, monkeypatch
 ):

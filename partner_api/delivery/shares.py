@@ -58,6 +58,7 @@ class SharePolicy:
         return 1 if subscriber.failing or subscriber.untried else self.share
 
 
+# Long: one pass that keeps every running count in locals; it runs on every free sender.
 def choose(
     waiting: dict[str, int],
     subscribers: dict[str, Subscriber],
