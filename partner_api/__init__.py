@@ -1,6 +1,13 @@
-"""Partner API: the web app (create_app) and the code the dispatcher shares with it.
+"""Partner API: a partner-facing REST API and signed, reliable webhooks.
 
-The app factory wires config, database, API blueprints, error handling and the admin CLI.
+- `partner_api.web`: the Flask app (views, auth, rate limits, OpenAPI, docs, telemetry).
+- `partner_api.delivery`: the delivery domain, shared with the dispatcher process.
+- This package's own modules: configuration, database, models, ids, clock, logs, the admin CLI
+  and key provisioning, which both processes use.
+
+`create_app` imports the web layer only when called: the dispatcher (`python -m dispatcher`)
+imports `partner_api.delivery` and never loads the views, flask-smorest or the OpenAPI
+document (tests/test_layout.py checks it).
 """
 
 __version__ = "1.0.0"

@@ -113,11 +113,6 @@ class Subscription(BaseModel):
         condition = cls.deleted_at.is_null()
         return condition if org_id is None else condition & (cls.org == org_id)
 
-    @property
-    def sendable(self) -> bool:
-        """Enabled and not deleted: its deliveries may be attempted."""
-        return self.status == SubscriptionStatus.ENABLED and self.deleted_at is None
-
 
 class Event(BaseModel):
     id = TextField(primary_key=True)

@@ -373,9 +373,8 @@ def test_recover_works_in_batches_and_reports_progress(world, outage, clock, mon
     monkeypatch.setattr(replay, "RECOVER_BATCH", 2)
     told = []
     with database.connection_context():
-        count = replay.recover_subscription(
-            sub.id, clock.current - dt.timedelta(days=1), told.append
-        )
+        _, found = replay.dead_letters_since(sub.id, clock.current - dt.timedelta(days=1))
+        count = replay.replay_dead_letters(sub.id, found, told.append)
     assert count == 3 and told == [2, 1]
     assert {row(d.id).status for d in dead} == {"pending"}
 

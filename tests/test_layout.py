@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,6 +161,16 @@ def test_imports_never_go_up_to_the_web_layer(package, forbidden):
         for path in python_files(ROOT / package)
     }
     assert {k: v for k, v in breaches.items() if v} == {}
+
+
+def test_the_dispatcher_process_never_loads_the_web_layer():
+    """Why `partner_api.create_app` imports the factory lazily."""
+    probe = "import sys, dispatcher.__main__; print('\\n'.join(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "partner_api.delivery.lifecycle" in loaded
+    assert [m for m in loaded if m.startswith(("partner_api.web", "flask_smorest"))] == []
 
 
 def test_every_module_says_what_it_owns():

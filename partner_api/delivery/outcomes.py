@@ -22,17 +22,6 @@ class AttemptError(enum.StrEnum):
     REDIRECT = "redirect"
 
 
-DESCRIPTIONS = {
-    AttemptError.TIMEOUT: "no complete answer (DNS included) within the delivery timeout",
-    AttemptError.CONNECTION_ERROR: "the connection failed or was reset",
-    AttemptError.TLS_ERROR: "the TLS handshake or the certificate check failed",
-    AttemptError.DNS_ERROR: "the host name did not resolve",
-    AttemptError.ADDRESS_BLOCKED: "the host resolved to an address the SSRF policy refuses",
-    AttemptError.HTTP_STATUS: "the receiver answered with a status outside 2xx and 3xx",
-    AttemptError.REDIRECT: "the receiver answered 3xx; redirects are never followed",
-}
-
-
 def listed(separator: str = ", ", last: str = " or ") -> str:
     """The error kinds as prose: `http_status, redirect, … or address_blocked`."""
     kinds = [kind.value for kind in AttemptError]

@@ -113,9 +113,3 @@ def replay_dead_letters(subscription_id: str, found: list[str], progress=None) -
         if progress is not None:
             progress(len(batch))
     return replayed
-
-
-def recover_subscription(subscription_id: str, since: dt.datetime, progress=None) -> int:
-    """Replay every dead letter of a subscription whose event occurred at or after `since`."""
-    _, found = dead_letters_since(subscription_id, since)
-    return replay_dead_letters(subscription_id, found, progress)
