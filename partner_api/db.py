@@ -1,7 +1,12 @@
-"""The database: one peewee DatabaseProxy, the end-of-request release, and `init-db`.
+"""The database: one peewee DatabaseProxy, transactions and row locks, the end-of-request
+release, and `init-db`.
 
-Backend differences (SQLite pragmas and long-lived connections, PostgreSQL pooling and
-reconnection) live here and nowhere else.
+Backend differences live here: SQLite's pragmas, private file and long-lived connections;
+PostgreSQL's pool, reconnection and prepared statements; the write lock (`write_transaction`)
+and row locks (`locked`). A statement that must differ by backend (the key lookup that also
+counts the hit on PostgreSQL, the claim's lease) is written as two small functions where its
+SQL belongs, and `by_backend` picks one: no other module asks which backend is in use
+(tests/test_layout.py checks it).
 """
 
 from __future__ import annotations
