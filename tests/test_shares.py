@@ -1,4 +1,4 @@
-"""The sharing rules of partner_api/delivery/shares.py as a specification: no database, no threads."""
+"""The sharing rules of delivery/shares.py as a specification: no database, no threads."""
 
 import collections
 
