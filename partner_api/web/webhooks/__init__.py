@@ -1,1 +1,1 @@
-"""Webhook subscriptions: the partner-facing API, its work functions and the failure audit."""
+"""Webhook subscriptions on the partner API: views and schemas (work in delivery/subscriptions)."""
