@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS webhook_subscriptions (
     disabled_reason       TEXT,
     disabled_at           TIMESTAMP,
     consecutive_failures  INTEGER NOT NULL,
+    -- When the current failure streak began (NULL while there is none): auto-disable waits
+    -- until the streak has lasted PARTNER_API_AUTO_DISABLE_MIN_SECONDS.
+    failing_since         TIMESTAMP,
     created_at            TIMESTAMP NOT NULL,
     deleted_at            TIMESTAMP
 );

@@ -200,6 +200,7 @@ def subscription_dict(subscription) -> dict:
         "events": subscription.events,
         "status": subscription.status,
         "consecutive_failures": subscription.consecutive_failures,
+        "failing_since": clock.isoformat(subscription.failing_since),
         "disabled_reason": subscription.disabled_reason,
         "disabled_at": clock.isoformat(subscription.disabled_at),
         "created_at": clock.isoformat(subscription.created_at),

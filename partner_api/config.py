@@ -33,6 +33,7 @@ class Config:
     delivery_timeout: float = 10.0
     poll_interval: float = 2.0
     auto_disable_after: int = 20
+    auto_disable_min_seconds: int = 3600  # 0: the count alone disables
     webhook_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     allow_http_webhooks: bool = False
     ca_bundle: str | None = None
@@ -178,6 +179,10 @@ _VARIABLES = {
     "PARTNER_API_DELIVERY_TIMEOUT": ("delivery_timeout", _positive_seconds(300)),
     "PARTNER_API_POLL_INTERVAL": ("poll_interval", _positive_seconds(3600)),
     "PARTNER_API_AUTO_DISABLE_AFTER": ("auto_disable_after", _whole_number(1, 1_000_000)),
+    "PARTNER_API_AUTO_DISABLE_MIN_SECONDS": (
+        "auto_disable_min_seconds",
+        _whole_number(0, MAX_RETRY_DELAY),
+    ),
     "PARTNER_API_WEBHOOK_ALLOW_CIDRS": ("webhook_allow_cidrs", parse_allow_cidrs),
     "PARTNER_API_ALLOW_HTTP_WEBHOOKS": ("allow_http_webhooks", _boolean),
     "PARTNER_API_CA_BUNDLE": ("ca_bundle", _ca_bundle),

@@ -101,6 +101,7 @@ class Subscription(BaseModel):
     disabled_reason = TextField(null=True)
     disabled_at = DateTimeField(null=True)
     consecutive_failures = IntegerField()
+    failing_since = DateTimeField(null=True)  # when the current failure streak began
     created_at = DateTimeField()
     deleted_at = DateTimeField(null=True)
 

@@ -192,7 +192,7 @@ def test_twenty_consecutive_failures_disable_and_enable_resumes_held_deliveries(
         sub = subscribe(client, token, receiver.url("receiver.test"))
         with database.connection_context():
             ids = [publish_event(org.id, "vc.test.ping", {"n": n})[1][0].id for n in range(20)]
-        dispatcher = dispatcher_factory()
+        dispatcher = dispatcher_factory(auto_disable_min_seconds=0)  # the count alone
         dispatcher.run_until_idle()
         assert len(receiver.requests) == 20
         row = subscription_row(sub["id"])

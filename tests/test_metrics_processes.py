@@ -129,6 +129,7 @@ def test_dispatcher_serves_its_metrics_on_the_configured_port(database_url):
             PARTNER_API_METRICS_PORT="0",
             PARTNER_API_POLL_INTERVAL="0.2",
             PARTNER_API_AUTO_DISABLE_AFTER="2",
+            PARTNER_API_AUTO_DISABLE_MIN_SECONDS="0",
             PARTNER_API_LOG_FORMAT="json",
         )
         try:

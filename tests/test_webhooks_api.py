@@ -36,6 +36,7 @@ SUBSCRIPTION_FIELDS = {
     "disabled_reason",
     "disabled_at",
     "consecutive_failures",
+    "failing_since",
     "created_at",
 }
 FAILURE_FIELDS = {

@@ -29,6 +29,8 @@ import collections
 import datetime as dt
 from collections.abc import Iterable
 
+from peewee import fn
+
 from partner_api import clock, ids
 from partner_api.config import Config
 from partner_api.db import by_backend, database, locked, write_transaction
@@ -188,7 +190,7 @@ _DELIVERED_SQL = (
     "WHERE lease_token = {p} AND id IN ({ids}) RETURNING id"
 )
 _STREAK_ENDED_SQL = (
-    "UPDATE webhook_subscriptions SET consecutive_failures = 0 "
+    "UPDATE webhook_subscriptions SET consecutive_failures = 0, failing_since = NULL "
     "WHERE id IN ({ids}) AND consecutive_failures <> 0"
 )
 
@@ -261,7 +263,7 @@ def _record_failure(claim, result, config: Config, now: dt.datetime):
         next_attempt_at=next_at,
         dead_lettered=dead,
     )
-    _count_failure(claim.subscription_id, now, config.auto_disable_after)
+    _count_failure(claim.subscription_id, now, config)
     return failure
 
 
@@ -273,20 +275,32 @@ def _next_step(failure) -> str:
     return f"retry_at:{clock.isoformat(failure.next_attempt_at)}"
 
 
-def _count_failure(subscription_id: str, now: dt.datetime, disable_after: int) -> None:
-    """One more consecutive failure; at the threshold the subscription is auto-disabled."""
-    Subscription.update(consecutive_failures=Subscription.consecutive_failures + 1).where(
-        Subscription.id == subscription_id
-    ).execute()
+def _count_failure(subscription_id: str, now: dt.datetime, config: Config) -> None:
+    """One more consecutive failure (the streak's first one stamps `failing_since`); the
+    subscription is auto-disabled once the streak is long enough (`_streak_disables`)."""
+    Subscription.update(
+        consecutive_failures=Subscription.consecutive_failures + 1,
+        failing_since=fn.COALESCE(Subscription.failing_since, now),
+    ).where(Subscription.id == subscription_id).execute()
     subscription = Subscription.get_by_id(subscription_id)
     enabled = subscription.status == SubscriptionStatus.ENABLED
-    if subscription.consecutive_failures < disable_after and enabled:
+    if enabled and not _streak_disables(subscription, now, config):
         return
     if enabled:
         reason = AUTO_DISABLE_REASON.format(count=subscription.consecutive_failures)
         _set_disabled(subscription_id, reason, now)
     # Also when another thread disabled it meanwhile: this delivery was just set pending.
     hold(subscription_id)
+
+
+def _streak_disables(subscription: Subscription, now: dt.datetime, config: Config) -> bool:
+    """The auto-disable rule: PARTNER_API_AUTO_DISABLE_AFTER consecutive failed attempts, and
+    the streak began at least PARTNER_API_AUTO_DISABLE_MIN_SECONDS ago (0: the count alone).
+    A receiver down for a short deploy is retried, not disabled."""
+    if subscription.consecutive_failures < config.auto_disable_after:
+        return False
+    lasted = now - (subscription.failing_since or now)
+    return lasted >= dt.timedelta(seconds=config.auto_disable_min_seconds)
 
 
 # -- hold, release, cancel: a subscription's state changes ----------------------------------
@@ -374,6 +388,7 @@ def enable(subscription: Subscription) -> None:
         disabled_reason=None,
         disabled_at=None,
         consecutive_failures=0,
+        failing_since=None,
     ).where(Subscription.id == subscription.id).execute()
     release_held(subscription.id)
 

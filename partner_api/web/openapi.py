@@ -220,7 +220,22 @@ def delivery_terms(config: Config) -> str:
         f"A 2xx answer within {retry.describe_seconds(config.delivery_timeout)} is success; "
         "anything else, redirects included (never followed), is retried after "
         f"{retry.describe_schedule(config.retry_schedule)}, then dead-lettered "
-        f"({retry.max_attempts(config.retry_schedule)} attempts in all)."
+        f"({retry.max_attempts(config.retry_schedule)} attempts in all). "
+        f"{auto_disable_terms(config)}"
+    )
+
+
+def auto_disable_terms(config: Config) -> str:
+    """The auto-disable rule, in the words of the running configuration."""
+    after = config.auto_disable_after
+    lasted = ""
+    if config.auto_disable_min_seconds:
+        minimum = retry.describe_seconds(config.auto_disable_min_seconds)
+        lasted = f" once that streak has lasted {minimum} since its first failure"
+    return (
+        f"A subscription is disabled after {after} consecutive failed attempts{lasted}; "
+        "one successful attempt ends the streak. Its deliveries are then held until it is "
+        "enabled again."
     )
 
 

@@ -60,7 +60,18 @@ class SubscriptionSchema(ma.Schema):
         metadata={"description": "Why it was disabled (e.g. after consecutive failed attempts)."},
     )
     disabled_at = Timestamp(allow_none=True)
-    consecutive_failures = ma.fields.Integer()
+    consecutive_failures = ma.fields.Integer(
+        metadata={
+            "description": "Failed attempts in a row since the last successful one. The "
+            "subscription is disabled once this reaches the configured count and the streak "
+            "has lasted long enough (see `failing_since` and the delivery terms under "
+            "`webhooks`)."
+        }
+    )
+    failing_since = Timestamp(
+        allow_none=True,
+        metadata={"description": "When the current failure streak began; null without one."},
+    )
     created_at = Timestamp()
 
 
