@@ -85,7 +85,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     delivered_at     TIMESTAMP,
     -- The answer to the attempt that delivered it (failed attempts are in delivery_failures).
     response_status  INTEGER,
-    duration_ms      INTEGER
+    duration_ms      INTEGER,
+    -- Attempts made before the last replay: numbers keep counting across replays, and the
+    -- retry schedule starts again from here.
+    attempts_before_replay  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
 -- Serves the claim's per-subscription probe for due work and every per-subscription sweep.
@@ -119,6 +122,20 @@ CREATE INDEX IF NOT EXISTS delivery_failures_subscription_time
 CREATE INDEX IF NOT EXISTS delivery_failures_delivery ON delivery_failures (delivery_id);
 CREATE INDEX IF NOT EXISTS delivery_failures_event ON delivery_failures (event_id);
 CREATE INDEX IF NOT EXISTS delivery_failures_time ON delivery_failures (attempted_at);
+
+-- What the failure audit does not hold: each successful attempt, and each replay (when, and
+-- by whom: operator or partner), so a delivery's history survives a replay.
+CREATE TABLE IF NOT EXISTS delivery_history (
+    id               TEXT NOT NULL PRIMARY KEY,
+    delivery_id      TEXT NOT NULL REFERENCES deliveries (id),
+    kind             TEXT NOT NULL,
+    at               TIMESTAMP NOT NULL,
+    attempt          INTEGER NOT NULL,
+    response_status  INTEGER,
+    duration_ms      INTEGER,
+    actor            TEXT
+);
+CREATE INDEX IF NOT EXISTS delivery_history_delivery ON delivery_history (delivery_id, at);
 
 -- One row per dispatcher process, stamped on every poll, so `stats` shows a stopped one.
 CREATE TABLE IF NOT EXISTS dispatcher_polls (

@@ -300,9 +300,10 @@ def deliveries_list(org_id, subscription_id, status, limit, as_json):
 @json_option
 @admin_command
 def deliveries_show(delivery_id, as_json):
-    """Show a delivery, its event and every attempt."""
+    """Show a delivery, its event, every attempt and every replay."""
     delivery = history.get_delivery(delivery_id)
     attempts = history.delivery_attempts(delivery)
+    replays = history.delivery_replays(delivery)
     event = delivery.event
     payload = delivery_dict(delivery) | {
         "url": delivery.subscription.url,
@@ -313,6 +314,7 @@ def deliveries_show(delivery_id, as_json):
             "data": event.data,
         },
         "attempt_log": attempts,
+        "replays": replays,
     }
     summary = [
         f"delivery      {delivery.id}  {delivery.status}  ({delivery.attempts} attempts)",
@@ -322,12 +324,24 @@ def deliveries_show(delivery_id, as_json):
     ]
     if delivery.status in DeliveryStatus.OPEN:
         summary.append(f"next attempt  {clock.isoformat(delivery.next_attempt_at)}")
-    rows = [
-        [a["attempt"], a["attempted_at"], a["outcome"], a["status"], a["duration_ms"], a["error"]]
-        for a in attempts
-    ]
+    rows = _timeline(attempts, replays)
     table = _table(["#", "TIME", "OUTCOME", "STATUS", "MS", "ERROR"], rows)
     _emit(as_json, payload, "\n".join(summary) + "\n\n" + (table if rows else "no attempts yet"))
+
+
+def _timeline(attempts: list[dict], replays: list[dict]) -> list[list]:
+    """Table rows, oldest first; a replay sorts after the attempt it followed."""
+    entries = [
+        ((a["attempted_at"], a["attempt"]), [a["attempt"], a["attempted_at"], a["outcome"]])
+        + ([a["status"], a["duration_ms"], a["error"]],)
+        for a in attempts
+    ]
+    entries += [
+        ((r["replayed_at"], r["after_attempt"] + 0.5), [None, r["replayed_at"], "replayed"])
+        + ([None, None, f"by {r['by']}"],)
+        for r in replays
+    ]
+    return [first + rest for _, first, rest in sorted(entries, key=lambda entry: entry[0])]
 
 
 @deliveries_cli.command("replay")
@@ -335,7 +349,8 @@ def deliveries_show(delivery_id, as_json):
 @json_option
 @admin_command
 def deliveries_replay(delivery_id, as_json):
-    """Send a delivered or dead-lettered delivery again (same event id), from attempt 1."""
+    """Send a delivered or dead-lettered delivery again (same event id); attempt numbers go on
+    counting and the retry schedule starts again."""
     delivery = replay.replay_delivery(delivery_id)
     if delivery.status == DeliveryStatus.HELD:
         text = (

@@ -138,6 +138,7 @@ class Delivery(BaseModel):
     delivered_at = DateTimeField(null=True)
     response_status = IntegerField(null=True)  # of the attempt that delivered it
     duration_ms = IntegerField(null=True)
+    attempts_before_replay = IntegerField(default=0)  # the retry schedule counts from here
 
     class Meta:
         table_name = "deliveries"
@@ -161,6 +162,25 @@ class DeliveryFailure(BaseModel):
 
     class Meta:
         table_name = "delivery_failures"
+
+
+class DeliveryHistory(BaseModel):
+    """A successful attempt (`delivered`) or a replay (`replayed`, with its actor)."""
+
+    DELIVERED = "delivered"
+    REPLAYED = "replayed"
+
+    id = TextField(primary_key=True)
+    delivery = ForeignKeyField(Delivery, column_name="delivery_id")
+    kind = TextField()
+    at = DateTimeField()
+    attempt = IntegerField()  # delivered: its number; replayed: the last one before it
+    response_status = IntegerField(null=True)
+    duration_ms = IntegerField(null=True)
+    actor = TextField(null=True)  # replayed: operator or partner
+
+    class Meta:
+        table_name = "delivery_history"
 
 
 class DispatcherPoll(BaseModel):

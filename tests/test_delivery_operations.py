@@ -13,6 +13,7 @@ import pytest
 from dispatcher import __main__ as dispatcher_main
 from dispatcher.dispatch import Dispatcher
 from partner_api import cli, ids
+from partner_api import clock as clock_module
 from partner_api.db import database
 from partner_api.delivery import replay, retention, stats
 from partner_api.delivery.outbox import publish_event
@@ -221,7 +222,7 @@ def test_deliveries_show_of_an_unknown_delivery_is_refused(runner, world, delive
 # --- replay ----------------------------------------------------------------------------------
 
 
-def test_replay_sends_the_same_event_again_from_attempt_one(runner, world, clock, dispatcher):
+def test_replay_sends_the_same_event_again_and_keeps_counting(runner, world, clock, dispatcher):
     with Receiver([FAIL, FAIL, FAIL, OK]) as receiver:
         sub = world.subscribe(receiver.url())
         delivery = world.publish(sub)
@@ -232,22 +233,61 @@ def test_replay_sends_the_same_event_again_from_attempt_one(runner, world, clock
             "status": "pending",
         }
         replayed = row(delivery.id)
-        assert replayed.attempts == 0 and replayed.next_attempt_at == clock.current
+        assert replayed.attempts == 2 and replayed.attempts_before_replay == 2
+        assert replayed.next_attempt_at == clock.current
         assert dispatcher.run_until_idle() == 1  # within one poll
-        # The schedule starts again at attempt 1: the next retry is 60 s later.
+        # The schedule starts again: the next retry is the schedule's first, 60 s later.
         assert row(delivery.id).next_attempt_at == clock.current + dt.timedelta(seconds=60)
         clock.advance(60)
         dispatcher.run_until_idle()
         bodies = [json.loads(r["body"]) for r in receiver.requests]
     assert len(bodies) == 4 and {b["id"] for b in bodies} == {delivery.event_id}
     final = row(delivery.id)
-    assert final.status == "delivered" and final.attempts == 2
-    # The audit keeps the first round's attempts beside the replay's.
+    assert final.status == "delivered" and final.attempts == 4
+    # The audit keeps the first round's attempts beside the replay's, numbered on.
     assert [(f.attempt, bool(f.dead_lettered)) for f in audit(delivery.id)] == [
         (1, False),
         (2, True),
-        (1, False),
+        (3, False),
     ]
+    shown = run_json(runner, "deliveries", "show", delivery.id)
+    assert [(a["attempt"], a["outcome"]) for a in shown["attempt_log"]] == [
+        (1, "http_status"),
+        (2, "http_status"),
+        (3, "http_status"),
+        (4, "delivered"),
+    ]
+    assert shown["replays"] == [
+        {
+            "replayed_at": clock_module.isoformat(clock.current - dt.timedelta(seconds=60)),
+            "by": "operator",
+            "after_attempt": 2,
+        }
+    ]
+
+
+def test_a_replay_keeps_the_earlier_success_visible(runner, world, clock, dispatcher):
+    with Receiver([OK, FAIL, OK]) as receiver:
+        delivery = world.publish(world.subscribe(receiver.url()))
+        dispatcher.run_until_idle()
+        clock.advance(10)
+        run_json(runner, "deliveries", "replay", delivery.id)
+        dispatcher.run_until_idle()  # attempt 2 fails
+        clock.advance(60)
+        dispatcher.run_until_idle()  # attempt 3 delivers
+    shown = run_json(runner, "deliveries", "show", delivery.id)
+    log = [(a["attempt"], a["outcome"], a["status"]) for a in shown["attempt_log"]]
+    assert log == [(1, "delivered", 200), (2, "http_status", 500), (3, "delivered", 200)]
+    assert [(r["by"], r["after_attempt"]) for r in shown["replays"]] == [("operator", 1)]
+    code, text = run(runner, "deliveries", "show", delivery.id)
+    table = text.split("\n\n", 1)[1].splitlines()[1:]  # the attempts table, less its header
+    assert code == 0 and [line.split()[2] for line in table] == [
+        "delivered",
+        "replayed",
+        "http_status",
+        "delivered",
+    ]
+    assert "by operator" in table[1]
 
 
 def test_a_delivered_delivery_can_be_replayed(runner, world, clock, dispatcher):

@@ -19,6 +19,7 @@ MODELS = [
     models.Event,
     models.Delivery,
     models.DeliveryFailure,
+    models.DeliveryHistory,
     models.DispatcherPoll,
 ]
 

@@ -33,6 +33,7 @@ class ClaimedDelivery:
     secret: str
     org_id: str = ""
     failing: bool = False  # the subscription's last attempt failed
+    attempts_before_replay: int = 0  # the retry schedule counts from here
 
 
 def claim_due_deliveries(
@@ -75,8 +76,19 @@ def claim_due_deliveries(
             secret=secret,
             org_id=org_id,
             failing=failures > 0,
+            attempts_before_replay=before_replay,
         )
-        for delivery_id, attempts, subscription_id, org_id, url, secret, failures, event in rows
+        for (
+            delivery_id,
+            attempts,
+            subscription_id,
+            org_id,
+            url,
+            secret,
+            failures,
+            before_replay,
+            event,
+        ) in rows
     ]
 
 
@@ -113,7 +125,7 @@ _WORK_DUE_SQL = (
 )
 _LOAD_SQL = (
     "SELECT d.id, d.attempts, d.subscription_id, s.org_id, s.url, s.secret, "
-    "s.consecutive_failures, e.id, e.type, e.data, e.occurred_at "
+    "s.consecutive_failures, d.attempts_before_replay, e.id, e.type, e.data, e.occurred_at "
     "FROM deliveries d JOIN events e ON e.id = d.event_id "
     "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
     "WHERE d.id IN ({ids}) ORDER BY d.next_attempt_at, d.created_at"
@@ -161,18 +173,12 @@ def _load(delivery_ids: list[str]) -> list[tuple]:
     cursor = database.execute_sql(_sql(_LOAD_SQL, len(delivery_ids)), delivery_ids)
     return [
         (
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            row[5],
-            row[6],
+            *row[:8],
             Event(
-                id=row[7],
-                type=row[8],
-                data=Event.data.python_value(row[9]),
-                occurred_at=Event.occurred_at.python_value(row[10]),
+                id=row[8],
+                type=row[9],
+                data=Event.data.python_value(row[10]),
+                occurred_at=Event.occurred_at.python_value(row[11]),
             ),
         )
         for row in cursor.fetchall()

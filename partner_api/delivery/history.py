@@ -10,6 +10,7 @@ from partner_api.errors import DomainError
 from partner_api.models import (
     Delivery,
     DeliveryFailure,
+    DeliveryHistory,
     DeliveryStatus,
     Event,
     Org,
@@ -71,8 +72,8 @@ def _with_event_and_subscription():
 
 
 def delivery_attempts(delivery: Delivery) -> list[dict]:
-    """Every recorded attempt, oldest first: the failure audit (replays included) and, for a
-    delivered delivery, the successful attempt."""
+    """Every recorded attempt, oldest first, across replays: the failure audit and each
+    successful attempt."""
     attempts = [
         {
             "attempt": failure.attempt,
@@ -85,22 +86,59 @@ def delivery_attempts(delivery: Delivery) -> list[dict]:
             "next_attempt_at": clock.isoformat(failure.next_attempt_at),
             "dead_lettered": bool(failure.dead_lettered),
         }
-        for failure in DeliveryFailure.select()
-        .where(DeliveryFailure.delivery == delivery.id)
-        .order_by(DeliveryFailure.attempted_at, DeliveryFailure.attempt)
+        for failure in DeliveryFailure.select().where(DeliveryFailure.delivery == delivery.id)
     ]
-    if delivery.status == DeliveryStatus.DELIVERED and delivery.delivered_at is not None:
-        attempts.append(
-            {
-                "attempt": delivery.attempts,
-                "attempted_at": clock.isoformat(delivery.delivered_at),
-                "outcome": "delivered",
-                "status": delivery.response_status,
-                "duration_ms": delivery.duration_ms,
-                "error": None,
-                "response_excerpt": None,
-                "next_attempt_at": None,
-                "dead_lettered": False,
-            }
+    entries = list(
+        DeliveryHistory.select().where(
+            (DeliveryHistory.delivery == delivery.id)
+            & (DeliveryHistory.kind == DeliveryHistory.DELIVERED)
         )
-    return attempts
+    )
+    successes = [(e.attempt, e.at, e.response_status, e.duration_ms) for e in entries]
+    recorded = {attempt for attempt, *_ in successes}
+    if (
+        delivery.status == DeliveryStatus.DELIVERED
+        and delivery.delivered_at is not None
+        and delivery.attempts not in recorded
+    ):  # delivered before successes were kept in the history: the row has the last one
+        successes.append(
+            (
+                delivery.attempts,
+                delivery.delivered_at,
+                delivery.response_status,
+                delivery.duration_ms,
+            )
+        )
+    attempts += [
+        {
+            "attempt": attempt,
+            "attempted_at": clock.isoformat(at),
+            "outcome": "delivered",
+            "status": status,
+            "duration_ms": duration_ms,
+            "error": None,
+            "response_excerpt": None,
+            "next_attempt_at": None,
+            "dead_lettered": False,
+        }
+        for attempt, at, status, duration_ms in successes
+    ]
+    return sorted(attempts, key=lambda a: (a["attempted_at"], a["attempt"]))
+
+
+def delivery_replays(delivery: Delivery) -> list[dict]:
+    """Each time the delivery was sent again, oldest first: when, by whom, after which
+    attempt."""
+    return [
+        {
+            "replayed_at": clock.isoformat(entry.at),
+            "by": entry.actor,
+            "after_attempt": entry.attempt,
+        }
+        for entry in DeliveryHistory.select()
+        .where(
+            (DeliveryHistory.delivery == delivery.id)
+            & (DeliveryHistory.kind == DeliveryHistory.REPLAYED)
+        )
+        .order_by(DeliveryHistory.at, DeliveryHistory.id)
+    ]

@@ -38,6 +38,7 @@ from partner_api.delivery import retry
 from partner_api.models import (
     Delivery,
     DeliveryFailure,
+    DeliveryHistory,
     DeliveryStatus,
     Event,
     Subscription,
@@ -228,6 +229,22 @@ def _record_delivered(outcomes, now: dt.datetime) -> list:
         cursor = database.execute_sql(_sql(_DELIVERED_SQL, len(group)), params)
         updated = {row[0] for row in cursor.fetchall()}
         done.extend(claim for claim, _ in group if claim.id in updated)
+    if done:
+        DeliveryHistory.insert_many(
+            [
+                {
+                    "id": ids.new_id("hst"),
+                    "delivery": claim.id,
+                    "kind": DeliveryHistory.DELIVERED,
+                    "at": now,
+                    "attempt": claim.attempt,
+                    "response_status": result.status_code,
+                    "duration_ms": result.duration_ms,
+                }
+                for claim, result in outcomes
+                if claim in done
+            ]
+        ).execute()
     streaks = sorted({claim.subscription_id for claim in done})
     if streaks:
         database.execute_sql(_sql(_STREAK_ENDED_SQL, len(streaks)), streaks)
@@ -237,7 +254,9 @@ def _record_delivered(outcomes, now: dt.datetime) -> list:
 def _record_failure(claim, result, config: Config, now: dt.datetime):
     """Audit a failed attempt, schedule the next one or dead-letter, and count the failure
     towards auto-disable. None if the lease was lost."""
-    next_at = retry.next_attempt_at(claim.attempt, config.retry_schedule, now)
+    # Since the last replay, the schedule starts again; the attempt's number keeps counting.
+    in_round = claim.attempt - claim.attempts_before_replay
+    next_at = retry.next_attempt_at(in_round, config.retry_schedule, now)
     dead = next_at is None
     columns = (
         _finished(DeliveryStatus.DEAD_LETTERED, now)
@@ -403,16 +422,23 @@ def delete(subscription: Subscription) -> None:
 # -- replay ----------------------------------------------------------------------------------
 
 REPLAYABLE = (DeliveryStatus.DELIVERED, DeliveryStatus.DEAD_LETTERED)
+OPERATOR, PARTNER = "operator", "partner"  # who replayed a delivery
 
 
-def replay(delivery_ids: list[str], subscription: Subscription, statuses=REPLAYABLE) -> int:
-    """Make these finished deliveries of `subscription` due again from attempt 1 (held while
-    it is disabled); returns how many. The failure audit keeps every earlier attempt."""
-    return (
+def replay(
+    delivery_ids: list[str], subscription: Subscription, actor: str, statuses=REPLAYABLE
+) -> int:
+    """Make these finished deliveries of `subscription` due again (held while it is
+    disabled), and record who replayed them; returns how many. Attempt numbers keep counting
+    and every earlier attempt stays in the history; the retry schedule starts again."""
+    if actor not in (OPERATOR, PARTNER):
+        raise ValueError(f"unknown actor {actor!r}")
+    now = clock.now()
+    replayed = list(
         Delivery.update(
             status=_open_status(subscription.status),
-            attempts=0,
-            next_attempt_at=clock.now(),
+            attempts_before_replay=Delivery.attempts,
+            next_attempt_at=now,
             lease_token=None,
         )
         .where(
@@ -420,8 +446,25 @@ def replay(delivery_ids: list[str], subscription: Subscription, statuses=REPLAYA
             & (Delivery.subscription == subscription.id)
             & Delivery.status.in_(statuses)
         )
+        .returning(Delivery.id, Delivery.attempts)
+        .tuples()
         .execute()
     )
+    if replayed:
+        DeliveryHistory.insert_many(
+            [
+                {
+                    "id": ids.new_id("hst"),
+                    "delivery": delivery_id,
+                    "kind": DeliveryHistory.REPLAYED,
+                    "at": now,
+                    "attempt": attempts,
+                    "actor": actor,
+                }
+                for delivery_id, attempts in replayed
+            ]
+        ).execute()
+    return len(replayed)
 
 
 # -- prune -----------------------------------------------------------------------------------
@@ -444,5 +487,6 @@ def prune_finished(status: str, cutoff: dt.datetime, batch_size: int) -> tuple[i
         if not found:
             return 0, 0
         failures = DeliveryFailure.delete().where(DeliveryFailure.delivery.in_(found)).execute()
+        DeliveryHistory.delete().where(DeliveryHistory.delivery.in_(found)).execute()
         deleted = Delivery.delete().where(Delivery.id.in_(found)).execute()
     return deleted, failures

@@ -40,8 +40,9 @@ def _live_subscription(subscription_id: str) -> Subscription:
     return subscription
 
 
-def replay_delivery(delivery_id: str) -> Delivery:
-    """Send a delivered or dead-lettered delivery again; returns the delivery to be sent."""
+def replay_delivery(delivery_id: str, actor: str = lifecycle.OPERATOR) -> Delivery:
+    """Send a delivered or dead-lettered delivery again; returns the delivery to be sent.
+    `actor` (operator or partner) is recorded in its history."""
     with write_transaction():
         delivery = None
         if ids.looks_like("dlv", delivery_id):
@@ -56,7 +57,7 @@ def replay_delivery(delivery_id: str) -> Delivery:
                 f"delivery {delivery.id} is {delivery.status}; only delivered or dead-lettered "
                 "deliveries can be replayed",
             )
-        lifecycle.replay([delivery.id], subscription)
+        lifecycle.replay([delivery.id], subscription, actor)
     return Delivery.get_by_id(delivery.id)
 
 
@@ -109,7 +110,7 @@ def replay_dead_letters(subscription_id: str, found: list[str], progress=None) -
             # Re-read each time: the subscription may have been disabled or deleted meanwhile.
             subscription = _live_subscription(subscription_id)
             dead = (DeliveryStatus.DEAD_LETTERED,)
-            replayed += lifecycle.replay(batch, subscription, statuses=dead)
+            replayed += lifecycle.replay(batch, subscription, lifecycle.OPERATOR, statuses=dead)
         if progress is not None:
             progress(len(batch))
     return replayed
