@@ -229,6 +229,7 @@ def _record_delivered(outcomes, now: dt.datetime) -> list:
         cursor = database.execute_sql(_sql(_DELIVERED_SQL, len(group)), params)
         updated = {row[0] for row in cursor.fetchall()}
         done.extend(claim for claim, _ in group if claim.id in updated)
+    delivered_ids = {claim.id for claim in done}
     if done:
         DeliveryHistory.insert_many(
             [
@@ -242,7 +243,7 @@ def _record_delivered(outcomes, now: dt.datetime) -> list:
                     "duration_ms": result.duration_ms,
                 }
                 for claim, result in outcomes
-                if claim in done
+                if claim.id in delivered_ids
             ]
         ).execute()
     streaks = sorted({claim.subscription_id for claim in done})
