@@ -23,10 +23,10 @@ LONG_FUNCTION = 50  # lines; a longer one says why in a `# Long: …` comment ab
 # Writes to the delivery tables, or to a subscription's row, through peewee or in raw SQL.
 WRITE_PATTERNS = [
     re.compile(
-        r"\b(Delivery|DeliveryFailure)\.(update|insert|insert_many|delete|create|replace)\b"
+        r"\b(Delivery|DeliveryFailure|DeliveryHistory)\.(update|insert|insert_many|delete|create|replace)\b"
     ),
     re.compile(r"\bSubscription\.(update|delete|insert|insert_many|replace)\b"),
-    re.compile(r"\b(UPDATE|DELETE\s+FROM|INSERT\s+INTO)\s+(deliveries|delivery_failures)\b", re.I),
+    re.compile(r"\b(UPDATE|DELETE\s+FROM|INSERT\s+INTO)\s+(deliveries|delivery_\w+)\b", re.I),
     re.compile(r"\b(UPDATE|DELETE\s+FROM)\s+webhook_subscriptions\b", re.I),
     re.compile(r"\b(delivery|subscription|failure)\w*\.save\(", re.I),
 ]

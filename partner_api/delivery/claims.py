@@ -65,6 +65,11 @@ def claim_due_deliveries(
                 limit, now, until, token, policy, running, known, headroom
             )
         rows = _load(leased)
+    return _claimed(rows, token)
+
+
+def _claimed(rows: list[tuple], token: str) -> list[ClaimedDelivery]:
+    """The claims of the rows `_load` read."""
     return [
         ClaimedDelivery(
             id=delivery_id,

@@ -88,11 +88,29 @@ def delivery_attempts(delivery: Delivery) -> list[dict]:
         }
         for failure in DeliveryFailure.select().where(DeliveryFailure.delivery == delivery.id)
     ]
-    entries = list(
-        DeliveryHistory.select().where(
-            (DeliveryHistory.delivery == delivery.id)
-            & (DeliveryHistory.kind == DeliveryHistory.DELIVERED)
-        )
+    successes = _successes(delivery)
+    attempts += [
+        {
+            "attempt": attempt,
+            "attempted_at": clock.isoformat(at),
+            "outcome": "delivered",
+            "status": status,
+            "duration_ms": duration_ms,
+            "error": None,
+            "response_excerpt": None,
+            "next_attempt_at": None,
+            "dead_lettered": False,
+        }
+        for attempt, at, status, duration_ms in successes
+    ]
+    return sorted(attempts, key=lambda a: (a["attempted_at"], a["attempt"]))
+
+
+def _successes(delivery: Delivery) -> list[tuple]:
+    """(attempt, time, status, duration) of each successful attempt."""
+    entries = DeliveryHistory.select().where(
+        (DeliveryHistory.delivery == delivery.id)
+        & (DeliveryHistory.kind == DeliveryHistory.DELIVERED)
     )
     successes = [(e.attempt, e.at, e.response_status, e.duration_ms) for e in entries]
     recorded = {attempt for attempt, *_ in successes}
@@ -109,21 +127,7 @@ def delivery_attempts(delivery: Delivery) -> list[dict]:
                 delivery.duration_ms,
             )
         )
-    attempts += [
-        {
-            "attempt": attempt,
-            "attempted_at": clock.isoformat(at),
-            "outcome": "delivered",
-            "status": status,
-            "duration_ms": duration_ms,
-            "error": None,
-            "response_excerpt": None,
-            "next_attempt_at": None,
-            "dead_lettered": False,
-        }
-        for attempt, at, status, duration_ms in successes
-    ]
-    return sorted(attempts, key=lambda a: (a["attempted_at"], a["attempt"]))
+    return successes
 
 
 def delivery_replays(delivery: Delivery) -> list[dict]:
