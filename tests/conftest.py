@@ -8,22 +8,20 @@ import dataclasses
 import datetime as dt
 import ipaddress
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 from werkzeug.serving import make_server
 
+from harness.dns import FakeResolver
+from harness.net import ME_PATH
+from harness.servers import start_gunicorn
 from partner_api import clock as clock_module
 from partner_api import create_app, provisioning
-from partner_api.config import ROOT, Config
+from partner_api.config import Config
 from partner_api.db import apply_schema, bind, database, drop_tables
 
 POSTGRES_URL = os.environ.get("PARTNER_API_TEST_POSTGRES_URL")
@@ -37,18 +35,6 @@ DNS = {
     "receiver.test": ["127.0.0.1"],
     "other.test": ["127.0.0.1"],
 }
-
-
-class FakeResolver:
-    """Injectable DNS: a mutable name → addresses table; other names do not exist."""
-
-    def __init__(self, table):
-        self.table = dict(table)
-
-    def __call__(self, host: str, port: int) -> list[str]:
-        if host not in self.table:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return list(self.table[host])
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -113,47 +99,23 @@ def live_server(app):
     thread.join(timeout=10)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def gunicorn_server(database_url: str, workers: int = 1, env: dict | None = None):
     """`wsgi:app` under real gunicorn worker processes; yields the base URL once it answers.
 
     gunicorn runs with its own defaults, not deploy/gunicorn.conf.py, as many do: its log
     lines must still format ("--- Logging error ---" is a line logging could not write)."""
-    port = free_port()
-    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--no-control-socket", "--workers", str(workers)]
-        + ["--bind", f"127.0.0.1:{port}", "wsgi:app"],
-        cwd=ROOT,
-        env={"PATH": os.environ["PATH"], "DATABASE_URL": database_url, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(base + "/api/v1/partner/me", timeout=1)
-            except urllib.error.HTTPError:
-                break  # 401: up and answering
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("gunicorn did not start")
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        stderr.seek(0)
-        logged = stderr.read().decode("utf-8", "replace")
-        stderr.close()
+    with tempfile.TemporaryDirectory() as scratch:
+        server = start_gunicorn(
+            {"DATABASE_URL": database_url, **(env or {})},
+            Path(scratch) / "gunicorn.log",
+            workers=workers,
+            config=None,
+            probe=ME_PATH,
+        )
+        with server:
+            yield server.base
+        logged = server.log()
     assert "Logging error" not in logged, logged
 
 

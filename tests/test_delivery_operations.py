@@ -12,6 +12,7 @@ import pytest
 
 from dispatcher import __main__ as dispatcher_main
 from dispatcher.dispatch import Dispatcher
+from harness.receivers import Receiver
 from partner_api import cli, ids
 from partner_api.db import database
 from partner_api.delivery import replay, retention, stats
@@ -19,8 +20,6 @@ from partner_api.delivery.outbox import publish_event
 from partner_api.delivery.subscriptions import create_subscription, delete_subscription
 from partner_api.errors import DomainError
 from partner_api.models import Delivery, DeliveryFailure, DispatcherPoll, Event, Subscription
-
-from .receivers import Receiver
 
 FAIL = (500, {}, b"boom")
 OK = (200, {}, b"ok")

@@ -16,6 +16,7 @@ import threading
 import pytest
 
 from dispatcher.dispatch import Dispatcher
+from harness.receivers import Receiver
 from partner_api import clock as clock_module
 from partner_api.db import database
 from partner_api.delivery.outbox import publish_event
@@ -24,7 +25,6 @@ from partner_api.delivery.subscriptions import delete_subscription, disable_subs
 from partner_api.models import Delivery, DeliveryFailure, Subscription
 
 from .conftest import bearer
-from .receivers import Receiver
 
 HOOKS = "/api/v1/partner/webhooks"
 SCHEDULE = (60, 300, 1800, 7200, 21600, 86400)

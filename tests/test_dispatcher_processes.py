@@ -6,48 +6,25 @@ import collections
 import datetime as dt
 import ipaddress
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from dispatcher.dispatch import Dispatcher
+from harness.dispatcher import dispatcher_env, start_dispatcher
+from harness.net import wait_for
+from harness.receivers import Receiver, SilentReceiver
 from partner_api import clock as clock_module
 from partner_api import provisioning
-from partner_api.config import ROOT, Config
+from partner_api.config import Config
 from partner_api.db import database
 from partner_api.delivery.outbox import publish_event
 from partner_api.delivery.subscriptions import create_subscription
 from partner_api.models import Delivery
 
-from .receivers import Receiver, SilentReceiver
-from .servers import wait_for
-
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
-
-
-def dispatcher_env(database_url: str, **extra) -> dict:
-    return {
-        "PATH": os.environ["PATH"],
-        "DATABASE_URL": database_url,
-        "PARTNER_API_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8",
-        "PARTNER_API_ALLOW_HTTP_WEBHOOKS": "true",
-        **extra,
-    }
-
-
-def start_dispatcher(database_url: str, *args: str, **env) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", *args],
-        cwd=ROOT,
-        env=dispatcher_env(database_url, **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def seed(receiver: Receiver, events: int) -> list[str]:
@@ -73,10 +50,12 @@ def test_two_dispatchers_never_send_the_same_delivery_twice(database_url):
         event_ids = seed(receiver, 120)
         processes = [
             start_dispatcher(
-                database_url,
+                dispatcher_env(
+                    database_url,
+                    PARTNER_API_DISPATCH_BATCH_SIZE="3",
+                    PARTNER_API_DISPATCH_WORKERS="4",
+                ),
                 "--once",
-                PARTNER_API_DISPATCH_BATCH_SIZE="3",
-                PARTNER_API_DISPATCH_WORKERS="4",
             )
             for _ in range(2)
         ]
@@ -93,7 +72,9 @@ def test_two_dispatchers_never_send_the_same_delivery_twice(database_url):
 def test_dispatcher_killed_mid_batch_loses_nothing(database_url):
     with Receiver(delay=30) as receiver:
         event_ids = seed(receiver, 8)
-        process = start_dispatcher(database_url, "--once", PARTNER_API_DISPATCH_WORKERS="4")
+        process = start_dispatcher(
+            dispatcher_env(database_url, PARTNER_API_DISPATCH_WORKERS="4"), "--once"
+        )
         assert receiver.first_request.wait(30), "the dispatcher never sent anything"
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
@@ -131,7 +112,7 @@ def test_dispatcher_killed_mid_batch_loses_nothing(database_url):
 def test_sigterm_lets_in_flight_attempts_finish_and_exits_zero(database_url):
     with Receiver(delay=1.0) as receiver:
         seed(receiver, 1)
-        process = start_dispatcher(database_url, PARTNER_API_POLL_INTERVAL="0.2")
+        process = start_dispatcher(dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.2"))
         assert receiver.first_request.wait(30)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
@@ -143,7 +124,7 @@ def test_sigterm_lets_in_flight_attempts_finish_and_exits_zero(database_url):
 def test_polling_dispatcher_picks_up_a_new_event_within_a_poll_interval(database_url):
     with Receiver() as receiver:
         seed(receiver, 0)
-        process = start_dispatcher(database_url, PARTNER_API_POLL_INTERVAL="0.5")
+        process = start_dispatcher(dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.5"))
         try:
             assert wait_for(lambda: "polling every" in (process.stdout.readline() or ""), 30)
             with database.connection_context():
@@ -163,23 +144,19 @@ def test_polling_dispatcher_picks_up_a_new_event_within_a_poll_interval(database
 )
 def test_bad_configuration_stops_the_dispatcher_with_one_line(tmp_path, name, value):
     env = dispatcher_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", **{name: value})
-    result = subprocess.run(
-        [sys.executable, "-m", "dispatcher", "--once"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and name in result.stderr
+    process = start_dispatcher(env, "--once", stderr=subprocess.PIPE)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert stderr.strip().count("\n") == 0 and name in stderr
 
 
 @pytest.mark.parametrize("mode", [(), ("--once",)], ids=["polling", "once"])
 def test_sigint_then_sigterm_still_finishes_in_flight_and_exits_zero(database_url, mode):
     with Receiver(delay=1.0) as receiver:
         seed(receiver, 1)
-        process = start_dispatcher(database_url, *mode, PARTNER_API_POLL_INTERVAL="0.2")
+        process = start_dispatcher(
+            dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.2"), *mode
+        )
         assert receiver.first_request.wait(30)
         process.send_signal(signal.SIGINT)
         process.send_signal(signal.SIGTERM)
@@ -216,10 +193,12 @@ def test_a_healthy_subscription_is_not_held_behind_dead_receivers(database_url):
         dead_subs = [_subscription_to(dead_org, dead.url(f"/dead/{n}")) for n in range(6)]
         healthy_sub = _subscription_to(healthy_org, healthy.url())
         process = start_dispatcher(
-            database_url,
-            PARTNER_API_DISPATCH_WORKERS="4",
-            PARTNER_API_DELIVERY_TIMEOUT="6",
-            PARTNER_API_POLL_INTERVAL="0.5",
+            dispatcher_env(
+                database_url,
+                PARTNER_API_DISPATCH_WORKERS="4",
+                PARTNER_API_DELIVERY_TIMEOUT="6",
+                PARTNER_API_POLL_INTERVAL="0.5",
+            )
         )
         # An established partner: its endpoint has answered this dispatcher before.
         assert _ping_latency(healthy_org, healthy_sub, healthy, timeout=10) is not None
@@ -248,7 +227,7 @@ def test_dispatcher_recovers_when_postgresql_drops_its_connections(database_url)
     reconnects by itself, every event is delivered once, nothing stays leased."""
     with Receiver() as receiver:
         event_ids = seed(receiver, 20)
-        process = start_dispatcher(database_url, PARTNER_API_POLL_INTERVAL="0.3")
+        process = start_dispatcher(dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.3"))
         try:
             assert wait_for(lambda: len(received_event_ids(receiver)) >= 20, 20)
             for round_ in range(2):

@@ -15,13 +15,13 @@ from prometheus_client import generate_latest
 
 from dispatcher import metrics as dispatcher_metrics
 from dispatcher.dispatch import Dispatcher
+from harness.receivers import Receiver
 from partner_api import logs
 from partner_api.db import database
 from partner_api.delivery.outbox import publish_event
 from partner_api.models import Delivery, Subscription
 
 from .conftest import bearer
-from .receivers import Receiver
 from .test_operations import samples
 
 HOOKS = "/api/v1/partner/webhooks"

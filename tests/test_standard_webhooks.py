@@ -16,13 +16,13 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from dispatcher.dispatch import Dispatcher
+from harness.receivers import Receiver
 from partner_api import clock as clock_module
 from partner_api.config import ROOT
 from partner_api.delivery import signing
 from partner_api.delivery.subscriptions import new_secret
 
 from .conftest import FakeClock, bearer
-from .receivers import Receiver
 
 HOOKS = "/api/v1/partner/webhooks"
 NODE_DIR = ROOT / "tests" / "node"
