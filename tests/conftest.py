@@ -23,6 +23,7 @@ from partner_api import clock as clock_module
 from partner_api import create_app, provisioning
 from partner_api.config import Config
 from partner_api.db import apply_schema, bind, database, drop_tables
+from partner_api.delivery.subscriptions import create_subscription
 
 POSTGRES_URL = os.environ.get("PARTNER_API_TEST_POSTGRES_URL")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -172,6 +173,19 @@ def make_key(app):
             org = org or provisioning.create_org(org_name)
             key, token = provisioning.create_key(org.id, "test", scopes, rate_limit)
         return ProvisionedKey(org, key, token)
+
+    return make
+
+
+@pytest.fixture
+def subscribe(config):
+    """Create a subscription the way POST /webhooks does (the same work function, with the
+    test's resolver and loopback allowance); returns the Subscription row: `id`, `secret`,
+    `org_id`, `url`, ... Tests of the endpoint itself post to it instead."""
+
+    def make(org_id: str, url: str = "http://127.0.0.1:9/hook", events=None, description=""):
+        with database.connection_context():
+            return create_subscription(org_id, url, events, description, config)[0]
 
     return make
 

@@ -21,18 +21,17 @@ from partner_api import provisioning
 from partner_api.config import Config
 from partner_api.db import database
 from partner_api.delivery.outbox import publish_event
-from partner_api.delivery.subscriptions import create_subscription
 from partner_api.models import Delivery
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
 
-def seed(receiver: Receiver, events: int) -> list[str]:
+def seed(subscribe, receiver: Receiver, events: int) -> list[str]:
     """An org, a subscription to the receiver's IP literal, and `events` published events."""
-    config = Config(allow_http_webhooks=True, webhook_allow_cidrs=LOOPBACK)
     with database.connection_context():
         org = provisioning.create_org("Acme")
-        create_subscription(org.id, receiver.url(), None, "", config)
+    subscribe(org.id, receiver.url())
+    with database.connection_context():
         return [publish_event(org.id, "vc.test.ping", {"n": n})[0].id for n in range(events)]
 
 
@@ -45,9 +44,9 @@ def received_event_ids(receiver: Receiver) -> collections.Counter:
     return collections.Counter(json.loads(r["body"])["id"] for r in receiver.requests)
 
 
-def test_two_dispatchers_never_send_the_same_delivery_twice(database_url):
+def test_two_dispatchers_never_send_the_same_delivery_twice(subscribe, database_url):
     with Receiver() as receiver:
-        event_ids = seed(receiver, 120)
+        event_ids = seed(subscribe, receiver, 120)
         processes = [
             start_dispatcher(
                 dispatcher_env(
@@ -69,9 +68,9 @@ def test_two_dispatchers_never_send_the_same_delivery_twice(database_url):
     assert all("outcome=ok" in output for output in outputs), outputs
 
 
-def test_dispatcher_killed_mid_batch_loses_nothing(database_url):
+def test_dispatcher_killed_mid_batch_loses_nothing(subscribe, database_url):
     with Receiver(delay=30) as receiver:
-        event_ids = seed(receiver, 8)
+        event_ids = seed(subscribe, receiver, 8)
         process = start_dispatcher(
             dispatcher_env(database_url, PARTNER_API_DISPATCH_WORKERS="4"), "--once"
         )
@@ -109,9 +108,9 @@ def test_dispatcher_killed_mid_batch_loses_nothing(database_url):
     assert set(received_event_ids(receiver)) == set(event_ids)
 
 
-def test_sigterm_lets_in_flight_attempts_finish_and_exits_zero(database_url):
+def test_sigterm_lets_in_flight_attempts_finish_and_exits_zero(subscribe, database_url):
     with Receiver(delay=1.0) as receiver:
-        seed(receiver, 1)
+        seed(subscribe, receiver, 1)
         process = start_dispatcher(dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.2"))
         assert receiver.first_request.wait(30)
         process.send_signal(signal.SIGTERM)
@@ -121,9 +120,9 @@ def test_sigterm_lets_in_flight_attempts_finish_and_exits_zero(database_url):
     assert "outcome=ok" in output and "dispatcher stopped" in output
 
 
-def test_polling_dispatcher_picks_up_a_new_event_within_a_poll_interval(database_url):
+def test_polling_dispatcher_picks_up_a_new_event_within_a_poll_interval(subscribe, database_url):
     with Receiver() as receiver:
-        seed(receiver, 0)
+        seed(subscribe, receiver, 0)
         process = start_dispatcher(dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.5"))
         try:
             assert wait_for(lambda: "polling every" in (process.stdout.readline() or ""), 30)
@@ -151,9 +150,9 @@ def test_bad_configuration_stops_the_dispatcher_with_one_line(tmp_path, name, va
 
 
 @pytest.mark.parametrize("mode", [(), ("--once",)], ids=["polling", "once"])
-def test_sigint_then_sigterm_still_finishes_in_flight_and_exits_zero(database_url, mode):
+def test_sigint_then_sigterm_still_finishes_in_flight_and_exits_zero(subscribe, database_url, mode):
     with Receiver(delay=1.0) as receiver:
-        seed(receiver, 1)
+        seed(subscribe, receiver, 1)
         process = start_dispatcher(
             dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.2"), *mode
         )
@@ -166,12 +165,6 @@ def test_sigint_then_sigterm_still_finishes_in_flight_and_exits_zero(database_ur
     assert delivery_statuses() == {"delivered": 1}
 
 
-def _subscription_to(org_id: str, url: str) -> str:
-    config = Config(allow_http_webhooks=True, webhook_allow_cidrs=LOOPBACK)
-    with database.connection_context():
-        return create_subscription(org_id, url, None, "", config)[0].id
-
-
 def _ping_latency(org_id: str, subscription_id: str, receiver: Receiver, timeout: float):
     """Seconds from publishing an event to the receiver reading it (None: not within timeout)."""
     with database.connection_context():
@@ -182,7 +175,7 @@ def _ping_latency(org_id: str, subscription_id: str, receiver: Receiver, timeout
     return None
 
 
-def test_a_healthy_subscription_is_not_held_behind_dead_receivers(database_url):
+def test_a_healthy_subscription_is_not_held_behind_dead_receivers(subscribe, database_url):
     """Six new dead endpoints of one partner, three deliveries each, hold what they may of four
     senders: one probe each, at most three at once, the last sender kept for endpoints that
     answer. Another partner's (answering) endpoint still gets its events within a poll."""
@@ -190,8 +183,8 @@ def test_a_healthy_subscription_is_not_held_behind_dead_receivers(database_url):
         with database.connection_context():
             dead_org = provisioning.create_org("Dead endpoints").id
             healthy_org = provisioning.create_org("Healthy").id
-        dead_subs = [_subscription_to(dead_org, dead.url(f"/dead/{n}")) for n in range(6)]
-        healthy_sub = _subscription_to(healthy_org, healthy.url())
+        dead_subs = [subscribe(dead_org, dead.url(f"/dead/{n}")).id for n in range(6)]
+        healthy_sub = subscribe(healthy_org, healthy.url()).id
         process = start_dispatcher(
             dispatcher_env(
                 database_url,
@@ -222,11 +215,11 @@ def test_a_healthy_subscription_is_not_held_behind_dead_receivers(database_url):
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_dispatcher_recovers_when_postgresql_drops_its_connections(database_url):
+def test_dispatcher_recovers_when_postgresql_drops_its_connections(subscribe, database_url):
     """pg_terminate_backend on every connection of the dispatcher, twice, while it sends: it
     reconnects by itself, every event is delivered once, nothing stays leased."""
     with Receiver() as receiver:
-        event_ids = seed(receiver, 20)
+        event_ids = seed(subscribe, receiver, 20)
         process = start_dispatcher(dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.3"))
         try:
             assert wait_for(lambda: len(received_event_ids(receiver)) >= 20, 20)

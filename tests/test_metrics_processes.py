@@ -18,12 +18,9 @@ from harness.net import wait_for
 from harness.receivers import Receiver
 from harness.servers import start_gunicorn
 from partner_api import provisioning
-from partner_api.config import Config
 from partner_api.db import apply_schema, bind, database
 from partner_api.delivery.outbox import publish_event
-from partner_api.delivery.subscriptions import create_subscription
 
-from .test_dispatcher_processes import LOOPBACK
 from .test_operations import requests_total, samples
 
 ME = "/api/v1/partner/me"
@@ -54,7 +51,7 @@ def batch_of_requests(base: str, count: int) -> list[int]:
         return list(pool.map(lambda _: status_of(base + ME), range(count)))
 
 
-def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_path):
+def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(subscribe, tmp_path):
     url = f"sqlite:///{tmp_path / 'api.sqlite3'}"
     bind(url)
     apply_schema()
@@ -108,22 +105,22 @@ def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_
     assert any("Booting worker" in r["message"] for r in records)
 
 
-def seed_two_subscriptions(good: Receiver, failing: Receiver) -> None:
-    config = Config(allow_http_webhooks=True, webhook_allow_cidrs=LOOPBACK)
+def seed_two_subscriptions(subscribe, good: Receiver, failing: Receiver) -> None:
     with database.connection_context():
         org = provisioning.create_org("Acme")
-        create_subscription(org.id, good.url(), None, "", config)
         failing_org = provisioning.create_org("Flaky")
-        create_subscription(failing_org.id, failing.url(), None, "", config)
+    subscribe(org.id, good.url())
+    subscribe(failing_org.id, failing.url())
+    with database.connection_context():
         for n in range(3):
             publish_event(org.id, "vc.test.ping", {"n": n})
         for n in range(2):
             publish_event(failing_org.id, "vc.test.ping", {"n": n})
 
 
-def test_dispatcher_serves_its_metrics_on_the_configured_port(database_url):
+def test_dispatcher_serves_its_metrics_on_the_configured_port(subscribe, database_url):
     with Receiver() as good, Receiver([(500, {}, b"down")]) as failing:
-        seed_two_subscriptions(good, failing)
+        seed_two_subscriptions(subscribe, good, failing)
         process = start_dispatcher(
             dispatcher_env(
                 database_url,

@@ -906,6 +906,8 @@ def test_test_ping_on_a_disabled_subscription_is_409_and_writes_nothing(client, 
     token = make_key().token
     target = created(client, token)
     with database.connection_context():
+        # By hand: the state an auto-disable leaves after 20 failed attempts (a failure streak
+        # of 20), which the lifecycle reaches only through 20 real attempts.
         Subscription.update(
             status="disabled",
             disabled_reason="20 consecutive failed attempts",
