@@ -51,7 +51,7 @@ def batch_of_requests(base: str, count: int) -> list[int]:
         return list(pool.map(lambda _: status_of(base + ME), range(count)))
 
 
-def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(subscribe, tmp_path):
+def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_path):
     url = f"sqlite:///{tmp_path / 'api.sqlite3'}"
     bind(url)
     apply_schema()
