@@ -208,6 +208,8 @@ def assert_problem(response, status, code):
 
 
 # --- the webhook subscriptions API (tests/test_webhooks_*.py) ---------------------------------
+# Every storage test runs on SQLite and PostgreSQL. DNS never leaves the process: the resolver
+# makes `hooks.example.com` public and `internal.example.com` private.
 
 WEBHOOKS = "/api/v1/partner/webhooks"
 GOOD_URL = "https://hooks.example.com/partner-api"

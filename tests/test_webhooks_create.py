@@ -1,8 +1,4 @@
-"""POST /webhooks: create a subscription, its validation and its SSRF checks.
-
-Every storage test runs on SQLite and PostgreSQL (see conftest). DNS never leaves the process:
-the conftest resolver makes `hooks.example.com` public and `internal.example.com` private.
-"""
+"""POST /webhooks: create a subscription, its validation and its SSRF checks."""
 
 from __future__ import annotations
 

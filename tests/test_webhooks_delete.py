@@ -1,8 +1,4 @@
-"""DELETE /webhooks/{id}: deletion, unknown ids, and what happens to pending deliveries.
-
-Every storage test runs on SQLite and PostgreSQL (see conftest). DNS never leaves the process:
-the conftest resolver makes `hooks.example.com` public and `internal.example.com` private.
-"""
+"""DELETE /webhooks/{id}: deletion, unknown ids, and what happens to pending deliveries."""
 
 from __future__ import annotations
 

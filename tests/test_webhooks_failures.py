@@ -1,8 +1,4 @@
-"""GET /webhooks/{id}/failures: the failure audit of a subscription.
-
-Every storage test runs on SQLite and PostgreSQL (see conftest). DNS never leaves the process:
-the conftest resolver makes `hooks.example.com` public and `internal.example.com` private.
-"""
+"""GET /webhooks/{id}/failures: the failure audit of a subscription."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""GET /webhooks: the list, its page envelope and its cursors.
-
-Every storage test runs on SQLite and PostgreSQL (see conftest). DNS never leaves the process:
-the conftest resolver makes `hooks.example.com` public and `internal.example.com` private.
-"""
+"""GET /webhooks: the list, its page envelope and its cursors."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
 """Every webhook route: authentication, scope, unknown query parameters, methods, and
 isolation between orgs.
-
-Every storage test runs on SQLite and PostgreSQL (see conftest). DNS never leaves the process:
-the conftest resolver makes `hooks.example.com` public and `internal.example.com` private.
 """
 
 from __future__ import annotations

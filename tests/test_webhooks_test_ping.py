@@ -1,8 +1,4 @@
-"""POST /webhooks/{id}/test: the test ping and its secret check.
-
-Every storage test runs on SQLite and PostgreSQL (see conftest). DNS never leaves the process:
-the conftest resolver makes `hooks.example.com` public and `internal.example.com` private.
-"""
+"""POST /webhooks/{id}/test: the test ping and its secret check."""
 
 from __future__ import annotations
 
