@@ -64,6 +64,17 @@ def _answers(url: str) -> bool:
     return True
 
 
+def _gunicorn_command(sock, workers: int, config, chdir: Path, pythonpath) -> list[str]:
+    command = [sys.executable, "-m", "gunicorn"]
+    command += ["-c", str(config)] if config is not None else ["--no-control-socket"]
+    command += ["--bind", f"fd://{sock.fileno()}", "--workers", str(workers)]
+    if chdir != ROOT:
+        command += ["--chdir", str(chdir)]
+    if pythonpath is not None:
+        command += ["--pythonpath", str(pythonpath)]
+    return command
+
+
 def start_gunicorn(
     env: dict,
     log_path: Path,
@@ -85,13 +96,7 @@ def start_gunicorn(
     path), once a request to it gets any answer; raises RuntimeError (with the log's end)
     if gunicorn exits or is not ready within `timeout` seconds."""
     sock = listening_socket()
-    command = [sys.executable, "-m", "gunicorn"]
-    command += ["-c", str(config)] if config is not None else ["--no-control-socket"]
-    command += ["--bind", f"fd://{sock.fileno()}", "--workers", str(workers)]
-    if chdir != ROOT:
-        command += ["--chdir", str(chdir)]
-    if pythonpath is not None:
-        command += ["--pythonpath", str(pythonpath)]
+    command = _gunicorn_command(sock, workers, config, chdir, pythonpath)
     # The app's own lines go to the log file too, as to a journal in production.
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
