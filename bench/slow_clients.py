@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 from harness.net import get, half_sent_requests
+from harness.seed import sqlite_with_key
 from harness.servers import nginx_binary, start_gunicorn, start_nginx
-from partner_api import provisioning
-from partner_api.db import apply_schema, bind, database
 
 ME = "/api/v1/partner/me"
 
@@ -43,12 +42,7 @@ def main() -> None:
     if nginx_binary() is None:
         raise SystemExit("nginx is not installed: run `make nginx` (as root)")
     scratch = Path(tempfile.mkdtemp(prefix="slow-clients-bench-"))
-    url = f"sqlite:///{scratch / 'bench.sqlite3'}"
-    bind(url)
-    apply_schema()
-    with database.connection_context():
-        org = provisioning.create_org("Bench")
-        _, token = provisioning.create_key(org.id, "bench", ["webhooks:manage"], None)
+    url, token = sqlite_with_key(scratch / "bench.sqlite3", "Bench")
     with start_gunicorn({"DATABASE_URL": url}, scratch / "gunicorn.log") as gunicorn:
         nginx, nginx_port = start_nginx(scratch / "nginx", gunicorn.port)
         try:

@@ -358,3 +358,23 @@ def add_failures(subscription_id: str, clock, how_many: int, *, step=60, dead_le
                 )
             )
     return failures
+
+
+def delivery_row(delivery_id):
+    """The delivery as stored now."""
+    from partner_api.models import Delivery
+
+    with database.connection_context():
+        return Delivery.get_by_id(delivery_id)
+
+
+def failure_audit(delivery_id) -> list:
+    """The delivery's failed attempts as stored now, oldest first."""
+    from partner_api.models import DeliveryFailure
+
+    with database.connection_context():
+        return list(
+            DeliveryFailure.select()
+            .where(DeliveryFailure.delivery == delivery_id)
+            .order_by(DeliveryFailure.attempted_at, DeliveryFailure.attempt)
+        )

@@ -21,6 +21,8 @@ from partner_api.delivery.subscriptions import delete_subscription, disable_subs
 from partner_api.errors import DomainError
 from partner_api.models import Delivery, DeliveryFailure, DispatcherPoll, Event, Subscription
 
+from .conftest import delivery_row, failure_audit
+
 FAIL = (500, {}, b"boom")
 OK = (200, {}, b"ok")
 
@@ -71,18 +73,7 @@ def assert_refused(runner, args, fragment):
     assert fragment in lines[0]
 
 
-def row(delivery_id) -> Delivery:
-    with database.connection_context():
-        return Delivery.get_by_id(delivery_id)
-
-
-def audit(delivery_id) -> list[DeliveryFailure]:
-    with database.connection_context():
-        return list(
-            DeliveryFailure.select()
-            .where(DeliveryFailure.delivery == delivery_id)
-            .order_by(DeliveryFailure.attempted_at)
-        )
+row, audit = delivery_row, failure_audit
 
 
 def dead_letter(dispatcher, clock, delivery_id):

@@ -24,7 +24,7 @@ from partner_api.delivery.shares import SharePolicy, Subscriber
 from partner_api.delivery.subscriptions import delete_subscription, disable_subscription
 from partner_api.models import Delivery, DeliveryFailure, Subscription
 
-from .conftest import bearer
+from .conftest import bearer, delivery_row, failure_audit
 
 HOOKS = "/api/v1/partner/webhooks"
 SCHEDULE = (60, 300, 1800, 7200, 21600, 86400)
@@ -61,9 +61,7 @@ def ping(client, token, subscription):
     return response.get_json()
 
 
-def delivery(delivery_id) -> Delivery:
-    with database.connection_context():
-        return Delivery.get_by_id(delivery_id)
+delivery = delivery_row
 
 
 def subscription_row(subscription_id) -> Subscription:
@@ -71,13 +69,7 @@ def subscription_row(subscription_id) -> Subscription:
         return Subscription.get_by_id(subscription_id)
 
 
-def failures(delivery_id) -> list[DeliveryFailure]:
-    with database.connection_context():
-        return list(
-            DeliveryFailure.select()
-            .where(DeliveryFailure.delivery == delivery_id)
-            .order_by(DeliveryFailure.attempt)
-        )
+failures = failure_audit
 
 
 def independent_signature(secret: str, timestamp: str, body: bytes) -> str:

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from harness.net import get, half_sent_requests
+from harness.seed import sqlite_with_key
 from harness.servers import nginx_binary, start_gunicorn, start_nginx
-from partner_api import provisioning
-from partner_api.db import apply_schema, bind, database
 
 pytestmark = pytest.mark.skipif(
     nginx_binary() is None,
@@ -41,12 +40,7 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path):
     """gunicorn with 2 workers and the shipped config, nginx with the shipped site in front."""
-    url = f"sqlite:///{tmp_path / 'api.sqlite3'}"
-    bind(url)
-    apply_schema()
-    with database.connection_context():
-        org = provisioning.create_org("Acme")
-        _, token = provisioning.create_key(org.id, "test", ["webhooks:manage"], None)
+    url, token = sqlite_with_key(tmp_path / "api.sqlite3")
     gunicorn_log = tmp_path / "gunicorn.log"
     gunicorn = start_gunicorn({"DATABASE_URL": url}, gunicorn_log)
     nginx = None
