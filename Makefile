@@ -44,13 +44,13 @@ bench-tools:
 	@command -v wrk >/dev/null || $(APT) install -y wrk || ($(APT) update && $(APT) install -y wrk)
 
 bench: $(VENV)/.dev bench-tools
-	$(PY) bench/claim_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
-	$(PY) bench/engine_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
-	$(PY) bench/metrics_bench.py
-	$(PY) bench/slow_clients_bench.py
-	$(PY) bench/prune_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
-	$(PY) bench/api_bench.py $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
-	$(PY) bench/api_bench.py --contention
+	$(PY) -m bench.claim $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) -m bench.engine $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) -m bench.metrics
+	$(PY) -m bench.slow_clients
+	$(PY) -m bench.prune $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) -m bench.api $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) -m bench.api --contention
 
 # Debian's package lists may be missing or stale: update only when the install fails. Without a
 # browser the suite still runs; the docs browser test then skips and says why.

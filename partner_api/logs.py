@@ -139,7 +139,7 @@ def log_request(level: int, **fields) -> None:
     handler could see it) and records are logging's own (no record factory adds to them), it
     goes there directly, and a text line is written without the record and handler machinery:
     logging's path was the largest part of the request line, and the line the largest item of
-    a `GET /me` after the database (profiles in the README)."""
+    a `GET /me` after the database (profiles in bench/README.md)."""
     if not request_log.isEnabledFor(level):
         return
     handler = _only_handler(level)

@@ -12,16 +12,17 @@ import pytest
 
 from dispatcher import __main__ as dispatcher_main
 from dispatcher.dispatch import Dispatcher
+from harness.receivers import Receiver
 from partner_api import cli, ids
 from partner_api import clock as clock_module
 from partner_api.db import database
 from partner_api.delivery import replay, retention, stats
 from partner_api.delivery.outbox import publish_event
-from partner_api.delivery.subscriptions import create_subscription, delete_subscription
+from partner_api.delivery.subscriptions import delete_subscription, disable_subscription
 from partner_api.errors import DomainError
 from partner_api.models import Delivery, DeliveryFailure, DispatcherPoll, Event, Subscription
 
-from .receivers import Receiver
+from .conftest import delivery_row, failure_audit
 
 FAIL = (500, {}, b"boom")
 OK = (200, {}, b"ok")
@@ -29,16 +30,11 @@ OK = (200, {}, b"ok")
 
 @pytest.fixture
 def world(app, config, clock, make_key):
-    """An org with a helper to add subscriptions and publish pings to them."""
+    """An org with a helper to publish pings to its subscriptions."""
     org, _, _ = make_key()
 
     class World:
         org_id = org.id
-
-        def subscribe(self, url="http://127.0.0.1:9/hook", org_id=None):
-            with database.connection_context():
-                sub, _ = create_subscription(org_id or org.id, url, None, "", config)
-            return sub
 
         def publish(self, sub, n=0):
             with database.connection_context():
@@ -78,18 +74,7 @@ def assert_refused(runner, args, fragment):
     assert fragment in lines[0]
 
 
-def row(delivery_id) -> Delivery:
-    with database.connection_context():
-        return Delivery.get_by_id(delivery_id)
-
-
-def audit(delivery_id) -> list[DeliveryFailure]:
-    with database.connection_context():
-        return list(
-            DeliveryFailure.select()
-            .where(DeliveryFailure.delivery == delivery_id)
-            .order_by(DeliveryFailure.attempted_at)
-        )
+row, audit = delivery_row, failure_audit
 
 
 def dead_letter(dispatcher, clock, delivery_id):
@@ -111,17 +96,19 @@ def snapshot():
 
 
 def test_webhooks_list_shows_status_failure_streak_and_disabled_reason(
-    runner, world, make_key, clock
+    subscribe, runner, world, make_key, clock
 ):
-    healthy = world.subscribe()
+    healthy = subscribe(world.org_id)
     clock.advance(1)
-    broken = world.subscribe()
+    broken = subscribe(world.org_id)
     with database.connection_context():
+        # By hand: the state an auto-disable leaves after 20 failed attempts (a failure streak
+        # of 20), which the lifecycle reaches only through 20 real attempts.
         Subscription.update(
             status="disabled", consecutive_failures=20, disabled_reason="too many failures"
         ).where(Subscription.id == broken.id).execute()
     other_org, _, _ = make_key(org_name="Other")
-    world.subscribe(org_id=other_org.id)
+    subscribe(other_org.id)
     listed = run_json(runner, "webhooks", "list", "--org", world.org_id)
     assert [s["id"] for s in listed] == [healthy.id, broken.id]
     assert listed[1]["status"] == "disabled" and listed[1]["consecutive_failures"] == 20
@@ -138,15 +125,14 @@ def test_webhooks_list_of_an_unknown_org_is_refused(runner, world):
 # --- deliveries list / show ------------------------------------------------------------------
 
 
-def test_deliveries_list_is_newest_first_and_filters(runner, world, clock):
-    first, second = world.subscribe(), world.subscribe()
+def test_deliveries_list_is_newest_first_and_filters(subscribe, runner, world, clock):
+    first, second = subscribe(world.org_id), subscribe(world.org_id)
     made = []
     for n in range(3):
         made.append(world.publish(first, n))
         clock.advance(1)
-    held_sub = world.subscribe()
-    with database.connection_context():
-        Subscription.update(status="disabled").where(Subscription.id == held_sub.id).execute()
+    held_sub = subscribe(world.org_id)
+    disable_subscription(held_sub.id)
     held = world.publish(held_sub)
     clock.advance(1)
     made.append(world.publish(second))
@@ -184,9 +170,11 @@ def test_deliveries_list_refuses_bad_filters(runner, world, args, fragment):
     assert_refused(runner, ["deliveries", "list", *args], fragment)
 
 
-def test_deliveries_show_has_the_event_and_every_failed_attempt(runner, world, clock, dispatcher):
+def test_deliveries_show_has_the_event_and_every_failed_attempt(
+    subscribe, runner, world, clock, dispatcher
+):
     with Receiver([FAIL]) as receiver:
-        sub = world.subscribe(receiver.url())
+        sub = subscribe(world.org_id, receiver.url())
         delivery = world.publish(sub, 7)
         dead_letter(dispatcher, clock, delivery.id)
     shown = run_json(runner, "deliveries", "show", delivery.id)
@@ -202,10 +190,10 @@ def test_deliveries_show_has_the_event_and_every_failed_attempt(runner, world, c
 
 
 def test_deliveries_show_of_a_delivered_delivery_lists_the_success(
-    runner, world, clock, dispatcher
+    subscribe, runner, world, clock, dispatcher
 ):
     with Receiver([FAIL, OK]) as receiver:
-        delivery = world.publish(world.subscribe(receiver.url()))
+        delivery = world.publish(subscribe(world.org_id, receiver.url()))
         dispatcher.run_until_idle()
         clock.advance(60)
         dispatcher.run_until_idle()
@@ -222,9 +210,11 @@ def test_deliveries_show_of_an_unknown_delivery_is_refused(runner, world, delive
 # --- replay ----------------------------------------------------------------------------------
 
 
-def test_replay_sends_the_same_event_again_and_keeps_counting(runner, world, clock, dispatcher):
+def test_replay_sends_the_same_event_again_and_keeps_counting(
+    subscribe, runner, world, clock, dispatcher
+):
     with Receiver([FAIL, FAIL, FAIL, OK]) as receiver:
-        sub = world.subscribe(receiver.url())
+        sub = subscribe(world.org_id, receiver.url())
         delivery = world.publish(sub)
         dead_letter(dispatcher, clock, delivery.id)
         clock.advance(3600)
@@ -266,9 +256,9 @@ def test_replay_sends_the_same_event_again_and_keeps_counting(runner, world, clo
     ]
 
 
-def test_a_replay_keeps_the_earlier_success_visible(runner, world, clock, dispatcher):
+def test_a_replay_keeps_the_earlier_success_visible(subscribe, runner, world, clock, dispatcher):
     with Receiver([OK, FAIL, OK]) as receiver:
-        delivery = world.publish(world.subscribe(receiver.url()))
+        delivery = world.publish(subscribe(world.org_id, receiver.url()))
         dispatcher.run_until_idle()
         clock.advance(10)
         run_json(runner, "deliveries", "replay", delivery.id)
@@ -290,9 +280,9 @@ def test_a_replay_keeps_the_earlier_success_visible(runner, world, clock, dispat
     assert "by operator" in table[1]
 
 
-def test_a_delivered_delivery_can_be_replayed(runner, world, clock, dispatcher):
+def test_a_delivered_delivery_can_be_replayed(subscribe, runner, world, clock, dispatcher):
     with Receiver([OK]) as receiver:
-        delivery = world.publish(world.subscribe(receiver.url()))
+        delivery = world.publish(subscribe(world.org_id, receiver.url()))
         dispatcher.run_until_idle()
         assert row(delivery.id).status == "delivered"
         run_json(runner, "deliveries", "replay", delivery.id)
@@ -301,13 +291,14 @@ def test_a_delivered_delivery_can_be_replayed(runner, world, clock, dispatcher):
     assert row(delivery.id).status == "delivered"
 
 
-def test_replay_for_a_disabled_subscription_is_held_until_enabled(runner, world, clock, dispatcher):
+def test_replay_for_a_disabled_subscription_is_held_until_enabled(
+    subscribe, runner, world, clock, dispatcher
+):
     with Receiver([FAIL, FAIL, OK]) as receiver:
-        sub = world.subscribe(receiver.url())
+        sub = subscribe(world.org_id, receiver.url())
         delivery = world.publish(sub)
         dead_letter(dispatcher, clock, delivery.id)
-        with database.connection_context():
-            Subscription.update(status="disabled").where(Subscription.id == sub.id).execute()
+        disable_subscription(sub.id)
         answer = run_json(runner, "deliveries", "replay", delivery.id)
         assert answer == {"delivery_id": delivery.id, "status": "held"}
         assert dispatcher.run_until_idle() == 0
@@ -316,11 +307,12 @@ def test_replay_for_a_disabled_subscription_is_held_until_enabled(runner, world,
     assert row(delivery.id).status == "delivered"
 
 
-def test_replay_of_a_pending_or_held_delivery_is_refused_and_changes_nothing(runner, world):
-    pending = world.publish(world.subscribe())
-    disabled = world.subscribe()
-    with database.connection_context():
-        Subscription.update(status="disabled").where(Subscription.id == disabled.id).execute()
+def test_replay_of_a_pending_or_held_delivery_is_refused_and_changes_nothing(
+    subscribe, runner, world
+):
+    pending = world.publish(subscribe(world.org_id))
+    disabled = subscribe(world.org_id)
+    disable_subscription(disabled.id)
     held = world.publish(disabled)
     before = snapshot()
     assert_refused(runner, ["deliveries", "replay", pending.id], "is pending")
@@ -328,9 +320,11 @@ def test_replay_of_a_pending_or_held_delivery_is_refused_and_changes_nothing(run
     assert snapshot() == before
 
 
-def test_replay_of_a_deleted_subscriptions_delivery_is_refused(runner, world, clock, dispatcher):
+def test_replay_of_a_deleted_subscriptions_delivery_is_refused(
+    subscribe, runner, world, clock, dispatcher
+):
     with Receiver([FAIL]) as receiver:
-        sub = world.subscribe(receiver.url())
+        sub = subscribe(world.org_id, receiver.url())
         dead = world.publish(sub)
         dead_letter(dispatcher, clock, dead.id)
     cancelled = world.publish(sub)
@@ -344,7 +338,7 @@ def test_replay_of_a_deleted_subscriptions_delivery_is_refused(runner, world, cl
 
 
 @pytest.mark.parametrize("delivery_id", ["dlv_nope", "wh_" + "a" * 26])
-def test_replay_of_an_unknown_delivery_is_refused(runner, world, delivery_id):
+def test_replay_of_an_unknown_delivery_is_refused(subscribe, runner, world, delivery_id):
     assert_refused(runner, ["deliveries", "replay", delivery_id], "no delivery")
 
 
@@ -352,11 +346,11 @@ def test_replay_of_an_unknown_delivery_is_refused(runner, world, delivery_id):
 
 
 @pytest.fixture
-def outage(world, clock, dispatcher):
+def outage(subscribe, world, clock, dispatcher):
     """A subscription with three dead letters whose events occurred 5 h, 3 h and 1 h ago (and
     one delivered), now that the receiver is back."""
     with Receiver([FAIL]) as receiver:
-        sub = world.subscribe(receiver.url())
+        sub = subscribe(world.org_id, receiver.url())
         dead = []
         for n in range(3):
             if n:
@@ -438,8 +432,7 @@ def test_recover_shows_progress_on_a_terminal_only(runner, world, outage, monkey
 
 def test_recover_of_a_disabled_subscription_holds_the_replays(runner, world, outage):
     sub, dead = outage
-    with database.connection_context():
-        Subscription.update(status="disabled").where(Subscription.id == sub.id).execute()
+    disable_subscription(sub.id)
     code, text = run(runner, "webhooks", "recover", sub.id, "--since", "1d")
     assert code == 0 and "held until" in text
     assert {row(d.id).status for d in dead} == {"held"}
@@ -461,12 +454,12 @@ def test_since_parsing():
 
 
 def test_stats_counts_the_queue_and_shows_a_stopped_dispatcher(
-    runner, world, clock, dispatcher, config
+    subscribe, runner, world, clock, dispatcher, config
 ):
     code, text = run(runner, "stats")
     assert code == 0 and "never" in text
     with Receiver([FAIL, FAIL, OK]) as receiver:
-        sub = world.subscribe(receiver.url())
+        sub = subscribe(world.org_id, receiver.url())
         dead = world.publish(sub)
         dead_letter(dispatcher, clock, dead.id)  # 2 failed attempts
         delivered = world.publish(sub)
@@ -484,9 +477,8 @@ def test_stats_counts_the_queue_and_shows_a_stopped_dispatcher(
         Delivery.update(
             lease_token="x" * 32, next_attempt_at=clock.current + dt.timedelta(seconds=60)
         ).where(Delivery.id == due_old.id).execute()  # leased: in flight
-    disabled = world.subscribe()
-    with database.connection_context():
-        Subscription.update(status="disabled").where(Subscription.id == disabled.id).execute()
+    disabled = subscribe(world.org_id)
+    disable_subscription(disabled.id)
     world.publish(disabled)
     found = run_json(runner, "stats")
     assert found["pending"] == 3 and found["due_now"] == 1 and found["in_flight"] == 1
@@ -506,7 +498,7 @@ def test_stats_counts_the_queue_and_shows_a_stopped_dispatcher(
     assert run_json(runner, "stats")["delivered_last_hour"] == 0
 
 
-def test_each_dispatcher_stamps_its_own_poll_row(world, clock, config):
+def test_each_dispatcher_stamps_its_own_poll_row(subscribe, world, clock, config):
     first, second = Dispatcher(config), Dispatcher(config)
     try:
         first.poll()
@@ -529,20 +521,20 @@ def test_each_dispatcher_stamps_its_own_poll_row(world, clock, config):
 
 
 @pytest.fixture
-def history(world, clock, dispatcher):
+def history(subscribe, world, clock, dispatcher):
     """40 days ago: a delivered, a dead-lettered (with audit rows) and a cancelled delivery, an
     event with no subscriber, a held delivery; then the same again 2 days ago."""
     made = {}
     with Receiver([FAIL, FAIL, OK]) as receiver:
         for age in ("old", "new"):
-            sub = world.subscribe(receiver.url())
+            sub = subscribe(world.org_id, receiver.url())
             dead = world.publish(sub)
             dead_letter(dispatcher, clock, dead.id)
             receiver.responses = [OK]
             delivered = world.publish(sub)
             dispatcher.run_until_idle()
             receiver.responses = [FAIL]
-            gone = world.subscribe()
+            gone = subscribe(world.org_id)
             cancelled = world.publish(gone)
             with database.connection_context():
                 delete_subscription(world.org_id, gone.id)
@@ -553,7 +545,7 @@ def history(world, clock, dispatcher):
                     data={},
                     occurred_at=clock.current,
                 )
-                Subscription.update(status="disabled").where(Subscription.id == sub.id).execute()
+                disable_subscription(sub.id)
             held = world.publish(sub)
             made[age] = {
                 "dead": dead.id,

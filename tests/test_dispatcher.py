@@ -16,6 +16,7 @@ import threading
 import pytest
 
 from dispatcher.dispatch import Dispatcher
+from harness.receivers import Receiver
 from partner_api import clock as clock_module
 from partner_api.db import database
 from partner_api.delivery.outbox import publish_event
@@ -23,8 +24,7 @@ from partner_api.delivery.shares import SharePolicy, Subscriber
 from partner_api.delivery.subscriptions import delete_subscription, disable_subscription
 from partner_api.models import Delivery, DeliveryFailure, Subscription
 
-from .conftest import bearer
-from .receivers import Receiver
+from .conftest import bearer, delivery_row, failure_audit
 
 HOOKS = "/api/v1/partner/webhooks"
 SCHEDULE = (60, 300, 1800, 7200, 21600, 86400)
@@ -51,25 +51,17 @@ def dispatcher_factory(config):
         dispatcher.close()
 
 
-def subscribe(client, token, url, **extra):
-    response = client.post(HOOKS, json={"url": url, **extra}, headers=bearer(token))
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
-
-
 def ping(client, token, subscription):
     response = client.post(
-        f"{HOOKS}/{subscription['id']}/test",
-        json={"secret": subscription["secret"]},
+        f"{HOOKS}/{subscription.id}/test",
+        json={"secret": subscription.secret},
         headers=bearer(token),
     )
     assert response.status_code == 202, response.get_json()
     return response.get_json()
 
 
-def delivery(delivery_id) -> Delivery:
-    with database.connection_context():
-        return Delivery.get_by_id(delivery_id)
+delivery = delivery_row
 
 
 def subscription_row(subscription_id) -> Subscription:
@@ -77,13 +69,7 @@ def subscription_row(subscription_id) -> Subscription:
         return Subscription.get_by_id(subscription_id)
 
 
-def failures(delivery_id) -> list[DeliveryFailure]:
-    with database.connection_context():
-        return list(
-            DeliveryFailure.select()
-            .where(DeliveryFailure.delivery == delivery_id)
-            .order_by(DeliveryFailure.attempt)
-        )
+failures = failure_audit
 
 
 def independent_signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -92,11 +78,11 @@ def independent_signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def test_ping_is_delivered_signed_with_the_documented_envelope(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
-    _, token = partner
+    org, token = partner
     with Receiver() as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         sent = ping(client, token, sub)
         assert dispatcher_factory().run_until_idle() == 1
     [request] = receiver.requests
@@ -106,13 +92,13 @@ def test_ping_is_delivered_signed_with_the_documented_envelope(
     assert headers["Host"] == f"receiver.test:{receiver.port}"
     assert headers["X-VC-Timestamp"] == str(clock_module.unix(clock.current))
     assert headers["X-VC-Signature"] == independent_signature(
-        sub["secret"], headers["X-VC-Timestamp"], body
+        sub.secret, headers["X-VC-Timestamp"], body
     )
     envelope = json.loads(body)
     assert set(envelope) == {"event", "id", "subscription_id", "occurred_at", "data"}
     assert envelope["event"] == "vc.test.ping"
     assert envelope["id"] == sent["event_id"]
-    assert envelope["subscription_id"] == sub["id"]
+    assert envelope["subscription_id"] == sub.id
     assert envelope["occurred_at"] == clock_module.isoformat(clock.current)
     assert dt.datetime.fromisoformat(envelope["occurred_at"]).tzinfo is not None
     row = delivery(sent["delivery_id"])
@@ -120,11 +106,11 @@ def test_ping_is_delivered_signed_with_the_documented_envelope(
 
 
 def test_retry_has_fresh_timestamp_same_body_and_event_id(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
-    _, token = partner
+    org, token = partner
     with Receiver([(500, {}, b"down"), (200, {}, b"ok")]) as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         sent = ping(client, token, sub)
         dispatcher = dispatcher_factory()
         dispatcher.run_until_idle()
@@ -136,17 +122,17 @@ def test_retry_has_fresh_timestamp_same_body_and_event_id(
     assert int(second["headers"]["X-VC-Timestamp"]) == int(first["headers"]["X-VC-Timestamp"]) + 60
     for request in (first, second):
         assert request["headers"]["X-VC-Signature"] == independent_signature(
-            sub["secret"], request["headers"]["X-VC-Timestamp"], request["body"]
+            sub.secret, request["headers"]["X-VC-Timestamp"], request["body"]
         )
     assert delivery(sent["delivery_id"]).status == "delivered"
 
 
 def test_schedule_is_followed_exactly_and_seventh_failure_dead_letters(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
-    _, token = partner
+    org, token = partner
     with Receiver([(503, {}, b"unavailable")]) as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         sent = ping(client, token, sub)
         dispatcher = dispatcher_factory()
         assert dispatcher.run_until_idle() == 1
@@ -171,10 +157,12 @@ def test_schedule_is_followed_exactly_and_seventh_failure_dead_letters(
     assert audit[0].response_excerpt == "unavailable"
 
 
-def test_custom_schedule_sets_the_number_of_attempts(client, partner, clock, dispatcher_factory):
-    _, token = partner
+def test_custom_schedule_sets_the_number_of_attempts(
+    subscribe, client, partner, clock, dispatcher_factory
+):
+    org, token = partner
     with Receiver([(500, {}, b"")]) as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         sent = ping(client, token, sub)
         dispatcher = dispatcher_factory(retry_schedule=(5,))
         dispatcher.run_until_idle()
@@ -185,17 +173,17 @@ def test_custom_schedule_sets_the_number_of_attempts(client, partner, clock, dis
 
 
 def test_twenty_consecutive_failures_disable_and_enable_resumes_held_deliveries(
-    client, partner, clock, dispatcher_factory, runner
+    subscribe, client, partner, clock, dispatcher_factory, runner
 ):
     org, token = partner
     with Receiver([(500, {}, b"")] * 20 + [(200, {}, b"")]) as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         with database.connection_context():
             ids = [publish_event(org.id, "vc.test.ping", {"n": n})[1][0].id for n in range(20)]
         dispatcher = dispatcher_factory(auto_disable_min_seconds=0)  # the count alone
         dispatcher.run_until_idle()
         assert len(receiver.requests) == 20
-        row = subscription_row(sub["id"])
+        row = subscription_row(sub.id)
         assert row.status == "disabled" and row.consecutive_failures == 20
         assert "20 consecutive failed" in row.disabled_reason
         assert row.disabled_at == clock.current
@@ -204,7 +192,7 @@ def test_twenty_consecutive_failures_disable_and_enable_resumes_held_deliveries(
         assert listed["status"] == "disabled" and listed["disabled_reason"] == row.disabled_reason
         assert listed["disabled_at"] == clock_module.isoformat(clock.current)
         response = client.post(
-            f"{HOOKS}/{sub['id']}/test", json={"secret": sub["secret"]}, headers=bearer(token)
+            f"{HOOKS}/{sub.id}/test", json={"secret": sub.secret}, headers=bearer(token)
         )
         assert response.status_code == 409
         assert response.get_json()["code"] == "subscription_disabled"
@@ -212,11 +200,11 @@ def test_twenty_consecutive_failures_disable_and_enable_resumes_held_deliveries(
         assert dispatcher.run_until_idle() == 0
         assert len(receiver.requests) == 20
 
-        result = runner.invoke(args=["webhooks", "enable", sub["id"]])
+        result = runner.invoke(args=["webhooks", "enable", sub.id])
         assert result.exit_code == 0, result.output
         assert dispatcher.run_until_idle() == 20
     assert {delivery(i).status for i in ids} == {"delivered"}
-    row = subscription_row(sub["id"])
+    row = subscription_row(sub.id)
     assert row.status == "enabled" and row.consecutive_failures == 0
     assert row.disabled_reason is None
 
@@ -227,27 +215,31 @@ def test_enable_unknown_subscription_fails_cleanly(runner):
     assert result.output.strip() == "error: No webhook subscription with id 'wh_missing'."
 
 
-def test_a_success_resets_the_consecutive_failure_count(client, partner, clock, dispatcher_factory):
+def test_a_success_resets_the_consecutive_failure_count(
+    subscribe, client, partner, clock, dispatcher_factory
+):
     org, token = partner
     with Receiver([(500, {}, b"")] * 3 + [(200, {}, b"")]) as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         with database.connection_context():
             for n in range(3):
                 publish_event(org.id, "vc.test.ping", {"n": n})
         dispatcher = dispatcher_factory(dispatch_workers=1)
         dispatcher.run_until_idle()
-        assert subscription_row(sub["id"]).consecutive_failures == 3
+        assert subscription_row(sub.id).consecutive_failures == 3
         clock.advance(60)
         dispatcher.run_until_idle()
-    assert subscription_row(sub["id"]).consecutive_failures == 0
+    assert subscription_row(sub.id).consecutive_failures == 0
 
 
-def test_redirect_is_a_failure_and_is_not_followed(client, partner, clock, dispatcher_factory):
-    _, token = partner
+def test_redirect_is_a_failure_and_is_not_followed(
+    subscribe, client, partner, clock, dispatcher_factory
+):
+    org, token = partner
     with Receiver() as target:
         redirect = [(302, {"Location": target.url("other.test")}, b"")]
         with Receiver(redirect) as receiver:
-            sub = subscribe(client, token, receiver.url("receiver.test"))
+            sub = subscribe(org.id, receiver.url("receiver.test"))
             sent = ping(client, token, sub)
             dispatcher_factory().run_until_idle()
     assert target.requests == []
@@ -256,12 +248,12 @@ def test_redirect_is_a_failure_and_is_not_followed(client, partner, clock, dispa
 
 
 def test_name_rebound_to_a_private_address_is_blocked_at_delivery(
-    client, partner, clock, config, resolver, dispatcher_factory
+    subscribe, client, partner, clock, config, resolver, dispatcher_factory
 ):
-    _, token = partner
+    org, token = partner
     resolver.table["rebind.test"] = ["93.184.216.34"]
     with Receiver() as private_listener:
-        sub = subscribe(client, token, private_listener.url("rebind.test"))
+        sub = subscribe(org.id, private_listener.url("rebind.test"))
         sent = ping(client, token, sub)
         resolver.table["rebind.test"] = ["127.0.0.1"]
         dispatcher_factory(webhook_allow_cidrs=()).run_until_idle()
@@ -274,11 +266,11 @@ def test_name_rebound_to_a_private_address_is_blocked_at_delivery(
 
 
 def test_unresolvable_name_at_delivery_is_a_dns_error(
-    client, partner, clock, resolver, dispatcher_factory
+    subscribe, client, partner, clock, resolver, dispatcher_factory
 ):
-    _, token = partner
+    org, token = partner
     with Receiver() as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         sent = ping(client, token, sub)
         del resolver.table["receiver.test"]
         dispatcher_factory().run_until_idle()
@@ -286,15 +278,17 @@ def test_unresolvable_name_at_delivery_is_a_dns_error(
     assert failures(sent["delivery_id"])[0].error_kind == "dns_error"
 
 
-def test_deleted_subscription_receives_nothing_more(client, partner, clock, dispatcher_factory):
-    _, token = partner
+def test_deleted_subscription_receives_nothing_more(
+    subscribe, client, partner, clock, dispatcher_factory
+):
+    org, token = partner
     with Receiver([(500, {}, b"")]) as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         sent = ping(client, token, sub)
         dispatcher = dispatcher_factory()
         dispatcher.run_until_idle()
         assert len(receiver.requests) == 1
-        assert client.delete(f"{HOOKS}/{sub['id']}", headers=bearer(token)).status_code == 204
+        assert client.delete(f"{HOOKS}/{sub.id}", headers=bearer(token)).status_code == 204
         clock.advance(86400 * 2)
         assert dispatcher.run_until_idle() == 0
     assert len(receiver.requests) == 1
@@ -302,14 +296,14 @@ def test_deleted_subscription_receives_nothing_more(client, partner, clock, disp
 
 
 def test_lease_lost_attempt_does_not_overwrite_the_new_owner(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
     from dispatcher.transport import AttemptResult
     from partner_api.delivery.claims import claim_due_deliveries
     from partner_api.delivery.lifecycle import record_outcomes
 
-    _, token = partner
-    sub = subscribe(client, token, "http://receiver.test:9/hook")
+    org, token = partner
+    sub = subscribe(org.id, "http://receiver.test:9/hook")
     sent = ping(client, token, sub)
     config = dispatcher_factory().config
     with database.connection_context():
@@ -327,12 +321,12 @@ def test_lease_lost_attempt_does_not_overwrite_the_new_owner(
 
 
 def test_claim_takes_only_due_pending_deliveries_up_to_the_limit(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
     from partner_api.delivery.claims import claim_due_deliveries
 
     org, token = partner
-    subscribe(client, token, "http://receiver.test:9/hook")
+    subscribe(org.id, "http://receiver.test:9/hook")
     with database.connection_context():
         for n in range(5):
             publish_event(org.id, "vc.test.ping", {"n": n})
@@ -344,11 +338,13 @@ def test_claim_takes_only_due_pending_deliveries_up_to_the_limit(
     assert [c.attempt for c in first + second] == [1] * 5
 
 
-def test_one_poll_keeps_draining_while_batches_are_full(client, partner, clock, dispatcher_factory):
+def test_one_poll_keeps_draining_while_batches_are_full(
+    subscribe, client, partner, clock, dispatcher_factory
+):
     org, token = partner
     with Receiver() as receiver:
         for _ in range(7):
-            subscribe(client, token, receiver.url("receiver.test"))
+            subscribe(org.id, receiver.url("receiver.test"))
         with database.connection_context():
             publish_event(org.id, "vc.test.ping", {})
         dispatcher = dispatcher_factory(dispatch_batch_size=2, dispatch_workers=8)
@@ -358,24 +354,24 @@ def test_one_poll_keeps_draining_while_batches_are_full(client, partner, clock, 
 
 
 def test_a_slow_subscription_with_a_backlog_gets_at_most_half_the_senders(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
     org, token = partner
     with Receiver(delay=2.0) as slow, Receiver() as fast:
-        slow_sub = subscribe(client, token, slow.url("receiver.test"))
-        fast_sub = subscribe(client, token, fast.url("other.test"))
+        slow_sub = subscribe(org.id, slow.url("receiver.test"))
+        fast_sub = subscribe(org.id, fast.url("other.test"))
         dispatcher = dispatcher_factory(dispatch_workers=4)
         with database.connection_context():  # one answer each: both are tried, neither fails
             for sub in (slow_sub, fast_sub):
-                publish_event(org.id, "vc.test.ping", {}, subscription_id=sub["id"])
+                publish_event(org.id, "vc.test.ping", {}, subscription_id=sub.id)
         dispatcher.run_until_idle()
         slow.requests.clear()
         fast.requests.clear()
         with database.connection_context():
             for n in range(6):
-                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=slow_sub["id"])
+                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=slow_sub.id)
             for n in range(3):
-                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=fast_sub["id"])
+                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=fast_sub.id)
         poll = threading.Thread(target=dispatcher.run_until_idle)
         poll.start()
         started = clock_module.monotonic()
@@ -393,22 +389,24 @@ def test_a_slow_subscription_with_a_backlog_gets_at_most_half_the_senders(
         assert {d.status for d in Delivery.select()} == {"delivered"}
 
 
-def test_a_slow_endpoint_does_not_hold_back_the_others(client, partner, clock, dispatcher_factory):
+def test_a_slow_endpoint_does_not_hold_back_the_others(
+    subscribe, client, partner, clock, dispatcher_factory
+):
     org, token = partner
     with Receiver(delay=1.5) as slow, Receiver() as fast:
-        slow_sub = subscribe(client, token, slow.url("receiver.test"))
-        fast_sub = subscribe(client, token, fast.url("other.test"))
+        slow_sub = subscribe(org.id, slow.url("receiver.test"))
+        fast_sub = subscribe(org.id, fast.url("other.test"))
         dispatcher = dispatcher_factory(dispatch_workers=2)
         # The fast receiver has answered before: a healthy subscription. (Two untried ones
         # would share the one probe that 2 senders allow; see "How senders are shared".)
         with database.connection_context():
-            publish_event(org.id, "vc.test.ping", {"n": -1}, subscription_id=fast_sub["id"])
+            publish_event(org.id, "vc.test.ping", {"n": -1}, subscription_id=fast_sub.id)
         dispatcher.run_until_idle()
         assert len(fast.requests) == 1
         with database.connection_context():
-            publish_event(org.id, "vc.test.ping", {}, subscription_id=slow_sub["id"])
+            publish_event(org.id, "vc.test.ping", {}, subscription_id=slow_sub.id)
             for n in range(5):
-                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=fast_sub["id"])
+                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=fast_sub.id)
         started = clock_module.monotonic()
         dispatcher.poll()
         # One sender is stuck on the slow receiver; the other serves the fast one meanwhile.
@@ -422,38 +420,38 @@ def test_a_slow_endpoint_does_not_hold_back_the_others(client, partner, clock, d
 
 
 def test_events_published_while_disabled_are_held_then_sent_on_enable(
-    client, partner, clock, dispatcher_factory, runner
+    subscribe, client, partner, clock, dispatcher_factory, runner
 ):
     org, token = partner
     with Receiver() as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         with database.connection_context():
-            Subscription.update(status="disabled", disabled_reason="test").execute()
+            disable_subscription(sub.id, "test")
             [held] = publish_event(org.id, "vc.test.ping", {})[1]
         assert held.status == "held"
         dispatcher = dispatcher_factory()
         assert dispatcher.run_until_idle() == 0
-        assert runner.invoke(args=["webhooks", "enable", sub["id"]]).exit_code == 0
+        assert runner.invoke(args=["webhooks", "enable", sub.id]).exit_code == 0
         assert dispatcher.run_until_idle() == 1
     assert len(receiver.requests) == 1
     assert delivery(held.id).status == "delivered"
 
 
 def test_disable_keeps_the_outcome_of_attempts_in_flight(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
     from dispatcher.transport import AttemptResult
     from partner_api.delivery.claims import claim_due_deliveries
     from partner_api.delivery.lifecycle import record_outcomes
 
     org, token = partner
-    sub = subscribe(client, token, "http://receiver.test:9/hook")
+    sub = subscribe(org.id, "http://receiver.test:9/hook")
     with database.connection_context():
         in_flight_id = publish_event(org.id, "vc.test.ping", {"n": 1})[1][0].id
         [in_flight] = claim_due_deliveries(10, 60)
         waiting_id = publish_event(org.id, "vc.test.ping", {"n": 2})[1][0].id
         # The subscription gets disabled (e.g. by another sender's 20th failure) meanwhile.
-        disable_subscription(sub["id"])
+        disable_subscription(sub.id)
         ok = AttemptResult(True, 200, None, None, None, 5)
         assert record_outcomes([(in_flight, ok)], dispatcher_factory().config) == ["delivered"]
     assert delivery(in_flight_id).status == "delivered"
@@ -461,27 +459,27 @@ def test_disable_keeps_the_outcome_of_attempts_in_flight(
 
 
 def test_delivery_leased_by_a_dead_dispatcher_of_a_disabled_subscription_is_held(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
     from partner_api.delivery.claims import claim_due_deliveries
 
     org, token = partner
-    sub = subscribe(client, token, "http://receiver.test:9/hook")
+    sub = subscribe(org.id, "http://receiver.test:9/hook")
     with database.connection_context():
         delivery_id = publish_event(org.id, "vc.test.ping", {})[1][0].id
         claim_due_deliveries(10, 60)  # this dispatcher "dies" holding the lease
-        Subscription.update(status="disabled").where(Subscription.id == sub["id"]).execute()
+        disable_subscription(sub.id)
         clock.advance(61)
         assert claim_due_deliveries(10, 60) == []
     assert delivery(delivery_id).status == "held"
 
 
 def test_binary_answer_with_nul_bytes_is_audited_not_looped(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
-    _, token = partner
+    org, token = partner
     with Receiver([(500, {}, b"oops\x00binary\xff")]) as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         sent = ping(client, token, sub)
         dispatcher_factory().run_until_idle()
     [failure] = failures(sent["delivery_id"])
@@ -492,74 +490,74 @@ def test_binary_answer_with_nul_bytes_is_audited_not_looped(
 
 
 def test_claim_gives_a_subscription_at_most_its_share_and_takes_the_oldest_first(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
     from partner_api.delivery.claims import claim_due_deliveries
 
     org, token = partner
-    busy = subscribe(client, token, "http://receiver.test:9/busy")
-    other = subscribe(client, token, "http://other.test:9/other")
+    busy = subscribe(org.id, "http://receiver.test:9/busy")
+    other = subscribe(org.id, "http://other.test:9/other")
     with database.connection_context():
         busy_ids = []
         for n in range(6):
             busy_ids.append(
-                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=busy["id"])[1][0].id
+                publish_event(org.id, "vc.test.ping", {"n": n}, subscription_id=busy.id)[1][0].id
             )
             clock.advance(1)
         other_ids = [
-            publish_event(org.id, "vc.test.ping", {}, subscription_id=other["id"])[1][0].id
+            publish_event(org.id, "vc.test.ping", {}, subscription_id=other.id)[1][0].id
             for _ in range(2)
         ]
         policy = SharePolicy(senders=6)  # a healthy subscription's share: 3
-        tried = {sub["id"]: Subscriber(sub["id"], org.id) for sub in (busy, other)}
-        claims = claim_due_deliveries(4, 60, policy=policy, running={busy["id"]: 1}, known=tried)
+        tried = {sub.id: Subscriber(sub.id, org.id) for sub in (busy, other)}
+        claims = claim_due_deliveries(4, 60, policy=policy, running={busy.id: 1}, known=tried)
     claimed = [c.id for c in claims]
     assert [i for i in claimed if i in busy_ids] == busy_ids[:2]  # oldest first, to the share
     assert {i for i in claimed if i not in busy_ids} == set(other_ids)
     with database.connection_context():
-        more = claim_due_deliveries(4, 60, policy=policy, running={busy["id"]: 3}, known=tried)
+        more = claim_due_deliveries(4, 60, policy=policy, running={busy.id: 3}, known=tried)
     assert more == []
 
 
 def test_claim_holds_rows_of_disabled_subscriptions_and_deleting_cancels_leased_ones(
-    client, partner, clock, dispatcher_factory
+    subscribe, client, partner, clock, dispatcher_factory
 ):
     from partner_api.delivery.claims import claim_due_deliveries
 
     org, token = partner
-    disabled = subscribe(client, token, "http://receiver.test:9/a")
-    deleted = subscribe(client, token, "http://receiver.test:9/b")
-    enabled = subscribe(client, token, "http://receiver.test:9/c")
+    disabled = subscribe(org.id, "http://receiver.test:9/a")
+    deleted = subscribe(org.id, "http://receiver.test:9/b")
+    enabled = subscribe(org.id, "http://receiver.test:9/c")
     with database.connection_context():
         stale = [
-            publish_event(org.id, "vc.test.ping", {}, subscription_id=sub["id"])[1][0].id
+            publish_event(org.id, "vc.test.ping", {}, subscription_id=sub.id)[1][0].id
             for sub in (disabled, deleted)
         ]
         claim_due_deliveries(10, 60)  # a dispatcher leases both, then dies
-        Subscription.update(status="disabled").where(Subscription.id == disabled["id"]).execute()
-        delete_subscription(org.id, deleted["id"])
+        disable_subscription(disabled.id)
+        delete_subscription(org.id, deleted.id)
         clock.advance(61)
-        fresh = publish_event(org.id, "vc.test.ping", {}, subscription_id=enabled["id"])[1][0].id
+        fresh = publish_event(org.id, "vc.test.ping", {}, subscription_id=enabled.id)[1][0].id
         claims = claim_due_deliveries(1, 60)
     assert [c.id for c in claims] == [fresh]
     assert [delivery(i).status for i in stale] == ["held", "cancelled"]
 
 
-def test_the_readme_verification_recipe_accepts_a_real_delivery(
-    client, partner, clock, dispatcher_factory, monkeypatch
+def test_the_documented_verification_recipe_accepts_a_real_delivery(
+    subscribe, client, partner, clock, dispatcher_factory, monkeypatch
 ):
     import re
     import time
 
     from partner_api.config import ROOT
 
-    readme = (ROOT / "README.md").read_text()
-    [recipe] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "def verify" in b]
+    docs = (ROOT / "docs" / "partners.md").read_text()
+    [recipe] = [b for b in re.findall(r"```python\n(.*?)```", docs, re.S) if "def verify" in b]
     namespace: dict = {}
-    exec(recipe, namespace)  # noqa: S102 (our own README)
-    _, token = partner
+    exec(recipe, namespace)  # noqa: S102 (our own docs)
+    org, token = partner
     with Receiver() as receiver:
-        sub = subscribe(client, token, receiver.url("receiver.test"))
+        sub = subscribe(org.id, receiver.url("receiver.test"))
         ping(client, token, sub)
         dispatcher_factory().run_until_idle()
     [request] = receiver.requests
@@ -568,53 +566,51 @@ def test_the_readme_verification_recipe_accepts_a_real_delivery(
         request["headers"]["X-VC-Signature"],
     )
     monkeypatch.setattr(time, "time", lambda: int(timestamp) + 10)
-    assert namespace["verify"](sub["secret"], timestamp, signature, request["body"])
-    assert not namespace["verify"](sub["secret"], timestamp, signature, request["body"] + b" ")
+    assert namespace["verify"](sub.secret, timestamp, signature, request["body"])
+    assert not namespace["verify"](sub.secret, timestamp, signature, request["body"] + b" ")
     monkeypatch.setattr(time, "time", lambda: int(timestamp) + 301)
-    assert not namespace["verify"](sub["secret"], timestamp, signature, request["body"])
+    assert not namespace["verify"](sub.secret, timestamp, signature, request["body"])
 
 
-def test_claim_probes_untried_and_failing_subscriptions_one_at_a_time(client, partner, clock):
+def test_claim_probes_untried_and_failing_subscriptions_one_at_a_time(
+    subscribe, client, partner, clock
+):
     from partner_api.delivery.claims import claim_due_deliveries
 
     org, token = partner
-    new = subscribe(client, token, "http://receiver.test:9/new")
-    failing = subscribe(client, token, "http://other.test:9/failing")
+    new = subscribe(org.id, "http://receiver.test:9/new")
+    failing = subscribe(org.id, "http://other.test:9/failing")
     with database.connection_context():
-        Subscription.update(consecutive_failures=3).where(
-            Subscription.id == failing["id"]
-        ).execute()
+        Subscription.update(consecutive_failures=3).where(Subscription.id == failing.id).execute()
         for _ in range(4):
             for sub in (new, failing):
-                publish_event(org.id, "vc.test.ping", {}, subscription_id=sub["id"])
+                publish_event(org.id, "vc.test.ping", {}, subscription_id=sub.id)
         claims = claim_due_deliveries(10, 60, policy=SharePolicy(senders=10))
-        tried = {new["id"]: Subscriber(new["id"], org.id)}  # it answered since
+        tried = {new.id: Subscriber(new.id, org.id)}  # it answered since
         more = claim_due_deliveries(10, 60, policy=SharePolicy(senders=10), known=tried)
-    assert sorted(c.subscription_id for c in claims) == sorted([new["id"], failing["id"]])
-    assert [c.failing for c in claims if c.subscription_id == failing["id"]] == [True]
+    assert sorted(c.subscription_id for c in claims) == sorted([new.id, failing.id])
+    assert [c.failing for c in claims if c.subscription_id == failing.id] == [True]
     # Running nothing, the tried subscription gets its share; the failing one one more probe.
-    assert sorted(c.subscription_id for c in more).count(new["id"]) == 3
-    assert sorted(c.subscription_id for c in more).count(failing["id"]) == 1
+    assert sorted(c.subscription_id for c in more).count(new.id) == 3
+    assert sorted(c.subscription_id for c in more).count(failing.id) == 1
 
 
-def test_a_claim_that_waited_is_checked_before_it_is_sent(client, partner, clock):
+def test_a_claim_that_waited_is_checked_before_it_is_sent(subscribe, client, partner, clock):
     """A claim held back in a ready queue is sent only if its lease still holds and its
     subscription is still enabled; the others are given back, due now."""
     from partner_api.delivery.claims import claim_due_deliveries, still_sendable
     from partner_api.delivery.lifecycle import release
 
     org, token = partner
-    subs = [subscribe(client, token, f"http://receiver.test:9/{n}") for n in range(3)]
+    subs = [subscribe(org.id, f"http://receiver.test:9/{n}") for n in range(3)]
     with database.connection_context():
         for sub in subs:
-            publish_event(org.id, "vc.test.ping", {}, subscription_id=sub["id"])
+            publish_event(org.id, "vc.test.ping", {}, subscription_id=sub.id)
         claims = claim_due_deliveries(10, 60)
         by_sub = {claim.subscription_id: claim for claim in claims}
-        kept, deleted, disabled = (by_sub[sub["id"]] for sub in subs)
+        kept, deleted, disabled = (by_sub[sub.id] for sub in subs)
         delete_subscription(org.id, deleted.subscription_id)
-        Subscription.update(status="disabled").where(
-            Subscription.id == disabled.subscription_id
-        ).execute()
+        disable_subscription(disabled.subscription_id)
         assert still_sendable(claims) == [kept]
         release([deleted, disabled])
     assert delivery(deleted.id).status == "cancelled"  # the delete cancelled it; stays so

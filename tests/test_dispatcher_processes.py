@@ -6,56 +6,32 @@ import collections
 import datetime as dt
 import ipaddress
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from dispatcher.dispatch import Dispatcher
+from harness.dispatcher import dispatcher_env, start_dispatcher
+from harness.net import wait_for
+from harness.receivers import Receiver, SilentReceiver
 from partner_api import clock as clock_module
 from partner_api import provisioning
-from partner_api.config import ROOT, Config
+from partner_api.config import Config
 from partner_api.db import database
 from partner_api.delivery.outbox import publish_event
-from partner_api.delivery.subscriptions import create_subscription
 from partner_api.models import Delivery
-
-from .receivers import Receiver, SilentReceiver
-from .servers import wait_for
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
 
-def dispatcher_env(database_url: str, **extra) -> dict:
-    return {
-        "PATH": os.environ["PATH"],
-        "DATABASE_URL": database_url,
-        "PARTNER_API_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8",
-        "PARTNER_API_ALLOW_HTTP_WEBHOOKS": "true",
-        **extra,
-    }
-
-
-def start_dispatcher(database_url: str, *args: str, **env) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", *args],
-        cwd=ROOT,
-        env=dispatcher_env(database_url, **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def seed(receiver: Receiver, events: int) -> list[str]:
+def seed(subscribe, receiver: Receiver, events: int) -> list[str]:
     """An org, a subscription to the receiver's IP literal, and `events` published events."""
-    config = Config(allow_http_webhooks=True, webhook_allow_cidrs=LOOPBACK)
     with database.connection_context():
         org = provisioning.create_org("Acme")
-        create_subscription(org.id, receiver.url(), None, "", config)
+    subscribe(org.id, receiver.url())
+    with database.connection_context():
         return [publish_event(org.id, "vc.test.ping", {"n": n})[0].id for n in range(events)]
 
 
@@ -68,15 +44,17 @@ def received_event_ids(receiver: Receiver) -> collections.Counter:
     return collections.Counter(json.loads(r["body"])["id"] for r in receiver.requests)
 
 
-def test_two_dispatchers_never_send_the_same_delivery_twice(database_url):
+def test_two_dispatchers_never_send_the_same_delivery_twice(subscribe, database_url):
     with Receiver() as receiver:
-        event_ids = seed(receiver, 120)
+        event_ids = seed(subscribe, receiver, 120)
         processes = [
             start_dispatcher(
-                database_url,
+                dispatcher_env(
+                    database_url,
+                    PARTNER_API_DISPATCH_BATCH_SIZE="3",
+                    PARTNER_API_DISPATCH_WORKERS="4",
+                ),
                 "--once",
-                PARTNER_API_DISPATCH_BATCH_SIZE="3",
-                PARTNER_API_DISPATCH_WORKERS="4",
             )
             for _ in range(2)
         ]
@@ -90,10 +68,12 @@ def test_two_dispatchers_never_send_the_same_delivery_twice(database_url):
     assert all("outcome=ok" in output for output in outputs), outputs
 
 
-def test_dispatcher_killed_mid_batch_loses_nothing(database_url):
+def test_dispatcher_killed_mid_batch_loses_nothing(subscribe, database_url):
     with Receiver(delay=30) as receiver:
-        event_ids = seed(receiver, 8)
-        process = start_dispatcher(database_url, "--once", PARTNER_API_DISPATCH_WORKERS="4")
+        event_ids = seed(subscribe, receiver, 8)
+        process = start_dispatcher(
+            dispatcher_env(database_url, PARTNER_API_DISPATCH_WORKERS="4"), "--once"
+        )
         assert receiver.first_request.wait(30), "the dispatcher never sent anything"
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
@@ -128,10 +108,10 @@ def test_dispatcher_killed_mid_batch_loses_nothing(database_url):
     assert set(received_event_ids(receiver)) == set(event_ids)
 
 
-def test_sigterm_lets_in_flight_attempts_finish_and_exits_zero(database_url):
+def test_sigterm_lets_in_flight_attempts_finish_and_exits_zero(subscribe, database_url):
     with Receiver(delay=1.0) as receiver:
-        seed(receiver, 1)
-        process = start_dispatcher(database_url, PARTNER_API_POLL_INTERVAL="0.2")
+        seed(subscribe, receiver, 1)
+        process = start_dispatcher(dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.2"))
         assert receiver.first_request.wait(30)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
@@ -140,10 +120,10 @@ def test_sigterm_lets_in_flight_attempts_finish_and_exits_zero(database_url):
     assert "outcome=ok" in output and "dispatcher stopped" in output
 
 
-def test_polling_dispatcher_picks_up_a_new_event_within_a_poll_interval(database_url):
+def test_polling_dispatcher_picks_up_a_new_event_within_a_poll_interval(subscribe, database_url):
     with Receiver() as receiver:
-        seed(receiver, 0)
-        process = start_dispatcher(database_url, PARTNER_API_POLL_INTERVAL="0.5")
+        seed(subscribe, receiver, 0)
+        process = start_dispatcher(dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.5"))
         try:
             assert wait_for(lambda: "polling every" in (process.stdout.readline() or ""), 30)
             with database.connection_context():
@@ -163,23 +143,19 @@ def test_polling_dispatcher_picks_up_a_new_event_within_a_poll_interval(database
 )
 def test_bad_configuration_stops_the_dispatcher_with_one_line(tmp_path, name, value):
     env = dispatcher_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", **{name: value})
-    result = subprocess.run(
-        [sys.executable, "-m", "dispatcher", "--once"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and name in result.stderr
+    process = start_dispatcher(env, "--once", stderr=subprocess.PIPE)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert stderr.strip().count("\n") == 0 and name in stderr
 
 
 @pytest.mark.parametrize("mode", [(), ("--once",)], ids=["polling", "once"])
-def test_sigint_then_sigterm_still_finishes_in_flight_and_exits_zero(database_url, mode):
+def test_sigint_then_sigterm_still_finishes_in_flight_and_exits_zero(subscribe, database_url, mode):
     with Receiver(delay=1.0) as receiver:
-        seed(receiver, 1)
-        process = start_dispatcher(database_url, *mode, PARTNER_API_POLL_INTERVAL="0.2")
+        seed(subscribe, receiver, 1)
+        process = start_dispatcher(
+            dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.2"), *mode
+        )
         assert receiver.first_request.wait(30)
         process.send_signal(signal.SIGINT)
         process.send_signal(signal.SIGTERM)
@@ -187,12 +163,6 @@ def test_sigint_then_sigterm_still_finishes_in_flight_and_exits_zero(database_ur
     assert process.returncode == 0, output
     assert "Traceback" not in output
     assert delivery_statuses() == {"delivered": 1}
-
-
-def _subscription_to(org_id: str, url: str) -> str:
-    config = Config(allow_http_webhooks=True, webhook_allow_cidrs=LOOPBACK)
-    with database.connection_context():
-        return create_subscription(org_id, url, None, "", config)[0].id
 
 
 def _ping_latency(org_id: str, subscription_id: str, receiver: Receiver, timeout: float):
@@ -205,7 +175,7 @@ def _ping_latency(org_id: str, subscription_id: str, receiver: Receiver, timeout
     return None
 
 
-def test_a_healthy_subscription_is_not_held_behind_dead_receivers(database_url):
+def test_a_healthy_subscription_is_not_held_behind_dead_receivers(subscribe, database_url):
     """Six new dead endpoints of one partner, three deliveries each, hold what they may of four
     senders: one probe each, at most three at once, the last sender kept for endpoints that
     answer. Another partner's (answering) endpoint still gets its events within a poll."""
@@ -213,13 +183,15 @@ def test_a_healthy_subscription_is_not_held_behind_dead_receivers(database_url):
         with database.connection_context():
             dead_org = provisioning.create_org("Dead endpoints").id
             healthy_org = provisioning.create_org("Healthy").id
-        dead_subs = [_subscription_to(dead_org, dead.url(f"/dead/{n}")) for n in range(6)]
-        healthy_sub = _subscription_to(healthy_org, healthy.url())
+        dead_subs = [subscribe(dead_org, dead.url(f"/dead/{n}")).id for n in range(6)]
+        healthy_sub = subscribe(healthy_org, healthy.url()).id
         process = start_dispatcher(
-            database_url,
-            PARTNER_API_DISPATCH_WORKERS="4",
-            PARTNER_API_DELIVERY_TIMEOUT="6",
-            PARTNER_API_POLL_INTERVAL="0.5",
+            dispatcher_env(
+                database_url,
+                PARTNER_API_DISPATCH_WORKERS="4",
+                PARTNER_API_DELIVERY_TIMEOUT="6",
+                PARTNER_API_POLL_INTERVAL="0.5",
+            )
         )
         # An established partner: its endpoint has answered this dispatcher before.
         assert _ping_latency(healthy_org, healthy_sub, healthy, timeout=10) is not None
@@ -243,12 +215,12 @@ def test_a_healthy_subscription_is_not_held_behind_dead_receivers(database_url):
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_dispatcher_recovers_when_postgresql_drops_its_connections(database_url):
+def test_dispatcher_recovers_when_postgresql_drops_its_connections(subscribe, database_url):
     """pg_terminate_backend on every connection of the dispatcher, twice, while it sends: it
     reconnects by itself, every event is delivered once, nothing stays leased."""
     with Receiver() as receiver:
-        event_ids = seed(receiver, 20)
-        process = start_dispatcher(database_url, PARTNER_API_POLL_INTERVAL="0.3")
+        event_ids = seed(subscribe, receiver, 20)
+        process = start_dispatcher(dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="0.3"))
         try:
             assert wait_for(lambda: len(received_event_ids(receiver)) >= 20, 20)
             for round_ in range(2):

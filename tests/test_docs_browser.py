@@ -10,11 +10,10 @@ import urllib.parse
 
 import pytest
 
+from harness.net import free_port
 from partner_api import create_app
 from partner_api.config import Config
 from partner_api.db import apply_schema
-
-from .conftest import free_port
 
 DOCS = "/api/v1/partner/docs"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -15,13 +15,14 @@ from prometheus_client import generate_latest
 
 from dispatcher import metrics as dispatcher_metrics
 from dispatcher.dispatch import Dispatcher
+from harness.receivers import Receiver
 from partner_api import logs
 from partner_api.db import database
 from partner_api.delivery.outbox import publish_event
-from partner_api.models import Delivery, Subscription
+from partner_api.delivery.subscriptions import disable_subscription
+from partner_api.models import Subscription
 
 from .conftest import bearer
-from .receivers import Receiver
 from .test_operations import samples
 
 HOOKS = "/api/v1/partner/webhooks"
@@ -142,21 +143,19 @@ def value(scraped: dict, name: str, **labels) -> float:
     return scraped.get((name, frozenset(labels.items())), 0.0)
 
 
-def test_queue_gauges_show_due_deliveries_their_age_held_and_disabled(app, make_key, clock, db):
+def test_queue_gauges_show_due_deliveries_their_age_held_and_disabled(
+    subscribe, make_key, clock, db
+):
     org, _, _ = make_key()
     with Receiver() as receiver:
-        client = app.test_client()
-        _, _, token = make_key(org=org)
         for _ in range(2):
-            response = client.post(HOOKS, json={"url": receiver.url()}, headers=bearer(token))
-            assert response.status_code == 201
+            subscribe(org.id, receiver.url())
     for n in range(3):
         publish_event(org.id, "vc.test.ping", {"n": n})
         clock.advance(10)
     # One subscription disabled: its two deliveries are held, not due.
     disabled = Subscription.select().order_by(Subscription.id).first()
-    Subscription.update(status="disabled").where(Subscription.id == disabled.id).execute()
-    Delivery.update(status="held").where(Delivery.subscription == disabled.id).execute()
+    disable_subscription(disabled.id)
 
     scraped = scrape()
     assert value(scraped, "partner_api_dispatcher_database_up") == 1
@@ -169,14 +168,12 @@ def test_queue_gauges_show_due_deliveries_their_age_held_and_disabled(app, make_
 
 
 def test_attempts_are_counted_by_outcome_with_durations_and_the_poll_time(
-    app, config, make_key, clock, db
+    subscribe, config, make_key, clock, db
 ):
-    org, _, token = make_key()
-    client = app.test_client()
+    org, _, _ = make_key()
     before = scrape()
     with Receiver([(200, {}, b"ok"), (503, {}, b"busy")]) as receiver:
-        response = client.post(HOOKS, json={"url": receiver.url()}, headers=bearer(token))
-        assert response.status_code == 201
+        subscribe(org.id, receiver.url())
         for n in range(2):
             publish_event(org.id, "vc.test.ping", {"n": n})
         dispatcher = Dispatcher(dataclasses.replace(config, dispatch_workers=1))

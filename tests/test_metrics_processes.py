@@ -9,20 +9,18 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 
+from harness.dispatcher import dispatcher_env, start_dispatcher
+from harness.net import wait_for
+from harness.receivers import Receiver
+from harness.servers import start_gunicorn
 from partner_api import provisioning
-from partner_api.config import ROOT, Config
 from partner_api.db import apply_schema, bind, database
 from partner_api.delivery.outbox import publish_event
-from partner_api.delivery.subscriptions import create_subscription
 
-from .receivers import Receiver
-from .servers import start_gunicorn, wait_for
-from .test_dispatcher_processes import LOOPBACK, dispatcher_env, start_dispatcher
 from .test_operations import requests_total, samples
 
 ME = "/api/v1/partner/me"
@@ -67,9 +65,9 @@ def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_
         "PARTNER_API_LOG_FORMAT": "json",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
-    process, base = start_gunicorn(env, log_path)
+    server = start_gunicorn(env, log_path)
+    process, base, port = server.process, server.base, server.port
     try:
-        port = int(base.rsplit(":", 1)[1])
         # A half-sent request holds the sync worker that took it, so each batch of 20 is
         # answered by the other worker: both count, whatever the scheduler would have done.
         first_stall = half_sent(port)
@@ -108,29 +106,31 @@ def test_api_metrics_under_gunicorn_sum_both_workers_and_survive_a_dead_one(tmp_
     assert any("Booting worker" in r["message"] for r in records)
 
 
-def seed_two_subscriptions(good: Receiver, failing: Receiver) -> None:
-    config = Config(allow_http_webhooks=True, webhook_allow_cidrs=LOOPBACK)
+def seed_two_subscriptions(subscribe, good: Receiver, failing: Receiver) -> None:
     with database.connection_context():
         org = provisioning.create_org("Acme")
-        create_subscription(org.id, good.url(), None, "", config)
         failing_org = provisioning.create_org("Flaky")
-        create_subscription(failing_org.id, failing.url(), None, "", config)
+    subscribe(org.id, good.url())
+    subscribe(failing_org.id, failing.url())
+    with database.connection_context():
         for n in range(3):
             publish_event(org.id, "vc.test.ping", {"n": n})
         for n in range(2):
             publish_event(failing_org.id, "vc.test.ping", {"n": n})
 
 
-def test_dispatcher_serves_its_metrics_on_the_configured_port(database_url):
+def test_dispatcher_serves_its_metrics_on_the_configured_port(subscribe, database_url):
     with Receiver() as good, Receiver([(500, {}, b"down")]) as failing:
-        seed_two_subscriptions(good, failing)
+        seed_two_subscriptions(subscribe, good, failing)
         process = start_dispatcher(
-            database_url,
-            PARTNER_API_METRICS_PORT="0",
-            PARTNER_API_POLL_INTERVAL="0.2",
-            PARTNER_API_AUTO_DISABLE_AFTER="2",
-            PARTNER_API_AUTO_DISABLE_MIN_SECONDS="0",
-            PARTNER_API_LOG_FORMAT="json",
+            dispatcher_env(
+                database_url,
+                PARTNER_API_METRICS_PORT="0",
+                PARTNER_API_POLL_INTERVAL="0.2",
+                PARTNER_API_AUTO_DISABLE_AFTER="2",
+                PARTNER_API_AUTO_DISABLE_MIN_SECONDS="0",
+                PARTNER_API_LOG_FORMAT="json",
+            )
         )
         try:
             first = json.loads(process.stdout.readline())
@@ -180,15 +180,11 @@ def test_a_metrics_port_in_use_stops_the_dispatcher_with_one_line(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "dispatcher"],
-            cwd=ROOT,
-            env=dispatcher_env(url, PARTNER_API_METRICS_PORT=str(port)),
-            capture_output=True,
-            text=True,
-            timeout=60,
+        process = start_dispatcher(
+            dispatcher_env(url, PARTNER_API_METRICS_PORT=str(port)), stderr=subprocess.PIPE
         )
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert stderr.strip() == (
         f"dispatcher: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
     )

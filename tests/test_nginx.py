@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from partner_api import provisioning
-from partner_api.db import apply_schema, bind, database
-
-from .servers import nginx_binary, start_gunicorn, start_nginx
+from harness.net import get, half_sent_requests
+from harness.seed import sqlite_with_key
+from harness.servers import nginx_binary, start_gunicorn, start_nginx
 
 pytestmark = pytest.mark.skipif(
     nginx_binary() is None,
@@ -41,39 +40,18 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path):
     """gunicorn with 2 workers and the shipped config, nginx with the shipped site in front."""
-    url = f"sqlite:///{tmp_path / 'api.sqlite3'}"
-    bind(url)
-    apply_schema()
-    with database.connection_context():
-        org = provisioning.create_org("Acme")
-        _, token = provisioning.create_key(org.id, "test", ["webhooks:manage"], None)
+    url, token = sqlite_with_key(tmp_path / "api.sqlite3")
     gunicorn_log = tmp_path / "gunicorn.log"
-    gunicorn, base = start_gunicorn({"DATABASE_URL": url}, gunicorn_log)
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
+    gunicorn = start_gunicorn({"DATABASE_URL": url}, gunicorn_log)
     nginx = None
     try:
-        gunicorn_port = int(base.rsplit(":", 1)[1])
-        nginx, port = start_nginx(prefix, gunicorn_port)
-        yield Stack(gunicorn_port, port, token, gunicorn, gunicorn_log)
+        nginx, port = start_nginx(tmp_path / "nginx", gunicorn.port)
+        yield Stack(gunicorn.port, port, token, gunicorn.process, gunicorn_log)
     finally:
-        for process in (nginx, gunicorn):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
-
-
-def get(port: int, path: str, headers=None, timeout: float = 5.0):
-    """(status, headers, body, seconds) of one GET on a fresh connection."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    started = time.perf_counter()
-    try:
-        connection.request("GET", path, headers=headers or {})
-        response = connection.getresponse()
-        body = response.read()
-        return response.status, response.headers, body, time.perf_counter() - started
-    finally:
-        connection.close()
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(timeout=30)
+        gunicorn.stop()
 
 
 def raw(port: int, request: bytes):
@@ -83,20 +61,6 @@ def raw(port: int, request: bytes):
         response = http.client.HTTPResponse(sock)
         response.begin()
         return response.status, response.headers, response.read()
-
-
-def half_sent_requests(port: int, token: str) -> list[socket.socket]:
-    """Two requests that never finish: one stops inside its headers, one (authenticated, so
-    the view waits for it) inside its body."""
-    header_stall = socket.create_connection(("127.0.0.1", port))
-    header_stall.sendall(b"GET /api/v1/partner/me HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-    body_stall = socket.create_connection(("127.0.0.1", port))
-    body_stall.sendall(
-        b"POST /api/v1/partner/webhooks HTTP/1.1\r\nHost: x\r\n"
-        b"Authorization: Bearer " + token.encode() + b"\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
-    )
-    return [header_stall, body_stall]
 
 
 def assert_problem(status, headers, body, expected_status, code):

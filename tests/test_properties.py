@@ -138,7 +138,7 @@ def test_a_signed_payload_of_another_shape_is_refused(cursor_key, list_name, pay
 
 
 def verify_independently(secret: str, timestamp: int, body: bytes, header: str) -> bool:
-    """The README recipe, computed by OpenSSL (through cryptography) instead of Python's hmac."""
+    """The recipe in docs/partners.md, computed by OpenSSL (through cryptography), not hmac."""
     version, _, hex_digest = header.partition("=")
     if version != "v1":
         return False

@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 
+from harness.net import free_port
 from partner_api.config import ROOT
 
 
@@ -29,12 +30,6 @@ def run_script(tmp_path, port):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_run_serves_the_api_prints_a_key_and_ctrl_c_stops_everything(tmp_path):

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from harness.dns import FakeResolver
 from partner_api.config import Config, parse_allow_cidrs
 from partner_api.delivery import dns, ssrf, webhook_url
 from partner_api.delivery.dns import system_resolver
@@ -34,23 +35,6 @@ def is_address_allowed(address, allow_networks=()) -> bool:
         assert exc.code == "address_not_allowed", exc.code
         return False
     return True
-
-
-class FakeResolver:
-    """Dict-backed resolver: unknown names fail like NXDOMAIN; records every call."""
-
-    def __init__(self, records=None):
-        self.records = dict(records or {})
-        self.calls = []
-
-    def __call__(self, host, port):
-        self.calls.append((host, port))
-        answer = self.records.get(host)
-        if answer is None:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        if isinstance(answer, BaseException):
-            raise answer
-        return list(answer)
 
 
 def must_not_resolve(host, port):

@@ -16,13 +16,13 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from dispatcher.dispatch import Dispatcher
+from harness.receivers import Receiver
 from partner_api import clock as clock_module
 from partner_api.config import ROOT
 from partner_api.delivery import signing
 from partner_api.delivery.subscriptions import new_secret
 
 from .conftest import FakeClock, bearer
-from .receivers import Receiver
 
 HOOKS = "/api/v1/partner/webhooks"
 NODE_DIR = ROOT / "tests" / "node"
@@ -39,21 +39,19 @@ def real_time_clock():
 
 
 @pytest.fixture
-def captured(client, make_key, config, real_time_clock):
+def captured(subscribe, client, make_key, config, real_time_clock):
     """Real deliveries to a local receiver: one signed 10 minutes ago (stale), then one fresh
     event whose first attempt fails and whose retry succeeds. Returns (secret, requests)."""
-    _, _, token = make_key()
+    org, _, token = make_key()
     dispatcher = Dispatcher(config)
     try:
         with Receiver([(200, {}, b"ok"), (500, {}, b"no"), (200, {}, b"ok")]) as receiver:
-            created = client.post(HOOKS, json={"url": receiver.url()}, headers=bearer(token))
-            assert created.status_code == 201, created.get_json()
-            sub = created.get_json()
+            sub = subscribe(org.id, receiver.url())
             for advance in (0, STALE_BY):
                 real_time_clock.advance(advance)
                 answer = client.post(
-                    f"{HOOKS}/{sub['id']}/test",
-                    json={"secret": sub["secret"]},
+                    f"{HOOKS}/{sub.id}/test",
+                    json={"secret": sub.secret},
                     headers=bearer(token),
                 )
                 assert answer.status_code == 202, answer.get_json()
@@ -63,7 +61,7 @@ def captured(client, make_key, config, real_time_clock):
     finally:
         dispatcher.close()
     assert len(receiver.requests) == 3
-    return sub["secret"], receiver.requests
+    return sub.secret, receiver.requests
 
 
 def cases(secret: str, requests: list[dict]) -> dict[str, tuple[str, bytes, dict]]:

@@ -20,6 +20,7 @@ from dispatcher.transport import (
     AttemptResult,
     WebhookTransport,
 )
+from harness.dns import FakeResolver
 from partner_api.delivery.ssrf import SsrfPolicy, resolve_allowed_addresses
 
 LOOPBACK = (ip_network("127.0.0.0/8"),)
@@ -133,20 +134,6 @@ class Receiver:
             handler.close_connection = True
         self.huge_written = written
         self.huge_done.set()
-
-
-class FakeResolver:
-    """Maps names to address lists; unknown names are unresolvable, like a real resolver."""
-
-    def __init__(self, names: dict[str, list[str]]):
-        self.names = names
-        self.calls: list[str] = []
-
-    def __call__(self, host: str, port: int) -> list[str]:
-        self.calls.append(host)
-        if host not in self.names:
-            raise OSError(f"no such host: {host}")
-        return list(self.names[host])
 
 
 NAMES = {

@@ -1,6 +1,6 @@
 """Webhook signatures: every attempt carries our `X-VC-*` headers and the Standard Webhooks set.
 
-`attempt_headers` is the one place that builds them; the README and OpenAPI describe the same.
+`attempt_headers` is the one place that builds them; docs/partners.md and OpenAPI describe the same.
 """
 
 from __future__ import annotations

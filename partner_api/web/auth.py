@@ -50,9 +50,10 @@ _SELECT_KEY = (
     "LEFT JOIN rate_limit_windows w ON w.key_id = k.id "
     "WHERE k.token_hash = {hash_param}"
 )
-_LOOKUP_SQLITE = _SELECT_KEY.format(window_param=":window", hash_param=":token_hash")
+# Public: bench/targets/db_floor.py sends these very statements with the driver directly.
+LOOKUP_SQLITE = _SELECT_KEY.format(window_param=":window", hash_param=":token_hash")
 # Prepared once per connection: planning this statement took most of its time.
-_LOOKUP_AND_COUNT_POSTGRES = PreparedStatement(
+LOOKUP_AND_COUNT_POSTGRES = PreparedStatement(
     name="partner_api_lookup_and_count",
     types=("text", "bigint", "integer"),  # token hash, window start, default limit
     sql=(
@@ -123,14 +124,14 @@ def find_caller(token_hash: str, window: int, default_limit: int) -> Caller | No
 
 def _lookup_sqlite(token_hash: str, window: int, default_limit: int) -> list[tuple]:
     """The key's row; the hit is counted afterwards (`ratelimit.admit`)."""
-    cursor = database.execute_sql(_LOOKUP_SQLITE, {"token_hash": token_hash, "window": window})
+    cursor = database.execute_sql(LOOKUP_SQLITE, {"token_hash": token_hash, "window": window})
     return cursor.fetchall()  # to the end: an unfinished SQLite statement holds its snapshot
 
 
 def _lookup_and_count_postgres(token_hash: str, window: int, default_limit: int) -> list[tuple]:
     """The key's row, the hit counted in the same round trip (its last column)."""
     params = (token_hash, window, default_limit)
-    return database.execute_prepared(_LOOKUP_AND_COUNT_POSTGRES, params).fetchall()
+    return database.execute_prepared(LOOKUP_AND_COUNT_POSTGRES, params).fetchall()
 
 
 def _datetime(value):

@@ -1,7 +1,7 @@
 """The benchmark's baseline: a bare Flask app answering constant JSON on the API's /me path.
 
-Served by gunicorn with the same settings as the real app (`bench/api_bench.py` starts it beside
-the app, `bench/db_floor_app.py` and `bench/lean_app.py`).
+Served by gunicorn with the same settings as the real app (`bench/api.py` starts it beside
+the app, `bench/targets/db_floor.py` and `bench/targets/lean.py`).
 """
 
 from flask import Flask

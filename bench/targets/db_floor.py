@@ -2,24 +2,20 @@
 with the database driver directly (no auth parsing, no Flask extension, no log line, no metric).
 
 What it serves per second is the most any `/me` that looks its key up and counts the hit in the
-database can reach on this machine: `bench/api_bench.py` prints its ratio to the bare route
+database can reach on this machine: `bench/api.py` prints its ratio to the bare route
 beside `/me`'s. Reads BENCH_DATABASE_URL and BENCH_TOKEN_HASH; one connection per worker.
 """
 
 import os
 import sqlite3
-import sys
 import time
-from pathlib import Path
 
 import psycopg2
 from flask import Flask
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from partner_api.db import SQLITE_PRAGMAS  # noqa: E402
-from partner_api.web.auth import _LOOKUP_AND_COUNT_POSTGRES, _LOOKUP_SQLITE  # noqa: E402
-from partner_api.web.ratelimit import upsert_sql, window_start  # noqa: E402
+from partner_api.db import SQLITE_PRAGMAS
+from partner_api.web.auth import LOOKUP_AND_COUNT_POSTGRES, LOOKUP_SQLITE
+from partner_api.web.ratelimit import upsert_sql, window_start
 
 app = Flask(__name__)
 _URL = os.environ["BENCH_DATABASE_URL"]
@@ -37,7 +33,7 @@ def _connect():
     conn = psycopg2.connect(_URL)
     conn.autocommit = True
     with conn.cursor() as cursor:
-        cursor.execute(_LOOKUP_AND_COUNT_POSTGRES.prepare)
+        cursor.execute(LOOKUP_AND_COUNT_POSTGRES.prepare)
     return conn
 
 
@@ -48,11 +44,11 @@ def _lookup_and_count() -> int:
     window = window_start(int(time.time()))
     if isinstance(_connection, sqlite3.Connection):  # a read, then the counting write
         row = _connection.execute(
-            _LOOKUP_SQLITE, {"token_hash": _TOKEN_HASH, "window": window}
+            LOOKUP_SQLITE, {"token_hash": _TOKEN_HASH, "window": window}
         ).fetchall()[0]
         return _connection.execute(_COUNT_SQLITE, (row[0], window)).fetchall()[0][0]
     with _connection.cursor() as cursor:  # one round trip does both
-        cursor.execute(_LOOKUP_AND_COUNT_POSTGRES.execute, (_TOKEN_HASH, window, 1_000_000))
+        cursor.execute(LOOKUP_AND_COUNT_POSTGRES.execute, (_TOKEN_HASH, window, 1_000_000))
         return cursor.fetchall()[0][-1]
 
 

@@ -1,16 +1,16 @@
 """GET /me under gunicorn against a bare Flask route, and the API under mixed contention.
 
-Usage: .venv/bin/python bench/api_bench.py [--rounds 8] [--duration 3] [--postgres URL]
-       .venv/bin/python bench/api_bench.py --contention [--duration 30]
+Usage: .venv/bin/python -m bench.api [--rounds 8] [--duration 3] [--postgres URL]
+       .venv/bin/python -m bench.api --contention [--duration 30]
 
-Default mode: the real app (`wsgi:app`, a key with a 1,000,000/min limit), `bench/bare_app.py`,
-`bench/db_floor_app.py` (the bare route plus the statements /me runs, sent with the driver
-directly: the most a database-backed /me can reach) and `bench/lean_app.py` (the real app
+Default mode: the real app (`wsgi:app`, a key with a 1,000,000/min limit), `bench/targets/bare.py`,
+`bench/targets/db_floor.py` (the bare route plus the statements /me runs, sent with the driver
+directly: the most a database-backed /me can reach) and `bench/targets/lean.py` (the real app
 without its request id, log line, metrics and rate-limit headers) run under the same gunicorn
 settings (4 sync workers); wrk (2 threads, 32 connections) drives them in alternating (ABCD,
 DCBA) rounds; the median of the rounds' ratios of requests/s to the bare route is printed with
 its range, and the CPU each answer cost in gunicorn's processes (of which, in parentheses, the
-part spent inside the app, counted by `bench/timed_app.py`) and in PostgreSQL's, on SQLite and,
+part spent inside the app, counted by `bench/targets/timed.py`) and in PostgreSQL's, on SQLite and,
 with --postgres, on PostgreSQL (whose tables it drops and recreates).
 
 --contention (SQLite): 48 clients mix /me, list and create on four keys, 8 clients probe /me
@@ -27,25 +27,17 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.targets.timed import read_totals
+from harness.net import ME_PATH
+from harness.servers import start_gunicorn
+from partner_api import provisioning, tokens
+from partner_api.db import apply_schema, bind, database, drop_tables
 
-from timed_app import read_totals  # noqa: E402
-
-from partner_api import provisioning, tokens  # noqa: E402
-from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
-
-ME_PATH = "/api/v1/partner/me"
 WEBHOOKS_PATH = "/api/v1/partner/webhooks"
 WORKERS = 4
 
@@ -110,83 +102,38 @@ end
 """
 
 
-def _listening_socket() -> socket.socket:
-    """A socket bound to an ephemeral loopback port, handed to gunicorn as a file descriptor."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.set_inheritable(True)
-    return sock
-
-
 @dataclasses.dataclass(frozen=True)
 class Server:
     base: str  # http://127.0.0.1:<port>
     pid: int  # gunicorn's master
-    timed_dir: Path  # where timed_app counts the CPU spent in the app
+    timed_dir: Path  # where bench.targets.timed counts the CPU spent in the app
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, env: dict, log_path: Path, chdir: Path = ROOT):
-    """Serve `app` with 4 sync workers on an ephemeral port; yields its Server.
+def gunicorn(app: str, env: dict, log_path: Path):
+    """Serve `app` with 4 sync workers (gunicorn's defaults otherwise) on an ephemeral port;
+    yields its Server.
 
-    `bench/timed_app.py` wraps the app and counts the CPU spent in it beside the log file."""
-    sock = _listening_socket()
+    `bench/targets/timed.py` wraps the app and counts the CPU spent in it beside the log
+    file. The app's own lines (one per request) go to the log file too, as to a journal in
+    production: written to a terminal they would cost the terminal, and so the round, more."""
     timed_dir = log_path.with_suffix(".cpu")
     timed_dir.mkdir()
     env = {**env, "TIMED_APP": app, "TIMED_APP_DIR": str(timed_dir)}
-    app = "timed_app:app"
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--workers",
-        str(WORKERS),
-        "--bind",
-        f"fd://{sock.fileno()}",
-        "--chdir",
-        str(chdir),
-        "--pythonpath",
-        str(ROOT / "bench"),
-        app,
-    ]
-    # The app's own lines (one per request) go to the log file too, as to a journal in
-    # production: written to a terminal they would cost the terminal, and so the round, more.
-    log = open(log_path, "ab")  # noqa: SIM115  (closed below, after the server)
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, **env},
-        pass_fds=(sock.fileno(),),
-        cwd=chdir,
-        stdout=log,
-        stderr=log,
-    )
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        try:
-            _wait_until_answering(base, process)
-        except SystemExit as exc:
-            raise SystemExit(f"{exc}; its log ends:\n{log_path.read_text()[-2000:]}") from None
-        yield Server(base, process.pid, timed_dir)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        sock.close()
-        log.close()
-
-
-def _wait_until_answering(base: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"gunicorn exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(base + ME_PATH, timeout=1)
-            return
-        except urllib.error.HTTPError:
-            return  # 401 from the real app: up and answering
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("gunicorn did not start within 30 s")
+        server = start_gunicorn(
+            env,
+            log_path,
+            app="bench.targets.timed:app",
+            workers=WORKERS,
+            config=None,
+            probe=ME_PATH,
+            inherit_env=True,
+        )
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    with server:
+        yield Server(server.base, server.pid, timed_dir)
 
 
 def _processes() -> list[tuple[int, int, str, int]]:
@@ -290,7 +237,7 @@ TARGETS = ("bare", "floor", "lean", "me")
 # Long: the rounds of one comparison, ABCD then DCBA, in the order they run.
 def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -> dict:
     """Alternating wrk rounds against the bare app, the database floor, the app without its
-    telemetry and rate-limit headers (bench/lean_app.py) and the real /me."""
+    telemetry and rate-limit headers (bench/targets/lean.py) and the real /me."""
     (token,) = seed(url)
     auth = (f"Authorization: Bearer {token}",)
     env = {
@@ -298,21 +245,21 @@ def compare(label: str, url: str, rounds: int, duration: float, workdir: Path) -
         "BENCH_DATABASE_URL": url,
         "BENCH_TOKEN_HASH": tokens.hash_token(token),
     }
-    apps = {  # target: (app, gunicorn's working directory, request headers)
-        "bare": ("bare_app:app", ROOT / "bench", ()),
-        "floor": ("db_floor_app:app", ROOT / "bench", ()),
-        "lean": ("lean_app:app", ROOT, auth),
-        "me": ("wsgi:app", ROOT, auth),
+    apps = {  # target: (app, request headers)
+        "bare": ("bench.targets.bare:app", ()),
+        "floor": ("bench.targets.db_floor:app", ()),
+        "lean": ("bench.targets.lean:app", auth),
+        "me": ("wsgi:app", auth),
     }
     results = {name: [] for name in TARGETS}
     with contextlib.ExitStack() as stack:
         targets = [
             (
                 name,
-                stack.enter_context(gunicorn(app, env, workdir / f"{label}-{name}.log", chdir)),
+                stack.enter_context(gunicorn(app, env, workdir / f"{label}-{name}.log")),
                 headers,
             )
-            for name, (app, chdir, headers) in apps.items()
+            for name, (app, headers) in apps.items()
         ]
         for _name, server, headers in targets:  # warm up
             wrk(server.base + ME_PATH, "", threads=2, connections=32, duration=1, headers=headers)

@@ -1,7 +1,7 @@
 """Healthy delivery lag while `prune` deletes 1,000,000 old rows, against the same dispatcher
 without a prune running (the baseline), in the same run.
 
-Usage: .venv/bin/python bench/prune_bench.py [--rows 1000000] [--rate 20] [--postgres URL]
+Usage: .venv/bin/python -m bench.prune [--rows 1000000] [--rate 20] [--postgres URL]
 
 A real dispatcher process (`python -m dispatcher`, polling every 0.5 s) sends events published
 at `--rate` per second to a local receiver that answers at once; the lag of each delivery is
@@ -15,48 +15,38 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.server
 import ipaddress
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from partner_api import clock, provisioning  # noqa: E402
-from partner_api.config import Config  # noqa: E402
-from partner_api.db import apply_schema, bind, database, drop_tables, is_postgres  # noqa: E402
-from partner_api.delivery.outbox import publish_event  # noqa: E402
-from partner_api.delivery.subscriptions import create_subscription  # noqa: E402
+from harness.dispatcher import dispatcher_env, start_dispatcher
+from harness.receivers import Receiver
+from partner_api import clock, provisioning
+from partner_api.config import ROOT, Config
+from partner_api.db import apply_schema, bind, database, drop_tables, is_postgres
+from partner_api.delivery.outbox import publish_event
+from partner_api.delivery.subscriptions import create_subscription
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 POLL_INTERVAL = "0.5"
 
 
-class LagRecorder(http.server.BaseHTTPRequestHandler):
-    """Answers 200 at once and records (occurred, lag) of every delivery."""
+class LagRecorder(Receiver):
+    """Answers 200 at once and records (occurred, lag) of every delivery in `samples`."""
 
-    protocol_version = "HTTP/1.1"
-    samples: list[tuple[float, float]] = []
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+        super().__init__([(200, {}, b"")], on_request=self._record)
 
-    def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
+    def _record(self, body: bytes) -> None:
         arrived = time.time()
         occurred = dt.datetime.fromisoformat(json.loads(body)["occurred_at"])
         self.samples.append((occurred.timestamp(), arrived - occurred.timestamp()))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
 
 
 def generate_old_rows(org_id: str, subscription_id: str, rows: int) -> None:
@@ -106,28 +96,25 @@ def percentiles(lags: list[float]) -> str:
 
 
 # Long: one scenario, set up, measured and reported in the order it runs.
-def measure(url: str, receiver_url: str, rows: int, rate: float, baseline_s: float) -> None:
+def measure(url: str, receiver: LagRecorder, rows: int, rate: float, baseline_s: float) -> None:
     bind(url)
     drop_tables()
     apply_schema()
     config = Config(database_url=url, webhook_allow_cidrs=LOOPBACK, allow_http_webhooks=True)
     with database.connection_context():
         org = provisioning.create_org("bench")
-        healthy, _ = create_subscription(org.id, receiver_url, None, "healthy", config)
-        old_sub, _ = create_subscription(org.id, receiver_url, None, "old", config)
+        healthy, _ = create_subscription(org.id, receiver.url(), None, "healthy", config)
+        old_sub, _ = create_subscription(org.id, receiver.url(), None, "old", config)
     started = time.perf_counter()
     generate_old_rows(org.id, old_sub.id, rows)
     print(f"  generated {rows:,} old rows in {time.perf_counter() - started:.1f} s")
-    env = os.environ | {
-        "DATABASE_URL": url,
-        "PARTNER_API_POLL_INTERVAL": POLL_INTERVAL,
-        "PARTNER_API_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8",
-        "PARTNER_API_ALLOW_HTTP_WEBHOOKS": "true",
-        "PARTNER_API_RETENTION_DAYS": "3650",  # its own daily prune must not take part
-    }
-    dispatcher = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
+    env = dispatcher_env(
+        url,
+        inherit=True,
+        PARTNER_API_POLL_INTERVAL=POLL_INTERVAL,
+        PARTNER_API_RETENTION_DAYS="3650",  # its own daily prune must not take part
     )
+    dispatcher = start_dispatcher(env, stdout=None, stderr=subprocess.DEVNULL)
     stop = threading.Event()
 
     def publish():
@@ -136,7 +123,7 @@ def measure(url: str, receiver_url: str, rows: int, rate: float, baseline_s: flo
                 publish_event(org.id, "vc.test.ping", {}, subscription_id=healthy.id)
 
     publisher = threading.Thread(target=publish, daemon=True)
-    LagRecorder.samples.clear()
+    receiver.samples.clear()
     try:
         publisher.start()
         time.sleep(3)  # warm-up, not measured
@@ -161,8 +148,8 @@ def measure(url: str, receiver_url: str, rows: int, rate: float, baseline_s: flo
     counts = json.loads(pruned.stdout)
     deleted = sum(counts.values())
     took = prune_to - prune_from
-    baseline = [lag for at, lag in LagRecorder.samples if baseline_from <= at < prune_from]
-    during = [lag for at, lag in LagRecorder.samples if prune_from <= at < prune_to]
+    baseline = [lag for at, lag in receiver.samples if baseline_from <= at < prune_from]
+    during = [lag for at, lag in receiver.samples if prune_from <= at < prune_to]
     print(f"  prune: {counts} = {deleted:,} rows in {took:.1f} s ({deleted / took:,.0f} rows/s)")
     print(f"  lag without prune: {percentiles(baseline)}")
     print(f"  lag during prune:  {percentiles(during)}")
@@ -176,22 +163,17 @@ def main() -> None:
     parser.add_argument("--postgres", default=None, help="also run on this PostgreSQL URL")
     parser.add_argument("--only-postgres", action="store_true")
     args = parser.parse_args()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LagRecorder)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    receiver_url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     print(
         f"healthy delivery lag, {args.rate:g} events/s, dispatcher polling every "
         f"{POLL_INTERVAL} s, while pruning {args.rows:,} rows vs not"
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, LagRecorder() as receiver:
         backends = [] if args.only_postgres else [("sqlite", f"sqlite:///{tmp}/bench.db")]
         if args.postgres:
             backends.append(("postgres", args.postgres))
         for name, url in backends:
             print(name)
-            measure(url, receiver_url, args.rows, args.rate, args.baseline_seconds)
-    server.shutdown()
+            measure(url, receiver, args.rows, args.rate, args.baseline_seconds)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What counting one delivery attempt costs the dispatcher: `metrics.record_attempt`.
 
-Usage: .venv/bin/python bench/metrics_bench.py [--calls 200000]
+Usage: .venv/bin/python -m bench.metrics [--calls 200000]
 
 Times the call against an empty function of the same signature (the baseline), in the same
 run, and prints microseconds per attempt; best of 5 rounds each.
@@ -9,13 +9,9 @@ run, and prints microseconds per attempt; best of 5 rounds each.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dispatcher import metrics  # noqa: E402
+from dispatcher import metrics
 
 OUTCOMES = ("ok", "ok", "ok", "http_status", "timeout")
 

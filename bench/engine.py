@@ -1,7 +1,7 @@
 """The delivery engine under real load, black-box: API and dispatcher processes, receivers in
 their own processes. Each scenario measures its baseline in the same run.
 
-Usage: .venv/bin/python bench/engine_bench.py [SCENARIO ...] [--postgres URL] [--pings N]
+Usage: .venv/bin/python -m bench.engine [SCENARIO ...] [--postgres URL] [--pings N]
 
 Scenarios (default: all):
   dead        a healthy subscription's ping latency while 10 subscriptions of another org point
@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import os
+import ipaddress
 import random
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,63 +30,15 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from partner_api import provisioning  # noqa: E402
-from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
-from partner_api.delivery import signing  # noqa: E402
-from partner_api.delivery.outbox import publish_event  # noqa: E402
-
-PYTHON = sys.executable
-BIN = Path(PYTHON).parent
-
-
-class ReceiverProcess:
-    """bench/receiver_process.py in a child process; records when each event id arrived."""
-
-    def __init__(self, mode: str):
-        self.process = subprocess.Popen(
-            [PYTHON, str(ROOT / "bench" / "receiver_process.py"), mode],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.port = int(self.process.stdout.readline().split()[1])
-        self.arrivals: dict[str, float] = {}
-        self.times: list[float] = []
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            event_id, moment = line.split()
-            with self._changed:
-                self.arrivals.setdefault(event_id, float(moment))
-                self.times.append(float(moment))
-                self._changed.notify_all()
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait_for(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
-
-    def close(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from harness.dispatcher import dispatcher_env, start_dispatcher
+from harness.receivers import ReceiverProcess
+from harness.servers import start_gunicorn
+from partner_api import provisioning
+from partner_api.config import Config
+from partner_api.db import apply_schema, bind, database, drop_tables
+from partner_api.delivery import signing
+from partner_api.delivery.outbox import publish_event
+from partner_api.delivery.subscriptions import create_subscription
 
 
 def fresh_database(postgres: str | None, workdir: Path) -> str:
@@ -106,46 +56,24 @@ def fresh_database(postgres: str | None, workdir: Path) -> str:
 class Stack:
     """gunicorn (the API) and `python -m dispatcher`, on one database."""
 
-    def __init__(self, database_url: str, dispatchers: int = 1, **settings: str):
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "PARTNER_API_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8",
-            "PARTNER_API_ALLOW_HTTP_WEBHOOKS": "true",
-            "PARTNER_API_MAX_SUBSCRIPTIONS_PER_ORG": "100",
-            **settings,
-        }
-        self.port = free_port()
-        self.api = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "2",
-             "--log-level", "warning", "wsgi:app"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+    def __init__(self, database_url: str, log_path: Path, dispatchers: int = 1, **settings: str):
+        self.env = dispatcher_env(
+            database_url, inherit=True, PARTNER_API_MAX_SUBSCRIPTIONS_PER_ORG="100", **settings
+        )
+        self.api = start_gunicorn(
+            self.env,
+            log_path,
+            workers=2,
+            config=None,
+            probe="/api/v1/partner/openapi.json",
+            inherit_env=True,
+        )
         self.dispatchers = [
-            subprocess.Popen(
-                [PYTHON, "-m", "dispatcher"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            start_dispatcher(self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for _ in range(dispatchers)
         ]
-        self.base = f"http://127.0.0.1:{self.port}/api/v1/partner"
+        self.base = f"{self.api.base}/api/v1/partner"
         self.session = requests.Session()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.session.get(f"{self.base}/openapi.json", timeout=10).raise_for_status()
-                break
-            except (requests.ConnectionError, requests.Timeout):
-                if time.monotonic() > deadline:
-                    self.close()  # no stray API or dispatcher left behind
-                    raise
-                time.sleep(0.1)
 
     def subscribe(self, token: str, url: str) -> tuple[str, str]:
         answer = self.session.post(
@@ -166,9 +94,9 @@ class Stack:
         return answer.json()["event_id"], time.time()
 
     def close(self) -> None:
-        for process in (self.api, *self.dispatchers):
+        for process in (self.api.process, *self.dispatchers):
             process.terminate()
-        for process in (self.api, *self.dispatchers):
+        for process in (self.api.process, *self.dispatchers):
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -221,7 +149,11 @@ def latency_scenario(
     """Ping a healthy subscription alone (baseline), then with `load(stack, healthy_org)`."""
     url = fresh_database(postgres, workdir)
     stack = Stack(
-        url, dispatchers, PARTNER_API_DELIVERY_TIMEOUT=timeout, PARTNER_API_POLL_INTERVAL=poll
+        url,
+        workdir / f"api-{time.monotonic_ns()}.log",
+        dispatchers,
+        PARTNER_API_DELIVERY_TIMEOUT=timeout,
+        PARTNER_API_POLL_INTERVAL=poll,
     )
     healthy = ReceiverProcess("ok")
     others: list[ReceiverProcess] = []
@@ -292,25 +224,18 @@ def dispatcher_rate(postgres, workdir, receiver: ReceiverProcess, deliveries: in
     url = fresh_database(postgres, workdir)
     org_id, token = partner("throughput")
     with database.connection_context():
-        from partner_api.config import Config
-        from partner_api.delivery.subscriptions import create_subscription
-
         config = Config(
             allow_http_webhooks=True,
-            webhook_allow_cidrs=(__import__("ipaddress").ip_network("127.0.0.0/8"),),
+            webhook_allow_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
         )
         for i in range(10):
             create_subscription(org_id, receiver.url(f"/sub/{i}"), None, "", config)
     queue_events(org_id, deliveries // 10)
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "PARTNER_API_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8",
-        "PARTNER_API_ALLOW_HTTP_WEBHOOKS": "true",
-    }
+    env = dispatcher_env(url, inherit=True)
     seen = len(receiver.times)
-    subprocess.run([PYTHON, "-m", "dispatcher", "--once"], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    once = start_dispatcher(env, "--once", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if once.wait() != 0:
+        raise subprocess.CalledProcessError(once.returncode, once.args)
     return _rate(receiver.times[seen:])
 
 

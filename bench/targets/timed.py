@@ -1,9 +1,10 @@
-"""A WSGI wrapper for `bench/api_bench.py`: the thread CPU each answer costs inside the app.
+"""A WSGI wrapper for `bench/api.py`: the thread CPU each answer costs inside the app.
 
-gunicorn serves `timed_app:app`, which imports the app named by TIMED_APP (`module:attribute`).
+gunicorn serves `bench.targets.timed:app`, which imports the app named by TIMED_APP
+(`module:attribute`).
 Each worker keeps its (answers, CPU nanoseconds) in its own 16-byte file under TIMED_APP_DIR,
 written through mmap, so counting adds no system call per answer beyond the two clock reads.
-api_bench sums the files before and after a round: of the CPU an answer costs gunicorn's
+bench.api sums the files before and after a round: of the CPU an answer costs gunicorn's
 processes, this is the app's part (Flask, the view, the database driver); the rest is gunicorn
 and the kernel (parsing, sockets), the same work for every app.
 """
@@ -21,7 +22,7 @@ def _load(name: str):
     return getattr(importlib.import_module(module), attribute)
 
 
-_inner = _load(os.environ["TIMED_APP"]) if "TIMED_APP" in os.environ else None  # api_bench
+_inner = _load(os.environ["TIMED_APP"]) if "TIMED_APP" in os.environ else None  # bench.api
 _DIR = Path(os.environ.get("TIMED_APP_DIR", "."))  # imports this module only for read_totals
 _COUNTERS = struct.Struct("=QQ")  # answers, CPU nanoseconds
 _totals = {}  # pid -> [answers, nanoseconds, mmap]: a worker opens its file on its first answer

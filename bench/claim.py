@@ -1,6 +1,6 @@
 """Claim cost against backlog size, with the claim's indexes and without them.
 
-Usage: .venv/bin/python bench/claim_bench.py [--backlog 1000,10000,100000] [--postgres URL]
+Usage: .venv/bin/python -m bench.claim [--backlog 1000,10000,100000] [--postgres URL]
 
 For each backlog size it fills a fresh database with that many pending deliveries that are not
 due yet (plus held ones of a disabled subscription), then times claiming a batch of 50 due
@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from partner_api import clock, ids  # noqa: E402
-from partner_api.db import apply_schema, bind, database, drop_tables  # noqa: E402
-from partner_api.delivery.claims import claim_due_deliveries  # noqa: E402
-from partner_api.delivery.shares import SharePolicy, Subscriber  # noqa: E402
-from partner_api.models import Delivery, Event, Org, Subscription  # noqa: E402
+from partner_api import clock, ids
+from partner_api.db import apply_schema, bind, database, drop_tables
+from partner_api.delivery.claims import claim_due_deliveries
+from partner_api.delivery.shares import SharePolicy, Subscriber
+from partner_api.models import Delivery, Event, Org, Subscription
 
 BATCH = 50
 ROUNDS = 20

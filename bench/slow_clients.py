@@ -1,6 +1,6 @@
 """GET /me while two half-sent requests stay open: gunicorn exposed vs behind the nginx site.
 
-Usage: .venv/bin/python bench/slow_clients_bench.py   (needs nginx: `make nginx`)
+Usage: .venv/bin/python -m bench.slow_clients   (needs nginx: `make nginx`)
 
 Starts gunicorn (deploy/gunicorn.conf.py, 2 workers) and nginx (deploy/nginx/, on loopback
 ports) over a scratch SQLite database, and in the same run times GET /me idle and while one
@@ -11,17 +11,13 @@ through nginx. Straight at gunicorn the answer waits for the worker timeout (abo
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from partner_api import provisioning  # noqa: E402
-from partner_api.db import apply_schema, bind, database  # noqa: E402
-from tests.servers import nginx_binary, start_gunicorn, start_nginx  # noqa: E402
-from tests.test_nginx import get, half_sent_requests  # noqa: E402
+from harness.net import get, half_sent_requests
+from harness.seed import sqlite_with_key
+from harness.servers import nginx_binary, start_gunicorn, start_nginx
 
 ME = "/api/v1/partner/me"
 
@@ -46,25 +42,17 @@ def main() -> None:
     if nginx_binary() is None:
         raise SystemExit("nginx is not installed: run `make nginx` (as root)")
     scratch = Path(tempfile.mkdtemp(prefix="slow-clients-bench-"))
-    url = f"sqlite:///{scratch / 'bench.sqlite3'}"
-    bind(url)
-    apply_schema()
-    with database.connection_context():
-        org = provisioning.create_org("Bench")
-        _, token = provisioning.create_key(org.id, "bench", ["webhooks:manage"], None)
-    gunicorn, base = start_gunicorn({"DATABASE_URL": url}, scratch / "gunicorn.log")
-    gunicorn_port = int(base.rsplit(":", 1)[1])
-    (scratch / "nginx").mkdir()
-    nginx, nginx_port = start_nginx(scratch / "nginx", gunicorn_port)
-    try:
-        rows = [
-            ("behind nginx", *measure(nginx_port, token, 11)),
-            ("gunicorn exposed (baseline)", *measure(gunicorn_port, token, 1)),
-        ]
-    finally:
-        for process in (nginx, gunicorn):
-            process.terminate()
-            process.wait(timeout=60)
+    url, token = sqlite_with_key(scratch / "bench.sqlite3", "Bench")
+    with start_gunicorn({"DATABASE_URL": url}, scratch / "gunicorn.log") as gunicorn:
+        nginx, nginx_port = start_nginx(scratch / "nginx", gunicorn.port)
+        try:
+            rows = [
+                ("behind nginx", *measure(nginx_port, token, 11)),
+                ("gunicorn exposed (baseline)", *measure(gunicorn.port, token, 1)),
+            ]
+        finally:
+            nginx.terminate()
+            nginx.wait(timeout=60)
     print("| GET /me | idle (ms) | 2 half-sent open (ms) |")
     print("|---|---:|---:|")
     for label, idle, stalled in rows:
