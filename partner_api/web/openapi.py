@@ -4,14 +4,18 @@
 
 from __future__ import annotations
 
-import http
-
 from flask_smorest.utils import prepare_response
 
 from partner_api.config import Config
 from partner_api.delivery import retry, signing, webhook_url
 from partner_api.delivery.event_types import EVENT_TYPES
-from partner_api.web.problems import DEFAULT_CODES, PROBLEM_CONTENT_TYPE, problem_body
+from partner_api.web.problems import (
+    DEFAULT_CODES,
+    PROBLEM_CONTENT_TYPE,
+    problem_body,
+    status_name,
+    status_title,
+)
 
 # An example answer per status, and every `code` an error of that status can carry.
 _EXAMPLE_DETAILS = {
@@ -98,7 +102,7 @@ def register_error_responses(spec, error_schema) -> None:
     for status in _EXAMPLE_DETAILS:
         response = _error_response(status, error_schema)
         prepare_response(response, spec, PROBLEM_CONTENT_TYPE)
-        spec.components.response(http.HTTPStatus(status).name, response, lazy=True)
+        spec.components.response(status_name(status), response, lazy=True)
     response = {
         "description": "Any other error.",
         "schema": error_schema,
@@ -119,7 +123,7 @@ def _error_response(status: int, error_schema) -> dict:
         example["required_scope"] = "webhooks:manage"
     codes = ", ".join(f"`{code}`" for code in _STATUS_CODES[status])
     response = {
-        "description": f"{http.HTTPStatus(status).phrase}; `code` is one of {codes}.",
+        "description": f"{status_title(status)}; `code` is one of {codes}.",
         "schema": error_schema,
         "example": example,
     }
