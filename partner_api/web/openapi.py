@@ -41,7 +41,12 @@ _STATUS_CODES = {
     409: ("subscription_limit_reached", "subscription_disabled"),
     413: ("payload_too_large",),
     415: ("unsupported_media_type",),
-    422: ("validation_error", "unknown_event_type", *sorted(webhook_url.ERROR_CODES)),
+    422: (
+        "validation_error",
+        "unknown_event_type",
+        "event_types_with_wildcard",
+        *sorted(webhook_url.ERROR_CODES),
+    ),
     429: ("rate_limited",),
     500: ("internal_error",),
     503: ("database_unavailable",),
