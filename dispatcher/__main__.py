@@ -1,8 +1,8 @@
 """`python -m dispatcher`: poll for due deliveries every PARTNER_API_POLL_INTERVAL seconds.
 
-`--once` drains what is due now and exits (cron, tests). SIGTERM/SIGINT stop claiming, let
-in-flight attempts finish (bounded by the delivery deadline) and exit 0. The long-running
-dispatcher also applies the retention (PARTNER_API_RETENTION_DAYS) once a day.
+`--once` drains what is due now and exits (cron, tests), serving no metrics. SIGTERM/SIGINT
+stop claiming, let in-flight attempts finish (bounded by the delivery deadline) and exit 0.
+The long-running dispatcher also applies the retention (PARTNER_API_RETENTION_DAYS) once a day.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         return 2
     dispatcher = Dispatcher(config)
     try:
-        metrics_server = _serve_metrics(config, dispatcher)
+        metrics_server = None if args.once else _serve_metrics(config, dispatcher)
     except OSError as exc:
         print(
             f"dispatcher: cannot serve metrics on {config.metrics_host}:{config.metrics_port}: "
@@ -47,6 +47,13 @@ def main(argv=None) -> int:
         )
         dispatcher.close()
         return 2
+    if args.once and config.metrics_port is not None:
+        # A scrape target that lives for a second a minute makes `up == 0` fire all the time,
+        # and a port taken by the long-running dispatcher would fail the run.
+        log.info(
+            "--once serves no metrics: PARTNER_API_METRICS_PORT ignored "
+            "(the API's /metrics carries the queue gauges)"
+        )
     scheduler = None if args.once else _scheduler(dispatcher, config)
     _stop_on_signals(dispatcher, scheduler)
     try:

@@ -1,13 +1,11 @@
 """Prometheus metrics of one dispatcher process, served on PARTNER_API_METRICS_PORT when set.
 
-Attempts are counted as they end (a dict lookup and two adds); queue gauges are read per scrape.
+Attempts are counted as they end (a dict lookup and two adds); the queue gauges are
+`partner_api.delivery.queue_metrics`'s, read at scrape time.
 """
 
 from __future__ import annotations
 
-import logging
-
-import peewee
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -16,13 +14,11 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
 
 from partner_api import clock
-from partner_api.db import database
-from partner_api.delivery import outcomes, stats
+from partner_api.delivery import outcomes
+from partner_api.delivery.queue_metrics import QueueGaugesCollector
 
-log = logging.getLogger("dispatcher")
 disable_created_metrics()  # `_created` series double the output and no dashboard reads them
 REGISTRY = CollectorRegistry()  # this process's own, never mixed with the API's workers
 
@@ -79,53 +75,8 @@ def record_poll() -> None:
     LAST_POLL.set(clock.unix())
 
 
-class QueueCollector:
-    """The shared queue as this dispatcher's database sees it, read at scrape time."""
-
-    def collect(self):
-        up = GaugeMetricFamily(
-            "partner_api_dispatcher_database_up",
-            "1 when the queue gauges below could be read from the database, else 0.",
-        )
-        try:
-            gauges = self._queue_gauges()
-        except peewee.DatabaseError as exc:
-            log.warning("metrics: queue gauges unavailable: %s", str(exc).strip()[:200])
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        yield from gauges
-
-    def _queue_gauges(self) -> list[GaugeMetricFamily]:
-        with database.connection_context():
-            found = stats.queue_gauges(clock.now())
-        return [
-            GaugeMetricFamily(
-                "partner_api_deliveries_due",
-                "Pending deliveries whose next attempt is due now (not leased by a dispatcher).",
-                value=found["due"],
-            ),
-            GaugeMetricFamily(
-                "partner_api_oldest_due_seconds",
-                "How long the oldest due delivery has waited past its due time (0 when none).",
-                value=found["oldest_due_seconds"],
-            ),
-            GaugeMetricFamily(
-                "partner_api_deliveries_held",
-                "Deliveries held while their subscription is disabled.",
-                value=found["held"],
-            ),
-            GaugeMetricFamily(
-                "partner_api_subscriptions_disabled",
-                "Live subscriptions disabled after repeated failures.",
-                value=found["disabled_subscriptions"],
-            ),
-        ]
-
-
-REGISTRY.register(QueueCollector())
+# The queue as this dispatcher's database sees it; the API serves the same gauges.
+REGISTRY.register(QueueGaugesCollector(up_name="partner_api_dispatcher_database_up"))
 
 
 def serve(host: str, port: int, in_flight, senders: int):

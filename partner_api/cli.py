@@ -217,9 +217,19 @@ def webhooks_list(org_id, as_json):
 
     found = list_all_subscriptions(org_id)
     rows = [
-        [s.id, s.org_id, s.status, s.consecutive_failures, s.url, s.disabled_reason] for s in found
+        # EVENTS `*`: every type, present and future.
+        [
+            s.id,
+            s.org_id,
+            s.status,
+            s.consecutive_failures,
+            s.url,
+            ",".join(s.events),
+            s.disabled_reason,
+        ]
+        for s in found
     ]
-    text = _table(["ID", "ORG", "STATUS", "FAILURES", "URL", "DISABLED REASON"], rows)
+    text = _table(["ID", "ORG", "STATUS", "FAILURES", "URL", "EVENTS", "DISABLED REASON"], rows)
     _emit(as_json, [subscription_dict(s) for s in found], text if found else "no subscriptions")
 
 

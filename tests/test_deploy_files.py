@@ -3,6 +3,8 @@ example environment file and the gunicorn settings, checked against the code the
 
 from __future__ import annotations
 
+import json
+import re
 import runpy
 import shutil
 import subprocess
@@ -10,6 +12,7 @@ import subprocess
 import pytest
 
 from partner_api.config import ROOT, Config
+from partner_api.web.problems import STATUS_TITLES
 
 DEPLOY = ROOT / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
@@ -85,3 +88,13 @@ def test_gunicorn_settings_suit_a_small_vm_behind_nginx():
     nginx_site = (DEPLOY / "nginx" / "partner-api.conf").read_text()
     assert "server 127.0.0.1:8000;" in nginx_site
     assert "proxy_read_timeout 35s;" in nginx_site  # outlasts gunicorn's worker timeout
+
+
+def test_every_problem_page_of_the_nginx_site_has_the_app_s_rfc_9110_title():
+    nginx_site = (DEPLOY / "nginx" / "partner-api.conf").read_text()
+    pages = re.findall(r"return (\d{3}) '(\{.*?\})';", nginx_site)
+    assert len(pages) >= 7  # 404, 400, 408, 413, 414, 431, 503
+    for status, body in pages:
+        problem = json.loads(body)
+        assert problem["status"] == int(status)
+        assert problem["title"] == STATUS_TITLES[int(status)], body

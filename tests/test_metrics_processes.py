@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from harness.dispatcher import dispatcher_env, start_dispatcher
 from harness.net import wait_for
@@ -20,7 +21,9 @@ from harness.servers import start_gunicorn
 from partner_api import provisioning
 from partner_api.db import apply_schema, bind, database
 from partner_api.delivery.outbox import publish_event
+from partner_api.web import metrics as api_metrics
 
+from .conftest import gunicorn_server
 from .test_operations import requests_total, samples
 
 ME = "/api/v1/partner/me"
@@ -119,6 +122,7 @@ def seed_two_subscriptions(subscribe, good: Receiver, failing: Receiver) -> None
             publish_event(failing_org.id, "vc.test.ping", {"n": n})
 
 
+# Long: one dispatcher run, scraped and its log read; each check needs the same run.
 def test_dispatcher_serves_its_metrics_on_the_configured_port(subscribe, database_url):
     with Receiver() as good, Receiver([(500, {}, b"down")]) as failing:
         seed_two_subscriptions(subscribe, good, failing)
@@ -138,11 +142,15 @@ def test_dispatcher_serves_its_metrics_on_the_configured_port(subscribe, databas
             assert found, first
             endpoint = found.group(1)
 
-            def attempts_ended():
+            def attempts_ended_and_the_gauges_show_it():
                 scraped = samples(fetch(endpoint))
-                return scraped[("partner_api_delivery_attempt_seconds_count", frozenset())] == 5
+                # The queue gauges are a read at most a few seconds old.
+                return (
+                    scraped[("partner_api_delivery_attempt_seconds_count", frozenset())] == 5
+                    and scraped.get(("partner_api_subscriptions_disabled", frozenset())) == 1
+                )
 
-            assert wait_for(attempts_ended, 30)
+            assert wait_for(attempts_ended_and_the_gauges_show_it, 30)
             scraped = samples(fetch(endpoint))
             started = time.time()
         finally:
@@ -188,3 +196,63 @@ def test_a_metrics_port_in_use_stops_the_dispatcher_with_one_line(tmp_path):
     assert stderr.strip() == (
         f"dispatcher: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_once_serves_no_metrics_so_a_taken_metrics_port_neither_fails_nor_is_bound(
+    subscribe, database_url
+):
+    """Cron mode: a scrape target alive for a second a minute would make `up == 0` fire all
+    day, and the long-running dispatcher's port being taken must not fail the run."""
+    with Receiver() as receiver:
+        seed_two_subscriptions(subscribe, receiver, receiver)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            env = dispatcher_env(database_url, PARTNER_API_METRICS_PORT=str(port))
+            process = start_dispatcher(env, "--once")
+            output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output
+        assert len(receiver.requests) == 5  # every due delivery went out
+    assert "--once serves no metrics: PARTNER_API_METRICS_PORT ignored" in output
+    assert "metrics on http" not in output
+
+
+def healthz_total(base: str) -> float:
+    labels = frozenset({"route": "/healthz", "method": "GET", "status": "200"}.items())
+    return samples(fetch(base + "/metrics")).get(("partner_api_http_requests_total", labels), 0.0)
+
+
+def spread_over_two_workers(base: str, count: int) -> list[int]:
+    """`count` health checks in two batches, each answered by a different one of two workers
+    (a half-sent request holds the sync worker that took it)."""
+    port = int(base.rsplit(":", 1)[1])
+    first_stall = half_sent(port)
+    statuses = [status_of(base + "/healthz") for _ in range(count // 2)]
+    second_stall = half_sent(port)  # taken by the worker that answered the first batch
+    first_stall.close()
+    statuses += [status_of(base + "/healthz") for _ in range(count - count // 2)]
+    second_stall.close()
+    return statuses
+
+
+def test_plain_gunicorn_sums_every_worker_in_a_default_directory_cleaned_at_restart(
+    database_url,
+):
+    """`gunicorn -w 2 wsgi:app` with no config file and no PROMETHEUS_MULTIPROC_DIR."""
+    directory = Path(api_metrics._default_directory(database_url))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "counter_999999.db").write_bytes(b"an earlier run's file")
+    with gunicorn_server(database_url, workers=2) as base:
+        assert spread_over_two_workers(base, 20) == [200] * 20
+        writers = {path.stem.rsplit("_", 1)[1] for path in directory.glob("*.db")}
+        assert len(writers) == 2, writers  # both workers answered, in the default directory
+        for _ in range(4):  # whichever worker answers the scrape
+            assert healthz_total(base) == 20
+        scraped = fetch(base + "/metrics")
+        assert scraped.count("\npartner_api_deliveries_due ") == 1  # once, not per worker
+        assert samples(scraped)[("partner_api_database_up", frozenset())] == 1
+    with gunicorn_server(database_url, workers=2) as base:  # a restart
+        assert healthz_total(base) == 0
+        assert status_of(base + "/healthz") == 200
+        assert healthz_total(base) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 
 import pytest
 from openapi_spec_validator import validate
@@ -286,6 +287,32 @@ def test_links_from_create_reach_every_id_route_with_the_created_id(spec):
 def test_create_documents_that_its_answer_is_not_cached(spec):
     created = spec["paths"][f"{PREFIX}/webhooks"]["post"]["responses"]["201"]
     assert created["headers"]["Cache-Control"]["schema"]["const"] == "no-store"
+
+
+def test_create_documents_the_location_of_the_new_subscription(spec):
+    created = spec["paths"][f"{PREFIX}/webhooks"]["post"]["responses"]["201"]
+    assert f"{PREFIX}/webhooks/{{id}}" in created["headers"]["Location"]["description"]
+
+
+def test_the_create_example_url_is_a_placeholder_and_the_document_says_so(spec):
+    """Sent unchanged from "Try it out", the reserved example host does not resolve: the
+    field and the operation say it must be replaced, and what answer it gets."""
+    create = spec["paths"][f"{PREFIX}/webhooks"]["post"]
+    url = spec["components"]["schemas"]["SubscriptionCreate"]["properties"]["url"]
+    host = urllib.parse.urlsplit(url["example"]).hostname
+    assert host == "example.com" or host.endswith(".example.com")  # reserved, RFC 2606
+    for text in (url["description"], create["description"]):
+        assert url["example"] in text and "placeholder" in text
+        assert "your own HTTPS endpoint" in text and "`host_unresolvable`" in text
+
+
+def test_events_document_the_star_for_every_type_present_and_future(spec):
+    events = spec["components"]["schemas"]["SubscriptionCreate"]["properties"]["events"]
+    assert events["items"]["enum"][0] == "*"
+    assert 'Omitted, or `["*"]`: every type, present and future' in events["description"]
+    assert "`event_types_with_wildcard`" in events["description"]
+    unprocessable = spec["components"]["responses"]["UNPROCESSABLE_CONTENT"]["description"]
+    assert "`event_types_with_wildcard`" in unprocessable
 
 
 def test_request_examples_are_bodies_the_api_accepts(spec):

@@ -8,6 +8,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from partner_api.db import database
+from partner_api.delivery import queue_metrics
+from partner_api.delivery.outbox import publish_event
+from partner_api.models import Delivery, Subscription
 
 from .conftest import assert_problem, bearer
 
@@ -128,3 +131,75 @@ def test_a_missing_multiprocess_directory_is_created_at_start(make_app, tmp_path
     client = make_app(prometheus_multiproc_dir=str(directory)).test_client()
     assert directory.is_dir()
     assert client.get("/metrics").status_code == 200
+
+
+def gauge(text: str, name: str) -> float | None:
+    return samples(text).get((name, frozenset()))
+
+
+def seed_a_backlog(client, make_key, clock) -> None:
+    """Two subscriptions, three events 10 s apart, one subscription disabled: 3 due, 3 held."""
+    org, _, token = make_key()
+    for _ in range(2):
+        created = client.post(
+            "/api/v1/partner/webhooks",
+            json={"url": "https://hooks.example.com/in"},
+            headers=bearer(token),
+        )
+        assert created.status_code == 201
+    with database.connection_context():
+        for n in range(3):
+            publish_event(org.id, "vc.test.ping", {"n": n})
+            clock.advance(10)
+        disabled = Subscription.select().order_by(Subscription.id).first()
+        Subscription.update(status="disabled").where(Subscription.id == disabled.id).execute()
+        Delivery.update(status="held").where(Delivery.subscription == disabled.id).execute()
+
+
+def test_the_api_s_metrics_carry_the_queue_gauges_read_once_per_window(
+    client, make_key, clock, monkeypatch
+):
+    reads = []
+    read = queue_metrics.stats.queue_gauges
+    monkeypatch.setattr(
+        queue_metrics.stats, "queue_gauges", lambda now: reads.append(now) or read(now)
+    )
+    seed_a_backlog(client, make_key, clock)
+
+    scraped = client.get("/metrics").get_data(as_text=True)
+    assert gauge(scraped, "partner_api_database_up") == 1
+    assert gauge(scraped, "partner_api_deliveries_due") == 3
+    assert gauge(scraped, "partner_api_oldest_due_seconds") == 30
+    assert gauge(scraped, "partner_api_deliveries_held") == 3
+    assert gauge(scraped, "partner_api_subscriptions_disabled") == 1
+    assert len(reads) == 1
+
+    clock.advance(queue_metrics.MAX_AGE_SECONDS - 1)
+    again = client.get("/metrics").get_data(as_text=True)
+    assert len(reads) == 1  # within the window: the same read, no query
+    assert gauge(again, "partner_api_oldest_due_seconds") == 30
+
+    clock.advance(1)
+    later = client.get("/metrics").get_data(as_text=True)
+    assert len(reads) == 2
+    assert gauge(later, "partner_api_oldest_due_seconds") == 30 + queue_metrics.MAX_AGE_SECONDS
+
+
+def test_a_database_that_does_not_answer_gives_up_0_and_no_queue_gauges_not_a_500(
+    make_app, clock, caplog
+):
+    down = f"postgresql://nobody@127.0.0.1:{closed_port()}/none"
+    response = make_app(database_url=down).test_client().get("/metrics")
+    assert response.status_code == 200
+    scraped = response.get_data(as_text=True)
+    assert gauge(scraped, "partner_api_database_up") == 0
+    assert gauge(scraped, "partner_api_deliveries_due") is None
+    assert "queue gauges unavailable" in caplog.text
+
+
+def test_the_queue_gauges_appear_once_beside_every_worker_s_counts(make_app, tmp_path):
+    directory = tmp_path / "metrics"
+    client = make_app(prometheus_multiproc_dir=str(directory)).test_client()
+    scraped = client.get("/metrics").get_data(as_text=True)
+    assert scraped.count("\npartner_api_deliveries_due ") == 1
+    assert gauge(scraped, "partner_api_database_up") == 1

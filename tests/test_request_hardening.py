@@ -13,6 +13,7 @@ import pytest
 from partner_api.db import database
 from partner_api.models import Subscription
 from partner_api.web.app import MAX_BODY_BYTES
+from partner_api.web.problems import STATUS_TITLES
 
 from .conftest import assert_problem, bearer, gunicorn_server
 
@@ -131,3 +132,29 @@ def test_the_answer_carrying_the_secret_is_not_stored_by_caches(client, make_key
     response = client.post(WEBHOOKS, json={"url": LOOPBACK_URL}, headers=bearer(token))
     assert response.status_code == 201 and response.get_json()["secret"].startswith("whsec_")
     assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_422_and_413_titles_are_rfc_9110_s_whatever_the_python_version(client, make_key):
+    """Python's http.HTTPStatus said "Unprocessable Entity" and "Request Entity Too Large"
+    before 3.13; the app, its OpenAPI examples and the nginx pages say RFC 9110's phrases."""
+    _, _, token = make_key()
+    invalid = client.post(WEBHOOKS, json={}, headers=bearer(token))
+    assert assert_problem(invalid, 422, "validation_error")["title"] == "Unprocessable Content"
+    too_large = client.post(
+        WEBHOOKS,
+        data=b" " * (MAX_BODY_BYTES + 1),
+        headers={"Content-Type": "application/json", **bearer(token)},
+    )
+    assert assert_problem(too_large, 413, "payload_too_large")["title"] == "Content Too Large"
+    assert count_subscriptions() == 0
+
+    responses = client.get("/api/v1/partner/openapi.json").get_json()["components"]["responses"]
+    assert responses["UNPROCESSABLE_CONTENT"]["description"].startswith("Unprocessable Content;")
+    examples = {
+        name: response["content"]["application/problem+json"]["example"]
+        for name, response in responses.items()
+    }
+    assert examples["UNPROCESSABLE_CONTENT"]["title"] == "Unprocessable Content"
+    assert examples["CONTENT_TOO_LARGE"]["title"] == "Content Too Large"
+    for example in examples.values():
+        assert example["title"] == STATUS_TITLES[example["status"]]

@@ -11,7 +11,9 @@ import pytest
 
 from partner_api import clock as clock_module
 from partner_api import ids
+from partner_api.db import database
 from partner_api.delivery.event_types import EVENT_TYPES
+from partner_api.delivery.outbox import publish_event
 from partner_api.models import Event, Subscription
 
 from .conftest import (
@@ -38,7 +40,7 @@ def test_create_returns_secret_once_and_list_never_shows_it(client, make_key, cl
     assert set(body) == SUBSCRIPTION_FIELDS | {"secret"}
     assert ids.looks_like("wh", body["id"])
     assert body["url"] == GOOD_URL
-    assert body["events"] == ["vc.test.ping"]
+    assert body["events"] == ["*"]  # omitted: every type, present and future
     assert body["description"] == "Production receiver"
     assert body["status"] == "enabled" and body["consecutive_failures"] == 0
     assert body["disabled_reason"] is None and body["disabled_at"] is None
@@ -63,12 +65,45 @@ def test_each_subscription_gets_its_own_secret(client, make_key):
     assert len(secrets) == 3
 
 
-def test_events_default_to_every_catalogued_type_and_are_deduplicated(client, make_key):
+def test_events_omitted_or_star_are_stored_as_star_and_named_ones_deduplicated(client, make_key):
     token = make_key().token
-    assert created(client, token)["events"] == sorted(EVENT_TYPES)
+    assert created(client, token)["events"] == ["*"]
+    assert created(client, token, events=["*"])["events"] == ["*"]
+    assert created(client, token, events=["*", "*"])["events"] == ["*"]
     assert created(client, token, events=["vc.test.ping", "vc.test.ping"])["events"] == [
         "vc.test.ping"
     ]
+    listing = client.get(WEBHOOKS, headers=bearer(token)).get_json()["data"]
+    assert sorted(item["events"] for item in listing) == [["*"]] * 3 + [["vc.test.ping"]]
+
+
+def test_star_mixed_with_named_types_is_422_and_stores_nothing(client, make_key):
+    token = make_key().token
+    response = create(client, token, events=["*", "vc.test.ping"])
+    body = assert_problem(response, 422, "event_types_with_wildcard")
+    assert body["errors"][0]["field"] == "events"
+    assert '["*"] alone' in body["detail"]
+    assert count(Subscription) == 0
+
+
+def test_star_receives_an_event_type_added_after_it_was_created(client, make_key, monkeypatch):
+    org, _, token = make_key()
+    every = created(client, token)  # events omitted
+    named = created(client, token, events=["vc.test.ping"])
+    # A later release adds a type: the catalogue is the one table every check reads.
+    monkeypatch.setitem(EVENT_TYPES, "vc.lead.created", "A lead was created.")
+    with database.connection_context():
+        _, deliveries = publish_event(org.id, "vc.lead.created", {"lead": 1})
+        assert [d.subscription_id for d in deliveries] == [every["id"]]
+        _, pings = publish_event(org.id, "vc.test.ping", {})
+        assert sorted(d.subscription_id for d in pings) == sorted([every["id"], named["id"]])
+
+
+def test_a_create_answers_201_with_location_naming_the_new_subscription(client, make_key):
+    token = make_key().token
+    response = create(client, token)
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"{WEBHOOKS}/{response.get_json()['id']}"
 
 
 def test_url_is_stored_normalised(client, make_key):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from partner_api import clock, ids
 from partner_api.db import locked, write_transaction
 from partner_api.delivery import lifecycle
-from partner_api.delivery.event_types import EVENT_TYPES
+from partner_api.delivery.event_types import EVENT_TYPES, subscribed
 from partner_api.models import Event, Subscription
 
 
@@ -31,6 +31,10 @@ def publish_event(org_id: str, event_type: str, data: dict, *, subscription_id: 
         event = Event.create(
             id=ids.new_id("evt"), org=org_id, type=event_type, data=data, occurred_at=now
         )
-        wanted = [sub for sub in query if subscription_id is not None or event_type in sub.events]
+        wanted = [
+            sub
+            for sub in query
+            if subscription_id is not None or subscribed(sub.events, event_type)
+        ]
         deliveries = lifecycle.create_deliveries(event, wanted, now)
     return event, deliveries

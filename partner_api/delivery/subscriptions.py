@@ -13,7 +13,7 @@ from partner_api import clock, ids
 from partner_api.config import Config
 from partner_api.db import locked, write_transaction
 from partner_api.delivery import lifecycle, ssrf
-from partner_api.delivery.event_types import EVENT_TYPES
+from partner_api.delivery.event_types import EVENT_TYPES, EVERY_TYPE
 from partner_api.delivery.outbox import publish_event
 from partner_api.delivery.signing import SECRET_PREFIX
 from partner_api.errors import DomainError
@@ -27,6 +27,17 @@ def new_secret() -> str:
 
 
 def _check_event_types(events) -> list[str]:
+    """The `events` to store: omitted or `["*"]` is `["*"]` (every type, present and future);
+    else the named types, known and deduplicated."""
+    if events is None or set(events) == {EVERY_TYPE}:
+        return [EVERY_TYPE]
+    if EVERY_TYPE in events:
+        raise DomainError(
+            "event_types_with_wildcard",
+            '"*" already means every event type, present and future: send ["*"] alone, '
+            "or name the types.",
+            field="events",
+        )
     unknown = [event for event in events if event not in EVENT_TYPES]
     if unknown:
         known = ", ".join(sorted(EVENT_TYPES))
@@ -40,7 +51,7 @@ def _check_event_types(events) -> list[str]:
 
 def create_subscription(org_id: str, url: str, events, description: str, config: Config):
     """Validate everything (URL and SSRF policy first), then store; returns (sub, secret)."""
-    event_types = _check_event_types(events if events is not None else list(EVENT_TYPES))
+    event_types = _check_event_types(events)
     checked = ssrf.validate_webhook_url(url, ssrf.policy_for(config, config.create_dns_timeout))
     secret = new_secret()
     with write_transaction():

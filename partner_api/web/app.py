@@ -59,7 +59,8 @@ def build_app(test_config=None) -> Flask:
 
     # The request id and the timer come first, so every later hook and line has them.
     telemetry.init_app(app)
-    metrics.init_app(config.prometheus_multiproc_dir)
+    # With the directory gunicorn workers share their metrics in, when it is the default one.
+    config = app.config["PARTNER_API"] = metrics.init_app(app, config)
     db.bind(config.database_url)
     db.init_app(app)
     app.after_request(auth.add_rate_limit_headers)

@@ -6,7 +6,6 @@ Request parsing strictness (415/400/unknown fields), error documentation and the
 from __future__ import annotations
 
 import functools
-import http
 import json
 
 import flask
@@ -22,6 +21,7 @@ from partner_api.web.problems import (
     from_http_exception,
     problem_response,
     register_error_handlers,
+    status_name,
 )
 
 
@@ -98,7 +98,7 @@ class Blueprint(flask_smorest.Blueprint):
         def decorator(func):
             documented = func
             for status in sorted({*statuses, 503}, reverse=True):
-                alt_response = self.alt_response(status, response=http.HTTPStatus(status).name)
+                alt_response = self.alt_response(status, response=status_name(status))
                 documented = alt_response(documented)
             # Keep the documentation, not alt_response's pass-through wrappers: one call layer
             # per documented status, on every request.

@@ -1,13 +1,20 @@
-"""Prometheus metrics of the API: requests by route template, method and status, and latency.
+"""Prometheus metrics of the API: requests by route template, method and status, latency,
+and the delivery queue's gauges (read from the database once per scrape, not per worker).
 
-Under gunicorn each worker writes to PROMETHEUS_MULTIPROC_DIR and a scrape sums every worker.
+Under gunicorn each worker writes to a shared directory and a scrape sums every worker: the
+directory is PROMETHEUS_MULTIPROC_DIR, or by default `prometheus/` in the instance directory,
+rid of an earlier run's files as the workers start (see `forget_earlier_runs`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import os
 import re
+import sys
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,7 +25,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
     multiprocess,
+    values,
 )
+
+from partner_api.config import ROOT, Config
+from partner_api.delivery.queue_metrics import QueueGaugesCollector
+
+log = logging.getLogger(__name__)
 
 disable_created_metrics()  # `_created` series double the output and no dashboard reads them
 
@@ -68,19 +81,91 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 OTHER_METHOD = "OTHER"
 
 
-def exposition(multiprocess_dir: str | None) -> tuple[bytes, str]:
-    """The metrics text and its content type: every worker's when a multiprocess dir is set."""
+def exposition(multiprocess_dir: str | None, queue_gauges) -> tuple[bytes, str]:
+    """The metrics text and its content type: every worker's counts when a multiprocess dir is
+    set, and the queue gauges once (they describe the shared queue, not this worker)."""
+    registry = CollectorRegistry()
     if multiprocess_dir:
-        registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)
     else:
-        registry = REGISTRY
+        registry.register(REGISTRY)  # a registry is a collector: this process's own counts
+    registry.register(queue_gauges)
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def init_app(multiprocess_dir: str | None) -> None:
-    """Ready the per-worker files (telemetry.py times and counts every request)."""
-    if multiprocess_dir:
+def init_app(app, config: Config) -> Config:
+    """Ready the per-worker files (telemetry.py times and counts every request) and the queue
+    gauges; returns `config` naming the directory the workers share, if any."""
+    app.extensions["partner_api_queue_gauges"] = QueueGaugesCollector(
+        up_name="partner_api_database_up"
+    )
+    directory = config.prometheus_multiproc_dir
+    if directory is None and under_gunicorn():
+        directory = _default_directory(config.database_url)
+    if directory is None:
+        return config
+    try:
         # Under deploy/gunicorn.conf.py it exists already; elsewhere a missing one would fail
         # every request's first count.
-        os.makedirs(multiprocess_dir, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if under_gunicorn():
+            forget_earlier_runs(Path(directory))
+    except OSError as exc:
+        if config.prometheus_multiproc_dir is not None:
+            raise  # prometheus_client already writes there: the first count would fail
+        log.warning("metrics: /metrics counts only the worker it reaches: %s", exc)
+        return dataclasses.replace(config, prometheus_multiproc_dir=None)
+    if config.prometheus_multiproc_dir is None:
+        # prometheus_client chooses where values live when it is imported, from this variable;
+        # set now, before any request has made a series, and chosen again.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        values.ValueClass = values.get_value_class()
+    return dataclasses.replace(config, prometheus_multiproc_dir=directory)
+
+
+def under_gunicorn() -> bool:
+    """True in a gunicorn master or worker: only there do several processes serve one app.
+    (gunicorn's arbiter is imported before any app is loaded, and workers inherit it.)"""
+    return "gunicorn.arbiter" in sys.modules
+
+
+def _default_directory(database_url: str) -> str:
+    """`prometheus/` in the instance directory: beside a SQLite database (a directory the
+    service may write to), else the checkout's `instance/`."""
+    if database_url.startswith("sqlite:///") and database_url != "sqlite:///:memory:":
+        return str(Path(database_url.removeprefix("sqlite:///")).resolve().parent / "prometheus")
+    return str(ROOT / "instance" / "prometheus")
+
+
+def forget_earlier_runs(directory: Path) -> None:
+    """Remove the files an earlier run of the server left, called as each process starts.
+
+    With plain `gunicorn -w N wsgi:app` no hook runs in the master before it forks, and each
+    worker loads the app itself, so each cleans: files named for its own pid are an earlier
+    process's (pids are reused), and when no other process that wrote here is alive, every
+    file is an earlier run's (a restart), so the counts start from 0. While any worker lives, a
+    replaced worker's files stay, so the sums never drop (Prometheus would read a reset)."""
+    own = os.getpid()
+    files = [(path, _writer_pid(path)) for path in directory.glob("*.db")]
+    peer_alive = any(pid not in (None, own) and _alive(pid) for _, pid in files)
+    for path, pid in files:
+        if pid == own or (not peer_alive and pid is not None):
+            # Only files whose writer is dead (or this process): a peer starting at the same
+            # moment keeps its own.
+            path.unlink(missing_ok=True)
+
+
+def _writer_pid(path: Path) -> int | None:
+    """prometheus_client names each file `<kind>_<pid>.db`."""
+    tail = path.stem.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True

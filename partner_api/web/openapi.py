@@ -4,14 +4,18 @@
 
 from __future__ import annotations
 
-import http
-
 from flask_smorest.utils import prepare_response
 
 from partner_api.config import Config
 from partner_api.delivery import retry, signing, webhook_url
 from partner_api.delivery.event_types import EVENT_TYPES
-from partner_api.web.problems import DEFAULT_CODES, PROBLEM_CONTENT_TYPE, problem_body
+from partner_api.web.problems import (
+    DEFAULT_CODES,
+    PROBLEM_CONTENT_TYPE,
+    problem_body,
+    status_name,
+    status_title,
+)
 
 # An example answer per status, and every `code` an error of that status can carry.
 _EXAMPLE_DETAILS = {
@@ -37,7 +41,12 @@ _STATUS_CODES = {
     409: ("subscription_limit_reached", "subscription_disabled"),
     413: ("payload_too_large",),
     415: ("unsupported_media_type",),
-    422: ("validation_error", "unknown_event_type", *sorted(webhook_url.ERROR_CODES)),
+    422: (
+        "validation_error",
+        "unknown_event_type",
+        "event_types_with_wildcard",
+        *sorted(webhook_url.ERROR_CODES),
+    ),
     429: ("rate_limited",),
     500: ("internal_error",),
     503: ("database_unavailable",),
@@ -98,7 +107,7 @@ def register_error_responses(spec, error_schema) -> None:
     for status in _EXAMPLE_DETAILS:
         response = _error_response(status, error_schema)
         prepare_response(response, spec, PROBLEM_CONTENT_TYPE)
-        spec.components.response(http.HTTPStatus(status).name, response, lazy=True)
+        spec.components.response(status_name(status), response, lazy=True)
     response = {
         "description": "Any other error.",
         "schema": error_schema,
@@ -119,7 +128,7 @@ def _error_response(status: int, error_schema) -> dict:
         example["required_scope"] = "webhooks:manage"
     codes = ", ".join(f"`{code}`" for code in _STATUS_CODES[status])
     response = {
-        "description": f"{http.HTTPStatus(status).phrase}; `code` is one of {codes}.",
+        "description": f"{status_title(status)}; `code` is one of {codes}.",
         "schema": error_schema,
         "example": example,
     }

@@ -58,7 +58,9 @@ def readyz():
 
 @blp.get("/metrics")
 def prometheus_metrics():
-    """Prometheus text for every worker of this API."""
+    """Prometheus text for every worker of this API, and the delivery queue's gauges."""
     config = current_app.config["PARTNER_API"]
-    body, content_type = metrics.exposition(config.prometheus_multiproc_dir)
+    body, content_type = metrics.exposition(
+        config.prometheus_multiproc_dir, current_app.extensions["partner_api_queue_gauges"]
+    )
     return current_app.response_class(body, mimetype=None, content_type=content_type)

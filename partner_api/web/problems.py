@@ -17,6 +17,56 @@ from partner_api.errors import DomainError
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 log = logging.getLogger(__name__)
 
+# Every problem's `title`: the reason phrases of RFC 9110 section 15 (plus RFC 6585's 428, 429,
+# 431 and RFC 7725's 451), fixed here because Python's http.HTTPStatus changed two of them in
+# 3.13 (422 "Unprocessable Entity", 413 "Request Entity Too Large" before). The app, the OpenAPI
+# examples and the nginx site's own pages (deploy/nginx/partner-api.conf, tested) use these.
+STATUS_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    409: "Conflict",
+    410: "Gone",
+    411: "Length Required",
+    412: "Precondition Failed",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Range Not Satisfiable",
+    417: "Expectation Failed",
+    421: "Misdirected Request",
+    422: "Unprocessable Content",
+    426: "Upgrade Required",
+    428: "Precondition Required",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    451: "Unavailable For Legal Reasons",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+
+def status_title(status: int) -> str:
+    """The RFC 9110 reason phrase of `status` (Python's, for a status outside the table)."""
+    return STATUS_TITLES.get(status) or http.HTTPStatus(status).phrase
+
+
+def status_name(status: int) -> str:
+    """`UNPROCESSABLE_CONTENT`: the title as a name (OpenAPI components), the same on every
+    Python (http.HTTPStatus's names changed with its phrases)."""
+    return status_title(status).upper().replace(" ", "_").replace("-", "_")
+
+
 # The code used when a status is raised without a more specific one.
 DEFAULT_CODES = {
     400: "bad_request",
@@ -75,7 +125,9 @@ class ProblemSchema(ma.Schema):
     """RFC 9457 problem details, extended with `code` (stable, machine-readable)."""
 
     type = ma.fields.String(metadata={"description": "Always `about:blank`; see `code`."})
-    title = ma.fields.String(metadata={"description": "The HTTP status phrase."})
+    title = ma.fields.String(
+        metadata={"description": "The status's reason phrase, as RFC 9110 names it."}
+    )
     status = ma.fields.Integer()
     code = ma.fields.String(metadata={"description": "Stable machine-readable error code."})
     detail = ma.fields.String(metadata={"description": "Human-readable explanation."})
@@ -90,7 +142,7 @@ def problem_body(status, code, detail, errors=None, **extra) -> dict:
     """The problem document for one error."""
     body = {
         "type": "about:blank",
-        "title": http.HTTPStatus(status).phrase,
+        "title": status_title(status),
         "status": status,
         "code": code,
         "detail": detail,
@@ -159,7 +211,7 @@ def from_http_exception(error: HTTPException) -> ApiError:
         405: "This method is not allowed on this resource.",
         413: "The request body is too large.",
     }
-    detail = details.get(status) or error.description or http.HTTPStatus(status).phrase
+    detail = details.get(status) or error.description or status_title(status)
     headers = dict(data.get("headers") or {})
     if status == 405 and getattr(error, "valid_methods", None):
         headers["Allow"] = ", ".join(error.valid_methods)

@@ -1,6 +1,6 @@
 """Views of the webhooks resource: parse, call a work function, return."""
 
-from flask import current_app, g
+from flask import current_app, g, url_for
 
 from partner_api import scopes
 from partner_api.delivery import subscriptions
@@ -8,6 +8,7 @@ from partner_api.pagination import ListQuerySchema
 from partner_api.web.auth import require_scope
 from partner_api.web.extensions import RATE_LIMIT_HEADERS, Blueprint, NoQuerySchema
 from partner_api.web.webhooks.schemas import (
+    PLACEHOLDER_NOTE,
     FailurePageSchema,
     SubscriptionCreatedSchema,
     SubscriptionCreateSchema,
@@ -38,7 +39,15 @@ CREATED_HEADERS = {
         "description": "Always `no-store`: the answer carries the signing secret.",
         "schema": {"type": "string", "const": NO_STORE},
     },
+    "Location": {
+        "description": "The new subscription's URL, `/api/v1/partner/webhooks/{id}`.",
+        "schema": {"type": "string", "format": "uri-reference"},
+    },
 }
+CREATE_DESCRIPTION = (
+    "Subscribes your HTTPS endpoint to events. The URL must be your own receiver: it is "
+    "resolved and checked when the subscription is created. " + PLACEHOLDER_NOTE
+)
 
 # What a client can do next with the created subscription (OpenAPI links: generated clients
 # and API testers follow them with the real id, and the secret for the test ping).
@@ -64,7 +73,7 @@ def _org_id() -> str:
 @blp.arguments(SubscriptionCreateSchema)
 @blp.response(201, SubscriptionCreatedSchema, headers=CREATED_HEADERS)
 @blp.errors(400, 401, 403, 409, 413, 415, 422, 429)
-@blp.doc(responses={201: {"links": CREATED_LINKS}})
+@blp.doc(description=CREATE_DESCRIPTION, responses={201: {"links": CREATED_LINKS}})
 def create_webhook(_query, body):
     """Create a webhook subscription (its signing secret is returned only here)"""
     subscription, _secret = subscriptions.create_subscription(
@@ -75,7 +84,8 @@ def create_webhook(_query, body):
         current_app.config["PARTNER_API"],
     )
     # The one response that includes `secret`: no cache or proxy may keep a copy.
-    return subscription, {"Cache-Control": NO_STORE}
+    location = url_for("webhooks.delete_webhook", subscription_id=subscription.id)
+    return subscription, {"Cache-Control": NO_STORE, "Location": location}
 
 
 @blp.get("/webhooks")

@@ -3,18 +3,32 @@
 import marshmallow as ma
 
 from partner_api.delivery import outcomes
-from partner_api.delivery.event_types import EVENT_TYPES
+from partner_api.delivery.event_types import EVENT_TYPES, EVERY_TYPE
 from partner_api.delivery.webhook_url import MAX_URL_LENGTH
 from partner_api.pagination import page_schema
 from partner_api.web.fields import Timestamp
+
+# A reserved example domain (RFC 2606): it does not resolve, so sending the example unchanged
+# ("Try it out") is refused as `host_unresolvable`, and the prose says so.
+PLACEHOLDER_URL = "https://hooks.example.com/partner-api"
+PLACEHOLDER_NOTE = (
+    f"The example `{PLACEHOLDER_URL}` is a placeholder on a reserved domain: replace it with "
+    "your own HTTPS endpoint. Sent as it is, it answers 422 `host_unresolvable`."
+)
+EVENTS_DESCRIPTION = (
+    f'Event types to receive. Omitted, or `["{EVERY_TYPE}"]`: every type, present and '
+    f'future (stored and shown as `["{EVERY_TYPE}"]`). `"{EVERY_TYPE}"` cannot be combined '
+    "with named types (422 `event_types_with_wildcard`). Known types: "
+)
 
 
 class SubscriptionCreateSchema(ma.Schema):
     url = ma.fields.String(
         required=True,
         metadata={
-            "description": "Absolute https:// URL that receives deliveries (max 2048 characters).",
-            "example": "https://hooks.example.com/partner-api",
+            "description": "Absolute https:// URL of your receiver, which gets the deliveries "
+            f"(max 2048 characters). {PLACEHOLDER_NOTE}",
+            "example": PLACEHOLDER_URL,
             # Documented, not validated here: the SSRF parser refuses with its own codes.
             "format": "uri",
             "maxLength": MAX_URL_LENGTH,
@@ -22,13 +36,12 @@ class SubscriptionCreateSchema(ma.Schema):
     )
     events = ma.fields.List(
         # `enum` documents the catalogue; unknown types are refused as `unknown_event_type`.
-        ma.fields.String(metadata={"enum": sorted(EVENT_TYPES)}),
+        ma.fields.String(metadata={"enum": [EVERY_TYPE, *sorted(EVENT_TYPES)]}),
         validate=ma.validate.Length(min=1),
         load_default=None,
         metadata={
-            "description": "Event types to receive; default: every type. Known: "
-            + ", ".join(sorted(EVENT_TYPES)),
-            "example": ["vc.test.ping"],
+            "description": EVENTS_DESCRIPTION + ", ".join(sorted(EVENT_TYPES)) + ".",
+            "example": [EVERY_TYPE],
         },
     )
     description = ma.fields.String(
@@ -47,12 +60,19 @@ class SubscriptionSchema(ma.Schema):
     id = ma.fields.String(metadata={"example": "wh_2c7qkq3w6yq4n2m7hb5r3v2e5x"})
     url = ma.fields.String(
         metadata={
-            "example": "https://hooks.example.com/partner-api",
+            "example": PLACEHOLDER_URL,
             "format": "uri",
             "maxLength": MAX_URL_LENGTH,
         }
     )
-    events = ma.fields.List(ma.fields.String(), metadata={"example": ["vc.test.ping"]})
+    events = ma.fields.List(
+        ma.fields.String(),
+        metadata={
+            "description": f'The event types it receives; `["{EVERY_TYPE}"]`: every type, '
+            "present and future.",
+            "example": ["vc.test.ping"],
+        },
+    )
     description = ma.fields.String()
     status = ma.fields.String(metadata={"description": "`enabled` or `disabled`."})
     disabled_reason = ma.fields.String(
