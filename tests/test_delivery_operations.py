@@ -118,12 +118,9 @@ def test_webhooks_list_shows_status_failure_streak_and_disabled_reason(
     assert code == 0 and "too many failures" in text and "FAILURES" in text
 
 
-def test_webhooks_list_shows_every_type_as_star(runner, world, config):
-    every = world.subscribe()  # events omitted: every type, present and future
-    with database.connection_context():
-        named, _ = create_subscription(
-            world.org_id, "http://127.0.0.1:9/b", ["vc.test.ping"], "", config
-        )
+def test_webhooks_list_shows_every_type_as_star(subscribe, runner, world):
+    every = subscribe(world.org_id)  # events omitted: every type, present and future
+    named = subscribe(world.org_id, "http://127.0.0.1:9/b", ["vc.test.ping"])
     listed = {s["id"]: s["events"] for s in run_json(runner, "webhooks", "list")}
     assert listed == {every.id: ["*"], named.id: ["vc.test.ping"]}
     code, text = run(runner, "webhooks", "list")
