@@ -26,6 +26,10 @@ from partner_api import create_app, provisioning
 from partner_api.config import ROOT, Config
 from partner_api.db import apply_schema, bind, database, drop_tables
 
+from .skip_summary import pytest_terminal_summary  # noqa: F401 (a hook: one line a reason)
+
+# pytester runs pytest on small generated test files (tests/test_skip_summary.py).
+pytest_plugins = ["pytester"]
 POSTGRES_URL = os.environ.get("PARTNER_API_TEST_POSTGRES_URL")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 # What the injected resolver answers: public names, private ones, and local receivers.
