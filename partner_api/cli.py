@@ -455,7 +455,8 @@ def stats_command(as_json):
     """Queue and subscription health, and when a dispatcher last polled."""
     found = stats.collect_stats(current_app.config["PARTNER_API"].poll_interval)
     if found["last_poll_at"] is None:
-        poll = "never: no dispatcher has run against this database"
+        # No row: none has run, or each one that ran stopped cleanly and removed its row.
+        poll = "none: no dispatcher is polling this database"
     else:
         poll = f"{found['last_poll_at']} ({found['last_poll_age_seconds']:.0f} s ago)"
         if found["dispatcher_stopped"]:

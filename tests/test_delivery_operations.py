@@ -432,7 +432,7 @@ def test_stats_counts_the_queue_and_shows_a_stopped_dispatcher(
     runner, world, clock, dispatcher, config
 ):
     code, text = run(runner, "stats")
-    assert code == 0 and "never" in text
+    assert code == 0 and "none: no dispatcher is polling" in text
     with Receiver([FAIL, FAIL, OK]) as receiver:
         sub = world.subscribe(receiver.url())
         dead = world.publish(sub)
@@ -482,15 +482,47 @@ def test_each_dispatcher_stamps_its_own_poll_row(world, clock, config):
         second.poll()
         clock.advance(10)
         first.poll()
+        with database.connection_context():
+            polls = {p.dispatcher_id: p.last_poll_at for p in DispatcherPoll.select()}
     finally:
         first.close()
         second.close()
-    with database.connection_context():
-        polls = {p.dispatcher_id: p.last_poll_at for p in DispatcherPoll.select()}
     assert polls == {
         first.heartbeat.dispatcher_id: clock.current,
         second.heartbeat.dispatcher_id: clock.current - dt.timedelta(seconds=10),
     }
+
+
+def test_a_cleanly_stopped_dispatcher_shows_as_stopped_at_once(runner, world, clock, config):
+    stopped, killed = Dispatcher(config), Dispatcher(config)
+    try:
+        stopped.poll()
+        killed.poll()  # then "killed": it never gets to close()
+        stopped.close()  # SIGTERM and the end of --once end here
+        found = run_json(runner, "stats")
+        assert [d["id"] for d in found["dispatchers"]] == [killed.heartbeat.dispatcher_id]
+        assert found["dispatcher_stopped"] is False  # the killed one looks alive for a while
+        clock.advance(stats.stale_after(config.poll_interval) + 1)
+        found = run_json(runner, "stats")
+        assert found["dispatcher_stopped"] is True and found["dispatchers"][0]["stopped"]
+    finally:
+        killed.close()
+    found = run_json(runner, "stats")
+    assert found["dispatcher_stopped"] is True and found["dispatchers"] == []
+    assert found["last_poll_at"] is None
+    code, text = run(runner, "stats")
+    assert code == 0 and "none: no dispatcher is polling" in text
+
+
+def test_a_dispatcher_that_stops_after_once_removes_its_row_at_once(world, clock, config):
+    once = Dispatcher(config)
+    once.run_until_idle()
+    with database.connection_context():
+        assert DispatcherPoll.select().count() == 1
+    once.close()
+    with database.connection_context():
+        assert DispatcherPoll.select().count() == 0
+        assert stats.collect_stats(config.poll_interval)["dispatcher_stopped"] is True
 
 
 # --- prune -----------------------------------------------------------------------------------
