@@ -85,3 +85,11 @@ def test_gunicorn_settings_suit_a_small_vm_behind_nginx():
     nginx_site = (DEPLOY / "nginx" / "partner-api.conf").read_text()
     assert "server 127.0.0.1:8000;" in nginx_site
     assert "proxy_read_timeout 35s;" in nginx_site  # outlasts gunicorn's worker timeout
+
+
+def test_the_environment_file_says_how_the_admin_cli_reads_it():
+    """Operators run the CLI with Flask's -e on the services' own file, so it uses their
+    database rather than whatever DATABASE_URL the shell has."""
+    text = (DEPLOY / "partner-api.env").read_text()
+    assert "flask --app wsgi -e /etc/partner-api/env " in text
+    assert "python-dotenv==" in (ROOT / "requirements.txt").read_text()  # what -e needs
