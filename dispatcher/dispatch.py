@@ -174,6 +174,7 @@ class Dispatcher:
             self._senders.shutdown(wait=True)
         self.recorder.close()
         self._release_ready()
+        self._record_stop()
         self.transport.close()
         with contextlib.suppress(Exception):
             database.close()
@@ -257,6 +258,17 @@ class Dispatcher:
                 lifecycle.release(leftover)
         except (peewee.DatabaseError, peewee.InterfaceError) as exc:
             log.error("could not release %d unstarted claims (%s)", len(leftover), exc)
+
+    def _record_stop(self) -> None:
+        """Say in the database that this dispatcher no longer polls (a clean stop, SIGTERM or
+        the end of --once); without it `stats` shows it stopped only once its stamp is stale."""
+        try:
+            with kept_connection():
+                self.heartbeat.stopped()
+        except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+            log.warning(
+                "could not record the stop; stats shows it once the last poll is stale (%s)", exc
+            )
 
     # -- bookkeeping ---------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""Each dispatcher stamps its row in `dispatcher_polls` when it polls, so `stats` can tell a
-running dispatcher from a stopped one.
+"""Each dispatcher stamps its row in `dispatcher_polls` when it polls, and removes it when it
+stops cleanly, so `stats` can tell a running dispatcher from a stopped one.
 """
 
 from __future__ import annotations
@@ -29,3 +29,9 @@ class Heartbeat:
             return
         stats.stamp_poll(self.dispatcher_id, self.hostname, self.pid, self.started_at)
         self._last_stamp = clock.monotonic()
+
+    def stopped(self) -> None:
+        """A clean stop (in the caller's connection): remove this dispatcher's row, if any."""
+        if self._last_stamp is not None:
+            stats.forget_dispatcher(self.dispatcher_id)
+            self._last_stamp = None

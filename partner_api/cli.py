@@ -1,7 +1,8 @@
 """The admin CLI (`flask --app wsgi orgs|keys|webhooks|deliveries|stats|prune …`): thin
 wrappers over the work functions.
 
-Every command takes --json; an error is one line on stderr, a non-zero exit, and no change.
+Every command names the database it uses on stderr and takes --json; an error, a bad option
+value included, is one `error: …` line on stderr, a non-zero exit, and no change.
 """
 
 from __future__ import annotations
@@ -17,17 +18,108 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
 from partner_api import clock, provisioning, scopes
-from partner_api.config import MAX_RETENTION_DAYS
+from partner_api.config import MAX_RETENTION_DAYS, describe_database_url
 from partner_api.db import database, database_problem
 from partner_api.delivery import history, replay, retention, stats
 from partner_api.errors import DomainError
 from partner_api.models import DeliveryStatus, SubscriptionStatus
 from partner_api.web.fields import Timestamp
 
-orgs_cli = AppGroup("orgs", help="Create and list partner organisations.")
-keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
-webhooks_cli = AppGroup("webhooks", help="Operate webhook subscriptions.")
-deliveries_cli = AppGroup("deliveries", help="Find, inspect and replay deliveries.")
+
+class OneLineUsageError(click.UsageError):
+    """A bad option or argument, shown as one `error: …` line like every other refusal
+    (click shows usage errors as a usage line, a hint and the error)."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _usage_problem(exc: click.UsageError) -> str:
+    if type(exc) is click.BadParameter and isinstance(exc.param, click.Option):
+        return f"{exc.param.opts[0]} {exc.message}"
+    return exc.format_message()
+
+
+class _OperatorFacing:
+    """Usage errors as one line; an `example` shown in the command's help and, after its
+    purpose, in the command list of its group (so `flask --app wsgi --help` shows one per
+    command)."""
+
+    def __init__(self, *args, example: str | None = None, **kwargs):
+        if example:
+            kwargs.setdefault("epilog", f"Example: {example}")
+        super().__init__(*args, **kwargs)
+        self.example = example
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        purpose = super().get_short_help_str(limit=200)
+        return f"{purpose} Example: {self.example}" if self.example else purpose
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a bare group name shows its help
+        except click.UsageError as exc:
+            raise OneLineUsageError(_usage_problem(exc), ctx) from None
+
+
+class AdminCommand(_OperatorFacing, click.Command):
+    """A command of the admin CLI."""
+
+
+class AdminGroup(_OperatorFacing, AppGroup):
+    """A group of admin commands (each an AdminCommand)."""
+
+    command_class = AdminCommand
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise OneLineUsageError(exc.format_message(), ctx) from None
+
+
+class WholeNumber(click.IntRange):
+    """A whole number within bounds, refused in words an operator reads at a glance."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"must be a whole number from {self.min} to {self.max}; got {value!r}")
+
+
+class OneOf(click.Choice):
+    """One of fixed words, refused with the list of them."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"must be one of {', '.join(self.choices)}; got {value!r}")
+
+
+orgs_cli = AdminGroup(
+    "orgs",
+    help="Create and list partner organisations.",
+    example="flask --app wsgi orgs create 'Acme Ltd'",
+)
+keys_cli = AdminGroup(
+    "keys",
+    help="Create, list and revoke API keys.",
+    example="flask --app wsgi keys create --org org_… --scope webhooks:manage",
+)
+webhooks_cli = AdminGroup(
+    "webhooks",
+    help="Operate webhook subscriptions.",
+    example="flask --app wsgi webhooks list --org org_…",
+)
+deliveries_cli = AdminGroup(
+    "deliveries",
+    help="Find, inspect and replay deliveries.",
+    example="flask --app wsgi deliveries list --status dead_lettered",
+)
 PROGRESS_FROM = 1000  # recover shows a progress bar on a terminal from this many deliveries
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -37,11 +129,20 @@ def _fail(message: str, exit_code: int = 2):
     raise SystemExit(exit_code)
 
 
+def _database_in_use() -> str:
+    """The database this command uses, as operators see it: never with its password."""
+    return describe_database_url(current_app.config["PARTNER_API"].database_url)
+
+
 def admin_command(func):
-    """Run inside a database connection; known refusals become one line on stderr."""
+    """Name the database on stderr, then run inside a database connection; known refusals
+    become one line on stderr."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        # First, so even a refusal says which database refused: a shell's stray DATABASE_URL
+        # otherwise gives plausible answers from the wrong database.
+        click.echo(f"database: {_database_in_use()}", err=True)
         try:
             with database.connection_context():
                 return func(*args, **kwargs)
@@ -54,20 +155,10 @@ def admin_command(func):
 
 
 def _emit(as_json: bool, payload, text: str) -> None:
+    """Text for people; with --json, the payload (an object also names the database)."""
+    if as_json and isinstance(payload, dict):
+        payload = payload | {"database": _database_in_use()}
     click.echo(json.dumps(payload, indent=2) if as_json else text)
-
-
-def _whole_number(value: str | None, option: str, low: int, high: int) -> int | None:
-    """Parse a numeric option here rather than with a click type, so a bad value is one
-    `error: …` line like every other refusal (click's usage errors span several lines)."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise DomainError(
-            "invalid_option", f"{option} must be a whole number from {low} to {high}; got {value!r}"
-        )
-    return int(text)
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -104,7 +195,7 @@ org_dict = OrgRecord().dump
 key_dict = KeyRecord().dump
 
 
-@orgs_cli.command("create")
+@orgs_cli.command("create", example="flask --app wsgi orgs create 'Acme Ltd'")
 @click.argument("name")
 @json_option
 @admin_command
@@ -114,7 +205,7 @@ def orgs_create(name, as_json):
     _emit(as_json, org_dict(org), f"created org {org.id} ({org.name})")
 
 
-@orgs_cli.command("list")
+@orgs_cli.command("list", example="flask --app wsgi orgs list --json")
 @json_option
 @admin_command
 def orgs_list(as_json):
@@ -127,13 +218,16 @@ def orgs_list(as_json):
     )
 
 
-@keys_cli.command("create")
+@keys_cli.command(
+    "create",
+    example="flask --app wsgi keys create --org org_… --name ci --scope webhooks:manage",
+)
 @click.option("--org", "org_id", required=True, help="Org id (org_…).")
 @click.option("--name", default="", help="A label for the key.")
 @click.option("--scope", "requested", multiple=True, help="Scope to grant; repeatable.")
 @click.option(
     "--rate-limit",
-    type=click.IntRange(min=1, max=provisioning.MAX_RATE_LIMIT),
+    type=WholeNumber(min=1, max=provisioning.MAX_RATE_LIMIT),
     default=None,
     help="Requests per minute for this key (default: PARTNER_API_DEFAULT_RATE_LIMIT).",
 )
@@ -151,7 +245,7 @@ def keys_create(org_id, name, requested, rate_limit, as_json):
     )
 
 
-@keys_cli.command("list")
+@keys_cli.command("list", example="flask --app wsgi keys list --org org_…")
 @click.option("--org", "org_id", default=None, help="Only keys of this org.")
 @json_option
 @admin_command
@@ -166,7 +260,7 @@ def keys_list(org_id, as_json):
     _emit(as_json, [key_dict(k) for k in keys], "\n".join(lines) or "no keys")
 
 
-@keys_cli.command("revoke")
+@keys_cli.command("revoke", example="flask --app wsgi keys revoke key_…")
 @click.argument("key_id")
 @json_option
 @admin_command
@@ -176,7 +270,7 @@ def keys_revoke(key_id, as_json):
     _emit(as_json, key_dict(key), f"revoked key {key.id}")
 
 
-@webhooks_cli.command("enable")
+@webhooks_cli.command("enable", example="flask --app wsgi webhooks enable wh_…")
 @click.argument("subscription_id")
 @json_option
 @admin_command
@@ -207,7 +301,7 @@ def subscription_dict(subscription) -> dict:
     }
 
 
-@webhooks_cli.command("list")
+@webhooks_cli.command("list", example="flask --app wsgi webhooks list --org org_…")
 @click.option("--org", "org_id", default=None, help="Only this org's subscriptions.")
 @json_option
 @admin_command
@@ -233,7 +327,7 @@ def webhooks_list(org_id, as_json):
     _emit(as_json, [subscription_dict(s) for s in found], text if found else "no subscriptions")
 
 
-@webhooks_cli.command("recover")
+@webhooks_cli.command("recover", example="flask --app wsgi webhooks recover wh_… --since 2h")
 @click.argument("subscription_id")
 @click.option(
     "--since",
@@ -279,16 +373,23 @@ def delivery_dict(delivery) -> dict:
     }
 
 
-@deliveries_cli.command("list")
+@deliveries_cli.command(
+    "list", example="flask --app wsgi deliveries list --status dead_lettered --limit 20"
+)
 @click.option("--org", "org_id", default=None, help="Only this org's deliveries.")
 @click.option("--subscription", "subscription_id", default=None, help="Only this subscription's.")
-@click.option("--status", default=None, help=f"One of: {', '.join(DeliveryStatus.ALL)}.")
-@click.option("--limit", default="50", help=f"At most this many (1-{history.MAX_LIST_LIMIT}).")
+@click.option("--status", type=OneOf(DeliveryStatus.ALL), default=None, help="Only this status.")
+@click.option(
+    "--limit",
+    type=WholeNumber(min=1, max=history.MAX_LIST_LIMIT),
+    default=50,
+    show_default=True,
+    help="At most this many.",
+)
 @json_option
 @admin_command
 def deliveries_list(org_id, subscription_id, status, limit, as_json):
     """List deliveries, newest first."""
-    limit = _whole_number(limit, "--limit", 1, history.MAX_LIST_LIMIT)
     found = history.list_deliveries(org_id, subscription_id, status, limit)
     rows = [
         [
@@ -305,7 +406,7 @@ def deliveries_list(org_id, subscription_id, status, limit, as_json):
     _emit(as_json, [delivery_dict(d) for d in found], text if found else "no deliveries")
 
 
-@deliveries_cli.command("show")
+@deliveries_cli.command("show", example="flask --app wsgi deliveries show dlv_…")
 @click.argument("delivery_id")
 @json_option
 @admin_command
@@ -354,7 +455,7 @@ def _timeline(attempts: list[dict], replays: list[dict]) -> list[list]:
     return [first + rest for _, first, rest in sorted(entries, key=lambda entry: entry[0])]
 
 
-@deliveries_cli.command("replay")
+@deliveries_cli.command("replay", example="flask --app wsgi deliveries replay dlv_…")
 @click.argument("delivery_id")
 @json_option
 @admin_command
@@ -372,7 +473,7 @@ def deliveries_replay(delivery_id, as_json):
     _emit(as_json, {"delivery_id": delivery.id, "status": delivery.status}, text)
 
 
-@click.command("stats")
+@click.command("stats", cls=AdminCommand, example="flask --app wsgi stats")
 @json_option
 @with_appcontext
 @admin_command
@@ -380,7 +481,8 @@ def stats_command(as_json):
     """Queue and subscription health, and when a dispatcher last polled."""
     found = stats.collect_stats(current_app.config["PARTNER_API"].poll_interval)
     if found["last_poll_at"] is None:
-        poll = "never: no dispatcher has run against this database"
+        # No row: none has run, or each one that ran stopped cleanly and removed its row.
+        poll = "none: no dispatcher is polling this database"
     else:
         poll = f"{found['last_poll_at']} ({found['last_poll_age_seconds']:.0f} s ago)"
         if found["dispatcher_stopped"]:
@@ -401,10 +503,11 @@ def stats_command(as_json):
     _emit(as_json, found, "\n".join(lines))
 
 
-@click.command("prune")
+@click.command("prune", cls=AdminCommand, example="flask --app wsgi prune --older-than 30")
 @click.option(
     "--older-than",
     "days",
+    type=WholeNumber(min=1, max=MAX_RETENTION_DAYS),
     default=None,
     help="Days to keep (default: PARTNER_API_RETENTION_DAYS).",
 )
@@ -414,14 +517,14 @@ def stats_command(as_json):
 def prune_command(days, as_json):
     """Delete finished deliveries, their audit rows and orphaned events older than the retention."""
     config = current_app.config["PARTNER_API"]
-    days = _whole_number(days, "--older-than", 1, MAX_RETENTION_DAYS)
     counts = retention.prune(config.retention_days if days is None else days)
     text = ", ".join(f"{n} {table}" for table, n in counts.items())
     _emit(as_json, counts, f"pruned {text}")
 
 
-@click.command("demo-key")
+@click.command("demo-key", cls=AdminCommand, example="flask --app wsgi demo-key")
 @click.option("--docs-url", default="http://127.0.0.1:8000/api/v1/partner/docs")
+@with_appcontext
 @admin_command
 def demo_key(docs_url):
     """First run only: provision a demo org and key and print the token once."""

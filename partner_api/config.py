@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import os
 import ssl
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,6 +99,35 @@ def _database_url(value: str) -> str:
     if not value.startswith(("sqlite:///", "postgres://", "postgresql://")):
         raise ValueError("must start with sqlite:///, postgres:// or postgresql://")
     return value
+
+
+_PASSWORD_PARAMETERS = {"password", "passwd", "sslpassword"}
+
+
+def describe_database_url(url: str) -> str:
+    """DATABASE_URL as the CLI shows it: a SQLite file by its absolute path, a server's password
+    (in the user part or a query parameter) as ***, so the line is safe in any terminal or log.
+
+    The user part ends at the URL's last `@`, so an unencoded `@`, `/` or `?` in a password
+    hides more of the URL rather than showing part of the password."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        return url if path == ":memory:" else f"sqlite:///{os.path.abspath(path)}"
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    location, question, query = location.partition("?")
+    if question:
+        query = "&".join(_masked_parameter(item) for item in query.split("&"))
+    return f"{scheme}{separator}{userinfo}{at}{location}{question}{query}"
+
+
+def _masked_parameter(item: str) -> str:
+    name, equals, _ = item.partition("=")
+    if equals and urllib.parse.unquote(name).lower() in _PASSWORD_PARAMETERS:
+        return f"{name}=***"
+    return item
 
 
 def _whole_number(low: int, high: int):

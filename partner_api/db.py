@@ -30,7 +30,7 @@ from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse import db_url
 from playhouse.pool import PooledPostgresqlDatabase
 
-from partner_api.config import ROOT
+from partner_api.config import ROOT, describe_database_url
 
 database = DatabaseProxy()
 _WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=_-]*")
@@ -153,12 +153,34 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):
         self.close_idle()
 
 
+MISSING_DATABASE = "the database does not exist: run `flask --app wsgi init-db`"
+
+
+class DatabaseMissing(peewee.OperationalError):
+    """The SQLite file is not there: only init-db creates it."""
+
+
+class ExistingSqliteDatabase(SqliteDatabase):
+    """SQLite that never creates its file on connect.
+
+    sqlite3 creates a missing file silently, so a mistyped path or a command run from the
+    wrong directory would read (and leave behind) an empty database and report plausible
+    zeros. Only `apply_schema` (init-db) creates the file, private; everything else refuses.
+    """
+
+    def _connect(self):
+        if not os.path.exists(self.database):
+            raise DatabaseMissing(MISSING_DATABASE)
+        return super()._connect()
+
+
 def open_database(url: str, max_connections: int = 32):
-    """A peewee database for a DATABASE_URL: SQLite (WAL, busy timeout) or pooled PostgreSQL."""
+    """A peewee database for a DATABASE_URL: SQLite (WAL, busy timeout) or pooled PostgreSQL.
+
+    Nothing is created or connected here; a missing SQLite file fails the first connection."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
-        _create_private(path)
-        return SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS)
+        return ExistingSqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS)
     return ReconnectingPostgresqlDatabase(
         **db_url.parse(url), max_connections=max_connections, stale_timeout=300, timeout=10
     )
@@ -236,7 +258,10 @@ def schema_statements() -> list[str]:
 
 
 def apply_schema() -> None:
-    """Create or upgrade the schema and the server secrets; safe to run again."""
+    """Create (the SQLite file too) or upgrade the schema and the server secrets; safe to run
+    again."""
+    if is_sqlite():
+        _create_private(Path(database.database))
     with database.connection_context(), database.atomic():
         for statement in schema_statements():
             database.execute_sql(statement)
@@ -299,6 +324,8 @@ def app_secret(name: str) -> str:
 
 def database_problem(exc: Exception) -> str:
     """One line for an operator about a database failure."""
+    if isinstance(exc, DatabaseMissing):
+        return MISSING_DATABASE
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "no such table" in text or "does not exist" in text:
         return "the database is not initialised: run `flask --app wsgi init-db`"
@@ -347,9 +374,16 @@ def init_app(app) -> None:
     def _release(exc):
         release_connection()
 
-    @app.cli.command("init-db")
+    @app.cli.command(
+        "init-db",
+        short_help="Create or upgrade the database schema (idempotent); the only command that "
+        "creates a SQLite file. Example: flask --app wsgi init-db",
+        epilog="Example: flask --app wsgi -e /etc/partner-api/env init-db",
+    )
     def init_db_command():
         """Create or upgrade the database schema (idempotent)."""
+        url = app.config["PARTNER_API"].database_url
+        click.echo(f"database: {describe_database_url(url)}", err=True)
         try:
             apply_schema()
         except peewee.DatabaseError as exc:

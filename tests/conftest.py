@@ -27,6 +27,10 @@ from partner_api.db import apply_schema, bind, database, drop_tables
 from partner_api.delivery.subscriptions import create_subscription
 from partner_api.models import Delivery, DeliveryFailure, Event, Subscription
 
+from .skip_summary import pytest_terminal_summary  # noqa: F401 (a hook: one line a reason)
+
+# pytester runs pytest on small generated test files (tests/test_skip_summary.py).
+pytest_plugins = ["pytester"]
 POSTGRES_URL = os.environ.get("PARTNER_API_TEST_POSTGRES_URL")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 # What the injected resolver answers: public names, private ones, and local receivers.

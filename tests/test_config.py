@@ -1,12 +1,13 @@
 """Configuration: defaults, parsing, and one clear line for each bad value."""
 
 import ipaddress
+import os
 import subprocess
 import sys
 
 import pytest
 
-from partner_api.config import ROOT, Config, ConfigError
+from partner_api.config import ROOT, Config, ConfigError, describe_database_url
 from partner_api.delivery import retry
 
 
@@ -143,3 +144,39 @@ def test_domain_error_codes_map_to_their_http_status():
     assert (error.status, error.code) == (422, "invalid_url")
     assert error.errors == [{"location": "json", "field": "url", "message": "Bad."}]
     assert from_domain_error(DomainError("subscription_not_found", "No.")).errors is None
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        (
+            "postgresql://app:s3cret@db.internal:5432/partner",
+            "postgresql://app:***@db.internal:5432/partner",
+        ),
+        ("postgres://app:p%40ss%3Aw0rd@db/partner", "postgres://app:***@db/partner"),
+        ("postgresql://app@db:5432/partner", "postgresql://app@db:5432/partner"),
+        ("postgresql://db.internal/partner", "postgresql://db.internal/partner"),
+        ("postgresql://:s3cret@db/partner", "postgresql://:***@db/partner"),
+        # Not valid URLs, but an operator may write them: the password still never shows.
+        ("postgresql://app:pa@ss/w?rd@db/partner", "postgresql://app:***@db/partner"),
+        (
+            "postgresql://app@db/partner?sslmode=require&password=s3cret",
+            "postgresql://app@db/partner?sslmode=require&password=***",
+        ),
+        (
+            "sqlite:////var/lib/partner-api/partner_api.sqlite3",
+            "sqlite:////var/lib/partner-api/partner_api.sqlite3",
+        ),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ],
+)
+def test_a_database_url_is_shown_without_its_password(url, shown):
+    assert describe_database_url(url) == shown
+    for secret in ("s3cret", "p%40ss", "w0rd", "pa@ss"):
+        assert secret not in describe_database_url(url)
+
+
+def test_a_relative_sqlite_path_is_shown_as_the_file_it_opens():
+    assert describe_database_url("sqlite:///instance/x.sqlite3") == (
+        f"sqlite:///{os.path.join(os.getcwd(), 'instance', 'x.sqlite3')}"
+    )

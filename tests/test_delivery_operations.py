@@ -15,6 +15,7 @@ from dispatcher.dispatch import Dispatcher
 from harness.receivers import Receiver
 from partner_api import cli, ids
 from partner_api import clock as clock_module
+from partner_api.config import describe_database_url
 from partner_api.db import database
 from partner_api.delivery import replay, retention, stats
 from partner_api.delivery.outbox import publish_event
@@ -60,17 +61,23 @@ def run(runner, *args):
 
 
 def run_json(runner, *args):
-    code, output = run(runner, *args, "--json")
-    assert code == 0, output
-    return json.loads(output)
+    """The --json output; an object's `database` (checked here) is left out."""
+    result = runner.invoke(args=[*args, "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    if isinstance(found, dict):
+        url = runner.app.config["PARTNER_API"].database_url
+        assert found.pop("database") == describe_database_url(url)
+    return found
 
 
 def assert_refused(runner, args, fragment):
-    """One `error: …` line, a non-zero exit, no traceback."""
-    code, output = run(runner, *args)
-    assert code != 0
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    """One `error: …` line (after the line naming the database, if the command ran), a
+    non-zero exit, no traceback, nothing on stdout."""
+    result = runner.invoke(args=list(args))
+    assert result.exit_code != 0 and result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("database: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert fragment in lines[0]
 
 
@@ -163,17 +170,18 @@ def test_deliveries_list_is_newest_first_and_filters(subscribe, runner, world, c
     ]
     assert len(run_json(runner, "deliveries", "list", "--org", world.org_id)) == 5
     assert everything[0]["event_type"] == "vc.test.ping" and everything[0]["status"] == "pending"
-    code, text = run(runner, "deliveries", "list", "--status", "delivered")
-    assert code == 0 and text.strip() == "no deliveries"
+    result = runner.invoke(args=["deliveries", "list", "--status", "delivered"])
+    assert result.exit_code == 0 and result.stdout.strip() == "no deliveries"
 
 
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["--status", "lost"], "unknown status 'lost'"),
+        (["--status", "lost"], "--status must be one of pending, held, delivered"),
         (["--limit", "0"], "--limit must be a whole number from 1 to 1000"),
         (["--limit", "ten"], "--limit must be a whole number"),
         (["--limit", "1001"], "--limit must be a whole number"),
+        (["--limit", "²"], "--limit must be a whole number"),
         (["--org", "org_nope"], "no org"),
         (["--subscription", "wh_nope"], "no webhook subscription"),
     ],
@@ -469,7 +477,7 @@ def test_stats_counts_the_queue_and_shows_a_stopped_dispatcher(
     subscribe, runner, world, clock, dispatcher, config
 ):
     code, text = run(runner, "stats")
-    assert code == 0 and "never" in text
+    assert code == 0 and "none: no dispatcher is polling" in text
     with Receiver([FAIL, FAIL, OK]) as receiver:
         sub = subscribe(world.org_id, receiver.url())
         dead = world.publish(sub)
@@ -518,15 +526,47 @@ def test_each_dispatcher_stamps_its_own_poll_row(subscribe, world, clock, config
         second.poll()
         clock.advance(10)
         first.poll()
+        with database.connection_context():
+            polls = {p.dispatcher_id: p.last_poll_at for p in DispatcherPoll.select()}
     finally:
         first.close()
         second.close()
-    with database.connection_context():
-        polls = {p.dispatcher_id: p.last_poll_at for p in DispatcherPoll.select()}
     assert polls == {
         first.heartbeat.dispatcher_id: clock.current,
         second.heartbeat.dispatcher_id: clock.current - dt.timedelta(seconds=10),
     }
+
+
+def test_a_cleanly_stopped_dispatcher_shows_as_stopped_at_once(runner, world, clock, config):
+    stopped, killed = Dispatcher(config), Dispatcher(config)
+    try:
+        stopped.poll()
+        killed.poll()  # then "killed": it never gets to close()
+        stopped.close()  # SIGTERM and the end of --once end here
+        found = run_json(runner, "stats")
+        assert [d["id"] for d in found["dispatchers"]] == [killed.heartbeat.dispatcher_id]
+        assert found["dispatcher_stopped"] is False  # the killed one looks alive for a while
+        clock.advance(stats.stale_after(config.poll_interval) + 1)
+        found = run_json(runner, "stats")
+        assert found["dispatcher_stopped"] is True and found["dispatchers"][0]["stopped"]
+    finally:
+        killed.close()
+    found = run_json(runner, "stats")
+    assert found["dispatcher_stopped"] is True and found["dispatchers"] == []
+    assert found["last_poll_at"] is None
+    code, text = run(runner, "stats")
+    assert code == 0 and "none: no dispatcher is polling" in text
+
+
+def test_a_dispatcher_that_stops_after_once_removes_its_row_at_once(world, clock, config):
+    once = Dispatcher(config)
+    once.run_until_idle()
+    with database.connection_context():
+        assert DispatcherPoll.select().count() == 1
+    once.close()
+    with database.connection_context():
+        assert DispatcherPoll.select().count() == 0
+        assert stats.collect_stats(config.poll_interval)["dispatcher_stopped"] is True
 
 
 # --- prune -----------------------------------------------------------------------------------
@@ -623,7 +663,7 @@ def test_prune_stops_between_batches_when_asked(world, history):
         assert Delivery.select().count() == 8
 
 
-@pytest.mark.parametrize("days", ["0", "-1", "ten", "3651", "1.5"])
+@pytest.mark.parametrize("days", ["0", "-1", "ten", "3651", "1.5", "²"])
 def test_prune_refuses_a_bad_retention_and_deletes_nothing(runner, world, history, days):
     before = snapshot()
     assert_refused(runner, ["prune", "--older-than", days], "--older-than")

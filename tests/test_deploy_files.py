@@ -98,3 +98,11 @@ def test_every_problem_page_of_the_nginx_site_has_the_app_s_rfc_9110_title():
         problem = json.loads(body)
         assert problem["status"] == int(status)
         assert problem["title"] == STATUS_TITLES[int(status)], body
+
+
+def test_the_environment_file_says_how_the_admin_cli_reads_it():
+    """Operators run the CLI with Flask's -e on the services' own file, so it uses their
+    database rather than whatever DATABASE_URL the shell has."""
+    text = (DEPLOY / "partner-api.env").read_text()
+    assert "flask --app wsgi -e /etc/partner-api/env " in text
+    assert "python-dotenv==" in (ROOT / "requirements.txt").read_text()  # what -e needs

@@ -212,7 +212,7 @@ def test_twenty_consecutive_failures_disable_and_enable_resumes_held_deliveries(
 def test_enable_unknown_subscription_fails_cleanly(runner):
     result = runner.invoke(args=["webhooks", "enable", "wh_missing"])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: No webhook subscription with id 'wh_missing'."
+    assert result.stderr.splitlines()[-1] == "error: No webhook subscription with id 'wh_missing'."
 
 
 def test_a_success_resets_the_consecutive_failure_count(

@@ -164,6 +164,7 @@ def test_init_db_command_runs_twice(runner):
 
 def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(tmp_path):
     db_module.bind(f"sqlite:///{tmp_path / 'nested' / 'x.sqlite3'}")
+    apply_schema()  # creates the file: connecting never does
     with database.connection_context():
         assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1

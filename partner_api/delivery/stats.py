@@ -1,6 +1,6 @@
 """`stats`: queue and subscription health in one read, the queue gauges of `/metrics`, and
 each dispatcher's poll stamps (written by its heartbeat, so `stats` can tell a running
-dispatcher from a stopped one).
+dispatcher from a stopped one; removed when it stops cleanly).
 
 Every count is served by an index (deliveries_due, delivery_failures_time, dispatcher_polls).
 """
@@ -108,6 +108,12 @@ def stamp_poll(dispatcher_id: str, hostname: str, pid: int, started_at: dt.datet
         conflict_target=[DispatcherPoll.dispatcher_id],
         update={DispatcherPoll.last_poll_at: now},
     ).execute()
+
+
+def forget_dispatcher(dispatcher_id: str) -> None:
+    """A dispatcher stopped cleanly: remove its row, so `stats` shows no dispatcher polling at
+    once instead of after the stale threshold. A killed one cannot: its row goes stale."""
+    DispatcherPoll.delete().where(DispatcherPoll.dispatcher_id == dispatcher_id).execute()
 
 
 def queue_gauges(now: dt.datetime) -> dict:
