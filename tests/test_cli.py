@@ -8,12 +8,13 @@ import sys
 
 import pytest
 
+from harness.net import free_port
 from partner_api import create_app, tokens
 from partner_api.config import ROOT, Config, describe_database_url
 from partner_api.models import ApiKey, Delivery, Org
 from partner_api.scopes import RESERVED
 
-from .conftest import POSTGRES_URL, free_port
+from .conftest import POSTGRES_URL
 
 ADMIN_COMMANDS = ("init-db", "demo-key", "orgs", "keys", "webhooks", "deliveries", "stats", "prune")
 FLASK_OWN_COMMANDS = {"routes", "run", "shell", "openapi"}  # Flask's and flask-smorest's

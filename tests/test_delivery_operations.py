@@ -130,9 +130,9 @@ def test_webhooks_list_shows_every_type_as_star(subscribe, runner, world):
     named = subscribe(world.org_id, "http://127.0.0.1:9/b", ["vc.test.ping"])
     listed = {s["id"]: s["events"] for s in run_json(runner, "webhooks", "list")}
     assert listed == {every.id: ["*"], named.id: ["vc.test.ping"]}
-    code, text = run(runner, "webhooks", "list")
-    header, *rows = text.splitlines()
-    assert code == 0 and "EVENTS" in header
+    result = runner.invoke(args=["webhooks", "list"])
+    header, *rows = result.stdout.splitlines()
+    assert result.exit_code == 0 and "EVENTS" in header
     events_column = header.index("EVENTS")
     assert sorted(row[events_column:].split()[0] for row in rows) == ["*", "vc.test.ping"]
 
