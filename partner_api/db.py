@@ -1,5 +1,5 @@
 """The database: one peewee DatabaseProxy, transactions and row locks, the end-of-request
-release, and `init-db`.
+release, and `init-db` (the migrations themselves are partner_api/migrations.py's).
 
 Backend differences live here: SQLite's pragmas, private file and long-lived connections;
 PostgreSQL's pool, reconnection and prepared statements; the write lock (`write_transaction`)
@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import os
 import re
 import secrets
 import select
+import sqlite3
 import weakref
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from playhouse import db_url
 from playhouse.pool import PooledPostgresqlDatabase
 
 from partner_api.config import ROOT
+from partner_api.errors import DomainError
 
 database = DatabaseProxy()
 _WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=_-]*")
@@ -153,12 +156,19 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):
         self.close_idle()
 
 
+class PrivateSqliteDatabase(SqliteDatabase):
+    """SQLite whose file is created private on the first connection, not when bound: a
+    read-only command (`db status`) against a missing file finds it missing and leaves it so."""
+
+    def _connect(self):
+        _create_private(Path(self.database))
+        return super()._connect()
+
+
 def open_database(url: str, max_connections: int = 32):
     """A peewee database for a DATABASE_URL: SQLite (WAL, busy timeout) or pooled PostgreSQL."""
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        _create_private(path)
-        return SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS)
+        return PrivateSqliteDatabase(url[len("sqlite:///") :], pragmas=SQLITE_PRAGMAS)
     return ReconnectingPostgresqlDatabase(
         **db_url.parse(url), max_connections=max_connections, stale_timeout=300, timeout=10
     )
@@ -182,6 +192,24 @@ def bind(url: str, max_connections: int = 32) -> None:
     if database.obj is not None and hasattr(database.obj, "close_all"):
         database.obj.close_all()
     database.initialize(open_database(url, max_connections))
+    global _bound_url
+    _bound_url = url
+
+
+_bound_url: str | None = None
+
+
+def bound_url() -> str:
+    """The DATABASE_URL the proxy is bound to (migrations open their own connection to it)."""
+    if _bound_url is None:
+        raise RuntimeError("no database is bound")
+    return _bound_url
+
+
+def database_file_missing() -> bool:
+    """SQLite: the bound database's file does not exist yet. PostgreSQL: never (the server
+    says what is there)."""
+    return by_backend(sqlite=lambda: not Path(database.database).exists(), postgres=bool)()
 
 
 def is_postgres() -> bool:
@@ -235,50 +263,34 @@ def schema_statements() -> list[str]:
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
 
 
-def apply_schema() -> None:
-    """Create or upgrade the schema and the server secrets; safe to run again."""
+def apply_schema(lock_timeout: float | None = None) -> list[str]:
+    """Create or upgrade the database to the newest migration, then the server secrets; safe
+    to run again, and from several hosts at once. Returns the ids of the migrations applied."""
+    from partner_api import migrations  # it builds on this module
+
+    with database.connection_context():
+        pass  # a new SQLite file is created private and in WAL mode before yoyo opens it
+    timeout = migrations.DEFAULT_LOCK_TIMEOUT if lock_timeout is None else lock_timeout
+    applied = migrations.migrate(bound_url(), timeout)
     with database.connection_context(), database.atomic():
-        for statement in schema_statements():
-            database.execute_sql(statement)
-        _upgrade_columns()
         database.execute_sql(
             f"INSERT INTO app_secrets (name, value) VALUES ({database.param}, {database.param}) "
             "ON CONFLICT (name) DO NOTHING",
             ("cursor_signing_key", secrets.token_hex(32)),
         )
-
-
-# Columns schema.sql gained after its first release: (table, column, type).
-_ADDED_COLUMNS = (
-    ("deliveries", "response_status", "INTEGER"),
-    ("deliveries", "duration_ms", "INTEGER"),
-)
-
-
-def _upgrade_columns() -> None:
-    """Bring tables created by an older schema.sql to the current columns and types."""
-    for table, column, kind in _ADDED_COLUMNS:
-        if column not in {c.name for c in database.get_columns(table)}:
-            database.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-    if not is_postgres():
-        return  # SQLite stores booleans as 0/1 whatever the declared type
-    database.execute_sql(
-        "DO $$ BEGIN "
-        "IF (SELECT data_type FROM information_schema.columns WHERE table_name = "
-        "'delivery_failures' AND column_name = 'dead_lettered' "
-        "AND table_schema = current_schema()) = 'integer' THEN "
-        "ALTER TABLE delivery_failures ALTER COLUMN dead_lettered TYPE BOOLEAN "
-        "USING dead_lettered <> 0; END IF; END $$"
-    )
+    return applied
 
 
 def drop_tables() -> None:
-    """Drop every table schema.sql creates: for test and benchmark scratch databases only."""
+    """Drop every table schema.sql creates, and the migrations' record of them: for test and
+    benchmark scratch databases only."""
+    from partner_api.migrations import YOYO_TABLES
+
     names = [
         re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", stmt).group(1)
         for stmt in schema_statements()
         if stmt.startswith("CREATE TABLE")
-    ]
+    ] + list(YOYO_TABLES)
     cascade = " CASCADE" if is_postgres() else ""
     with database.connection_context():
         for name in reversed(names):  # dependants first
@@ -306,12 +318,21 @@ def database_problem(exc: Exception) -> str:
 
 
 def check_schema() -> None:
-    """Raise RuntimeError (one clear line) unless init-db has created the schema."""
+    """Raise RuntimeError (one clear line) unless the schema is the one this code expects:
+    every migration it knows applied, none it does not know, and init-db's secrets there."""
+    from partner_api import migrations  # it builds on this module
+
+    if database_file_missing():
+        raise RuntimeError(f"the database is not initialised: run `{migrations.INIT_DB_COMMAND}`")
     try:
         with database.connection_context():
-            app_secret("cursor_signing_key")
+            problem = migrations.migration_status().problem()
+            if problem is None:
+                app_secret("cursor_signing_key")
     except peewee.DatabaseError as exc:
         raise RuntimeError(database_problem(exc)) from None
+    if problem is not None:
+        raise RuntimeError(problem.message)
 
 
 def release_connection() -> None:
@@ -348,11 +369,27 @@ def init_app(app) -> None:
         release_connection()
 
     @app.cli.command("init-db")
-    def init_db_command():
-        """Create or upgrade the database schema (idempotent)."""
+    @click.option(
+        "--lock-timeout",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Seconds to wait for another host's init-db to finish migrating (default 60).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def init_db_command(lock_timeout, as_json):
+        """Create or upgrade the database schema: apply the pending migrations (idempotent)."""
         try:
-            apply_schema()
-        except peewee.DatabaseError as exc:
+            applied = apply_schema(lock_timeout)
+        except DomainError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            raise SystemExit(1) from None
+        except (peewee.DatabaseError, sqlite3.Error, psycopg2.Error) as exc:
+            # yoyo runs the migrations on its own connection: the driver's errors, not peewee's.
             click.echo(f"error: {database_problem(exc)}", err=True)
             raise SystemExit(1) from None
+        if as_json:
+            click.echo(json.dumps({"applied": applied}))
+            return
+        for migration_id in applied:
+            click.echo(f"applied migration {migration_id}")
         click.echo("database ready")
