@@ -371,7 +371,7 @@ def init_app(app) -> None:
     @app.cli.command("init-db")
     @click.option(
         "--lock-timeout",
-        type=click.IntRange(min=1),
+        type=click.FloatRange(min=0, min_open=True),
         default=None,
         help="Seconds to wait for another host's init-db to finish migrating (default 60).",
     )
