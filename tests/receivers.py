@@ -12,9 +12,10 @@ class Receiver:
     """A threaded HTTP server on 127.0.0.1 that records requests and answers from a script.
 
     `responses` is a list of (status, headers, body) used in order; the last one repeats.
+    `port`: 0 for any free one, or the port a stored URL names (OSError when it is taken).
     """
 
-    def __init__(self, responses=((200, {}, b"ok"),), delay: float = 0.0):
+    def __init__(self, responses=((200, {}, b"ok"),), delay: float = 0.0, port: int = 0):
         self.requests: list[dict] = []
         self.connections = 0
         self.responses = list(responses)
@@ -52,7 +53,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
