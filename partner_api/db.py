@@ -182,7 +182,14 @@ def _create_private(path: Path) -> None:
     """
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        # Not opened at all: this runs on every new connection, and closing any descriptor of
+        # a file drops every POSIX lock this process holds on it, which SQLite's other
+        # connections rely on ("disk I/O error", or worse).
+        return
+    os.close(descriptor)
 
 
 def bind(url: str, max_connections: int = 32) -> None:
@@ -209,7 +216,7 @@ def bound_url() -> str:
 def database_file_missing() -> bool:
     """SQLite: the bound database's file does not exist yet. PostgreSQL: never (the server
     says what is there)."""
-    return by_backend(sqlite=lambda: not Path(database.database).exists(), postgres=bool)()
+    return by_backend(sqlite=lambda: not Path(database.database).exists(), postgres=lambda: False)()
 
 
 def is_postgres() -> bool:

@@ -77,6 +77,7 @@ def ids(path, table: str, where: str = "1 = 1") -> set[str]:
     return {row[0] for row in rows(path, f"SELECT id FROM {table} WHERE {where}")}  # noqa: S608
 
 
+# Long: one scenario, read top to bottom: load, copy under writes, check the copy, deliver it.
 def test_a_backup_under_write_load_restores_into_a_deployment_that_delivers(sqlite_app, tmp_path):
     live = tmp_path / "live.sqlite3"
     copy = tmp_path / "backups" / "partner-api.sqlite3"

@@ -228,3 +228,26 @@ def test_apply_schema_leaves_sqlite_timestamps_in_peewees_format(database_url):
     apply_schema()
     stored = sql("SELECT ?", (dt.datetime(2026, 11, 27, 12, 0, 30),))[0][0]
     assert stored in ("2026-11-27 12:00:30", dt.datetime(2026, 11, 27, 12, 0, 30))
+
+
+def test_connecting_to_an_existing_sqlite_file_never_opens_a_descriptor_of_it(
+    tmp_path, monkeypatch
+):
+    """The file is created on the first connection now; for an existing file nothing may be
+    opened and closed, since closing any descriptor drops the process's SQLite locks on it."""
+    path = tmp_path / "existing.sqlite3"
+    bind(f"sqlite:///{path}")
+    with database.connection_context():
+        database.execute_sql("SELECT 1")
+    opened = []
+    real_open = os.open
+
+    def spy(file, flags, *args):
+        descriptor = real_open(file, flags, *args)  # raises for an existing file with O_EXCL
+        opened.append(file)
+        return descriptor
+
+    monkeypatch.setattr(db_module.os, "open", spy)
+    with database.connection_context():
+        database.execute_sql("SELECT 1")
+    assert opened == []
