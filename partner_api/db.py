@@ -36,6 +36,7 @@ from partner_api.config import ROOT
 from partner_api.errors import DomainError
 
 database = DatabaseProxy()
+_bound_url: str | None = None  # what `database` was bound to, for yoyo's own connections
 _WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=_-]*")
 
 
@@ -201,9 +202,6 @@ def bind(url: str, max_connections: int = 32) -> None:
     database.initialize(open_database(url, max_connections))
     global _bound_url
     _bound_url = url
-
-
-_bound_url: str | None = None
 
 
 def bound_url() -> str:
