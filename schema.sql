@@ -1,5 +1,7 @@
--- Partner API schema. Runs unchanged on SQLite and PostgreSQL; applied by `flask --app wsgi init-db`.
--- Every statement is idempotent (IF NOT EXISTS), so init-db can be run on every start.
+-- Partner API schema at head, to read: `flask --app wsgi init-db` builds it by applying the
+-- versioned migrations in migrations/, and tests/test_migrations.py checks that a database
+-- migrated to head has exactly these tables, columns and indexes. A schema change is a new
+-- migration plus the same change here. Runs unchanged on SQLite and PostgreSQL.
 -- Timestamps are UTC without a zone; ids are prefixed random strings.
 
 CREATE TABLE IF NOT EXISTS orgs (

@@ -33,9 +33,12 @@ class Receiver:
 
     `responses` is a list of (status, headers, body) used in order; the last one repeats.
     `on_request(body)`, if given, is called as each request has been read, before any delay.
+    `port`: 0 for any free one, or the port a stored URL names (OSError when it is taken).
     """
 
-    def __init__(self, responses=((200, {}, b"ok"),), delay: float = 0.0, on_request=None):
+    def __init__(
+        self, responses=((200, {}, b"ok"),), delay: float = 0.0, on_request=None, port: int = 0
+    ):
         self.requests: list[dict] = []
         self.connections = 0
         self.responses = list(responses)
@@ -75,7 +78,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

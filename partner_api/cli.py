@@ -1,5 +1,5 @@
-"""The admin CLI (`flask --app wsgi orgs|keys|webhooks|deliveries|stats|prune …`): thin
-wrappers over the work functions.
+"""The admin CLI (`flask --app wsgi orgs|keys|webhooks|deliveries|stats|prune|db|backup …`):
+thin wrappers over the work functions.
 
 Every command names the database it uses on stderr and takes --json; an error, a bad option
 value included, is one `error: …` line on stderr, a non-zero exit, and no change.
@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import sys
 
 import click
 import marshmallow as ma
 import peewee
+import psycopg2
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
-from partner_api import clock, provisioning, scopes
+from partner_api import backup, clock, migrations, provisioning, scopes
 from partner_api.config import MAX_RETENTION_DAYS, describe_database_url
-from partner_api.db import database, database_problem
+from partner_api.db import (
+    apply_schema,
+    bound_url,
+    database,
+    database_file_missing,
+    database_problem,
+)
 from partner_api.delivery import history, replay, retention, stats
 from partner_api.errors import DomainError
 from partner_api.models import DeliveryStatus, SubscriptionStatus
@@ -119,6 +127,11 @@ deliveries_cli = AdminGroup(
     "deliveries",
     help="Find, inspect and replay deliveries.",
     example="flask --app wsgi deliveries list --status dead_lettered",
+)
+db_cli = AdminGroup(
+    "db",
+    help="Schema migrations: status, and clearing a stale migration lock.",
+    example="flask --app wsgi db status",
 )
 PROGRESS_FROM = 1000  # recover shows a progress bar on a terminal from this many deliveries
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -546,8 +559,119 @@ def demo_key(docs_url):
     click.echo(f"API docs: {docs_url}")
 
 
+@click.command(
+    "init-db", cls=AdminCommand, example="flask --app wsgi -e /etc/partner-api/env init-db"
+)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to wait for another host's init-db to finish migrating (default 60).",
+)
+@json_option
+@with_appcontext
+def init_db_command(lock_timeout, as_json):
+    """Create or upgrade the database schema (idempotent): apply the pending migrations; the
+    only command that creates a SQLite file."""
+    described = _database_in_use()
+    click.echo(f"database: {described}", err=True)
+    try:
+        applied = apply_schema(lock_timeout)
+    except DomainError as exc:
+        _fail(exc.message, exit_code=1)
+    except (peewee.DatabaseError, sqlite3.Error, psycopg2.Error) as exc:
+        # yoyo runs the migrations on its own connection: the driver's errors, not peewee's.
+        _fail(database_problem(exc), exit_code=1)
+    if as_json:
+        click.echo(json.dumps({"applied": applied, "database": described}))
+        return
+    for migration_id in applied:
+        click.echo(f"applied migration {migration_id}")
+    click.echo("database ready")
+
+
+def _fail_on_driver_errors(func):
+    """Commands that work on their own connection (yoyo's, sqlite3's backup) see the driver's
+    errors rather than peewee's; they name the database first, and a refusal is one line."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        click.echo(f"database: {_database_in_use()}", err=True)
+        try:
+            return func(*args, **kwargs)
+        except DomainError as exc:
+            _fail(exc.message)
+        except (peewee.DatabaseError, sqlite3.Error, psycopg2.Error) as exc:
+            _fail(database_problem(exc), exit_code=1)
+
+    return wrapper
+
+
+def _status_payload(status: migrations.MigrationStatus) -> dict:
+    return {
+        "applied": [
+            {"id": m.id, "applied_at": clock.isoformat(m.applied_at)} for m in status.applied
+        ],
+        "pending": list(status.pending),
+        "unknown": list(status.unknown),
+    }
+
+
+@db_cli.command("status", example="flask --app wsgi db status --json")
+@json_option
+@_fail_on_driver_errors
+def db_status(as_json):
+    """The applied migrations (with when) and the pending ones; changes nothing."""
+    if database_file_missing():  # connecting would create the file: a status never does
+        status = migrations.MigrationStatus((), migrations.known_migration_ids(), ())
+    else:
+        with database.connection_context():
+            status = migrations.migration_status()
+    rows = [
+        [
+            m.id,
+            "applied" if m.id not in status.unknown else "UNKNOWN",
+            clock.isoformat(m.applied_at),
+        ]
+        for m in status.applied
+    ] + [[mid, "pending", None] for mid in status.pending]
+    problem = status.problem()
+    verdict = "up to date" if problem is None else problem.message
+    _emit(
+        as_json,
+        _status_payload(status),
+        _table(["MIGRATION", "STATE", "APPLIED"], rows) + "\n" + verdict,
+    )
+
+
+@db_cli.command("break-lock", example="flask --app wsgi db break-lock")
+@json_option
+@_fail_on_driver_errors
+def db_break_lock(as_json):
+    """Clear the migration lock a killed init-db left; only when no init-db is running."""
+    if database_file_missing():
+        raise DomainError("database_missing", "there is no database here yet: nothing is locked")
+    cleared = migrations.break_lock(bound_url())
+    text = "migration lock cleared" if cleared else "no migration lock was held"
+    _emit(as_json, {"cleared": cleared}, text)
+
+
+@click.command(
+    "backup", cls=AdminCommand, example="flask --app wsgi backup /var/backups/partner-api.sqlite3"
+)
+@click.argument("path")
+@json_option
+@with_appcontext
+@_fail_on_driver_errors
+def backup_command(path, as_json):
+    """SQLite: copy the database, consistently while it is in use, to a new file PATH (0600).
+    PostgreSQL: says how to use pg_dump."""
+    made = backup.back_up(path)
+    _emit(as_json, made, f"backed up to {made['path']} ({made['bytes']} bytes)")
+
+
 def init_app(app) -> None:
-    for command in (demo_key, stats_command, prune_command):
+    for command in (init_db_command, demo_key, stats_command, prune_command, backup_command):
         app.cli.add_command(command)
-    for group in (orgs_cli, keys_cli, webhooks_cli, deliveries_cli):
+    for group in (orgs_cli, keys_cli, webhooks_cli, deliveries_cli, db_cli):
         app.cli.add_command(group)

@@ -1,5 +1,5 @@
 """The database: one peewee DatabaseProxy, transactions and row locks, the end-of-request
-release, and `init-db`.
+release, and `init-db` (the migrations themselves are partner_api/migrations.py's).
 
 Backend differences live here: SQLite's pragmas, private file and long-lived connections;
 PostgreSQL's pool, reconnection and prepared statements; the write lock (`write_transaction`)
@@ -22,7 +22,6 @@ import select
 import weakref
 from pathlib import Path
 
-import click
 import peewee
 import psycopg2
 import psycopg2.extensions
@@ -30,9 +29,10 @@ from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse import db_url
 from playhouse.pool import PooledPostgresqlDatabase
 
-from partner_api.config import ROOT, describe_database_url
+from partner_api.config import ROOT
 
 database = DatabaseProxy()
+_bound_url: str | None = None  # what `database` was bound to, for yoyo's own connections
 _WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=_-]*")
 
 
@@ -194,7 +194,14 @@ def _create_private(path: Path) -> None:
     """
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        # Not opened at all: this runs on every new connection, and closing any descriptor of
+        # a file drops every POSIX lock this process holds on it, which SQLite's other
+        # connections rely on ("disk I/O error", or worse).
+        return
+    os.close(descriptor)
 
 
 def bind(url: str, max_connections: int = 32) -> None:
@@ -204,6 +211,21 @@ def bind(url: str, max_connections: int = 32) -> None:
     if database.obj is not None and hasattr(database.obj, "close_all"):
         database.obj.close_all()
     database.initialize(open_database(url, max_connections))
+    global _bound_url
+    _bound_url = url
+
+
+def bound_url() -> str:
+    """The DATABASE_URL the proxy is bound to (migrations open their own connection to it)."""
+    if _bound_url is None:
+        raise RuntimeError("no database is bound")
+    return _bound_url
+
+
+def database_file_missing() -> bool:
+    """SQLite: the bound database's file does not exist yet. PostgreSQL: never (the server
+    says what is there)."""
+    return by_backend(sqlite=lambda: not Path(database.database).exists(), postgres=lambda: False)()
 
 
 def is_postgres() -> bool:
@@ -257,53 +279,36 @@ def schema_statements() -> list[str]:
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
 
 
-def apply_schema() -> None:
-    """Create (the SQLite file too) or upgrade the schema and the server secrets; safe to run
-    again."""
-    if is_sqlite():
+def apply_schema(lock_timeout: float | None = None) -> list[str]:
+    """Create or upgrade the database to the newest migration, then the server secrets; safe
+    to run again, and from several hosts at once. Returns the ids of the migrations applied."""
+    from partner_api import migrations  # it builds on this module
+
+    if is_sqlite():  # the one place a SQLite file is created: private, before yoyo opens it
         _create_private(Path(database.database))
+    with database.connection_context():
+        pass  # the pragmas (WAL mode) are set before yoyo opens its own connection
+    timeout = migrations.DEFAULT_LOCK_TIMEOUT if lock_timeout is None else lock_timeout
+    applied = migrations.migrate(bound_url(), timeout)
     with database.connection_context(), database.atomic():
-        for statement in schema_statements():
-            database.execute_sql(statement)
-        _upgrade_columns()
         database.execute_sql(
             f"INSERT INTO app_secrets (name, value) VALUES ({database.param}, {database.param}) "
             "ON CONFLICT (name) DO NOTHING",
             ("cursor_signing_key", secrets.token_hex(32)),
         )
-
-
-# Columns schema.sql gained after its first release: (table, column, type).
-_ADDED_COLUMNS = (
-    ("deliveries", "response_status", "INTEGER"),
-    ("deliveries", "duration_ms", "INTEGER"),
-)
-
-
-def _upgrade_columns() -> None:
-    """Bring tables created by an older schema.sql to the current columns and types."""
-    for table, column, kind in _ADDED_COLUMNS:
-        if column not in {c.name for c in database.get_columns(table)}:
-            database.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-    if not is_postgres():
-        return  # SQLite stores booleans as 0/1 whatever the declared type
-    database.execute_sql(
-        "DO $$ BEGIN "
-        "IF (SELECT data_type FROM information_schema.columns WHERE table_name = "
-        "'delivery_failures' AND column_name = 'dead_lettered' "
-        "AND table_schema = current_schema()) = 'integer' THEN "
-        "ALTER TABLE delivery_failures ALTER COLUMN dead_lettered TYPE BOOLEAN "
-        "USING dead_lettered <> 0; END IF; END $$"
-    )
+    return applied
 
 
 def drop_tables() -> None:
-    """Drop every table schema.sql creates: for test and benchmark scratch databases only."""
+    """Drop every table schema.sql creates, and the migrations' record of them: for test and
+    benchmark scratch databases only."""
+    from partner_api.migrations import YOYO_TABLES
+
     names = [
         re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", stmt).group(1)
         for stmt in schema_statements()
         if stmt.startswith("CREATE TABLE")
-    ]
+    ] + list(YOYO_TABLES)
     cascade = " CASCADE" if is_postgres() else ""
     with database.connection_context():
         for name in reversed(names):  # dependants first
@@ -333,12 +338,21 @@ def database_problem(exc: Exception) -> str:
 
 
 def check_schema() -> None:
-    """Raise RuntimeError (one clear line) unless init-db has created the schema."""
+    """Raise RuntimeError (one clear line) unless the schema is the one this code expects:
+    every migration it knows applied, none it does not know, and init-db's secrets there."""
+    from partner_api import migrations  # it builds on this module
+
+    if database_file_missing():
+        raise RuntimeError(f"the database is not initialised: run `{migrations.INIT_DB_COMMAND}`")
     try:
         with database.connection_context():
-            app_secret("cursor_signing_key")
+            problem = migrations.migration_status().problem()
+            if problem is None:
+                app_secret("cursor_signing_key")
     except peewee.DatabaseError as exc:
         raise RuntimeError(database_problem(exc)) from None
+    if problem is not None:
+        raise RuntimeError(problem.message)
 
 
 def release_connection() -> None:
@@ -363,7 +377,7 @@ def release_connection() -> None:
 
 
 def init_app(app) -> None:
-    """Release each request's connection at its end; add `init-db`.
+    """Release each request's connection at its end (the admin CLI adds `init-db`).
 
     No hook connects up front: peewee connects on a request's first statement (from the pool on
     PostgreSQL; SQLite's stays open), so a request that reads nothing, like a health check or a
@@ -373,20 +387,3 @@ def init_app(app) -> None:
     @app.teardown_appcontext
     def _release(exc):
         release_connection()
-
-    @app.cli.command(
-        "init-db",
-        short_help="Create or upgrade the database schema (idempotent); the only command that "
-        "creates a SQLite file. Example: flask --app wsgi init-db",
-        epilog="Example: flask --app wsgi -e /etc/partner-api/env init-db",
-    )
-    def init_db_command():
-        """Create or upgrade the database schema (idempotent)."""
-        url = app.config["PARTNER_API"].database_url
-        click.echo(f"database: {describe_database_url(url)}", err=True)
-        try:
-            apply_schema()
-        except peewee.DatabaseError as exc:
-            click.echo(f"error: {database_problem(exc)}", err=True)
-            raise SystemExit(1) from None
-        click.echo("database ready")

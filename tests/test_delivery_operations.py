@@ -21,6 +21,7 @@ from partner_api.delivery import replay, retention, stats
 from partner_api.delivery.outbox import publish_event
 from partner_api.delivery.subscriptions import delete_subscription, disable_subscription
 from partner_api.errors import DomainError
+from partner_api.migrations import YOYO_TABLES
 from partner_api.models import Delivery, DeliveryFailure, DispatcherPoll, Event, Subscription
 
 from .conftest import delivery_row, failure_audit
@@ -702,6 +703,8 @@ def test_init_db_upgrades_a_database_from_before_stats_and_retention(database_ur
             database.execute_sql(f"ALTER TABLE deliveries DROP COLUMN {column}")
         for name in (*new_indexes.values(), "delivery_failures_delivery", "delivery_failures_time"):
             database.execute_sql(f"DROP INDEX {name}")
+        for table in YOYO_TABLES:  # made before migrations existed: no record of any
+            database.execute_sql(f"DROP TABLE {table}")
     assert run(runner, "init-db")[0] == 0
     with database.connection_context():
         assert "dispatcher_polls" in database.get_tables()

@@ -10,7 +10,7 @@ import logging
 import peewee
 from flask import Blueprint, current_app, jsonify
 
-from partner_api import db, models
+from partner_api import db, migrations, models
 from partner_api.web import metrics
 from partner_api.web.problems import ApiError
 
@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def readiness_problem() -> ApiError | None:
-    """None when the database answers and holds every table and column the code uses."""
+    """None when the database answers, has applied exactly the migrations this code knows, and
+    holds every table and column the code uses."""
     try:
         db.database.execute_sql("SELECT 1").fetchone()
     except peewee.DatabaseError as exc:
@@ -27,10 +28,17 @@ def readiness_problem() -> ApiError | None:
         return ApiError(503, "database_unavailable", "The database does not answer.")
     try:
         with db.database.atomic():
+            problem = migrations.migration_status().problem()
+            if problem is not None:
+                raise problem
             for model in models.BaseModel.__subclasses__():
                 # Selecting every field of every model fails on a missing table or column.
                 list(model.select().limit(0))
             db.app_secret("cursor_signing_key")
+    except migrations.MigrationError as exc:
+        # Pending migrations (run init-db), or a database a newer release has migrated.
+        log.warning("not ready: %s", exc.message)
+        return ApiError(503, "schema_not_current", exc.message[:1].upper() + exc.message[1:] + ".")
     except (peewee.DatabaseError, RuntimeError) as exc:
         log.warning("not ready: %s", db.database_problem(exc))
         return ApiError(
