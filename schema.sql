@@ -49,11 +49,11 @@ CREATE TABLE IF NOT EXISTS webhook_subscriptions (
     disabled_reason       TEXT,
     disabled_at           TIMESTAMP,
     consecutive_failures  INTEGER NOT NULL,
+    created_at            TIMESTAMP NOT NULL,
+    deleted_at            TIMESTAMP,
     -- When the current failure streak began (NULL while there is none): auto-disable waits
     -- until the streak has lasted PARTNER_API_AUTO_DISABLE_MIN_SECONDS.
-    failing_since         TIMESTAMP,
-    created_at            TIMESTAMP NOT NULL,
-    deleted_at            TIMESTAMP
+    failing_since         TIMESTAMP
 );
 CREATE INDEX IF NOT EXISTS webhook_subscriptions_org_created
     ON webhook_subscriptions (org_id, created_at, id);

@@ -343,10 +343,15 @@ def check_schema() -> None:
     from partner_api import migrations  # it builds on this module
 
     if database_file_missing():
-        raise RuntimeError(f"the database is not initialised: run `{migrations.INIT_DB_COMMAND}`")
+        raise RuntimeError(MISSING_DATABASE)
     try:
         with database.connection_context():
-            problem = migrations.migration_status().problem()
+            status = migrations.migration_status()
+            if not status.applied:  # nothing ever ran here: not an older schema, none at all
+                raise RuntimeError(
+                    f"the database is not initialised: run `{migrations.INIT_DB_COMMAND}`"
+                )
+            problem = status.problem()
             if problem is None:
                 app_secret("cursor_signing_key")
     except peewee.DatabaseError as exc:

@@ -383,3 +383,10 @@ def failure_audit(delivery_id) -> list:
             .where(DeliveryFailure.delivery == delivery_id)
             .order_by(DeliveryFailure.attempted_at, DeliveryFailure.attempt)
         )
+
+
+def after_database_line(stderr: str) -> str:
+    """An admin command's stderr without its first line, which names the database it uses."""
+    first, _, rest = stderr.partition("\n")
+    assert first.startswith("database: "), stderr
+    return rest

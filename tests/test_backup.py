@@ -23,7 +23,7 @@ from partner_api.db import apply_schema, bind, database
 from partner_api.delivery.outbox import publish_event
 from partner_api.delivery.subscriptions import create_subscription
 
-from .conftest import DNS, LOOPBACK
+from .conftest import DNS, LOOPBACK, after_database_line
 from .test_dispatcher_processes import dispatcher_env
 
 PUBLISHED_BEFORE_BACKUP = 30
@@ -144,7 +144,9 @@ def test_a_backup_never_overwrites_an_existing_file(sqlite_app, tmp_path):
     existing.write_bytes(b"an older backup")
     result = sqlite_app.test_cli_runner().invoke(args=["backup", str(existing)])
     assert result.exit_code != 0
-    assert result.stderr == f"error: {existing} already exists: a backup never overwrites a file\n"
+    assert after_database_line(result.stderr) == (
+        f"error: {existing} already exists: a backup never overwrites a file\n"
+    )
     assert existing.read_bytes() == b"an older backup"
 
 
@@ -152,7 +154,8 @@ def test_a_backup_into_a_missing_directory_is_refused(sqlite_app, tmp_path):
     target = tmp_path / "no-such-dir" / "copy.sqlite3"
     result = sqlite_app.test_cli_runner().invoke(args=["backup", str(target)])
     assert result.exit_code != 0
-    assert result.stderr.startswith("error: the directory") and result.stderr.count("\n") == 1
+    error = after_database_line(result.stderr)
+    assert error.startswith("error: the directory") and error.count("\n") == 1
     assert not target.parent.exists()
 
 
@@ -163,7 +166,7 @@ def test_on_postgresql_backup_says_how_to_use_pg_dump_without_the_password(tmp_p
     result = app.test_cli_runner().invoke(args=["backup", str(target), "--json"])
     bind(f"sqlite:///{tmp_path / 'unbound.sqlite3'}")  # nothing of this test stays bound
     assert result.exit_code != 0 and result.stdout == ""
-    (line,) = result.stderr.splitlines()
+    (line,) = after_database_line(result.stderr).splitlines()
     assert line.startswith("error: on PostgreSQL, back up with pg_dump: ")
     assert 'pg_dump --format=custom --file=partner-api.dump "$DATABASE_URL"' in line
     assert "pg_restore" in line and "s3cret" not in result.output
