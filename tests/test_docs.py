@@ -1,5 +1,6 @@
 """The docs cannot drift from the code: every metric, configuration variable, admin command and
-attempt error kind is documented; the README stays a short front door linking every manual page."""
+attempt error kind is documented; the README stays a short front door linking every manual page;
+the production recipe runs in order and the CLI lines on a server read the services' settings."""
 
 from __future__ import annotations
 
@@ -38,10 +39,17 @@ def exposed_names(registry) -> set[str]:
     return names
 
 
+def scraped_names(text: str) -> set[str]:
+    return set(re.findall(r"^# TYPE (partner_api_\w+) ", text, re.M))
+
+
 def test_every_metric_is_in_the_production_metrics_table(client, db):
     client.get("/healthz")  # the API's request series exist once a request was answered
-    names = exposed_names(REGISTRY) | exposed_names(dispatcher_metrics.REGISTRY)
-    assert "partner_api_deliveries_due" in names and "partner_api_http_requests_total" in names
+    # The API's /metrics adds the queue gauges, read at scrape time, to its registry's series.
+    api = scraped_names(client.get("/metrics").get_data(as_text=True))
+    names = exposed_names(REGISTRY) | exposed_names(dispatcher_metrics.REGISTRY) | api
+    assert {"partner_api_database_up", "partner_api_deliveries_due"} <= api
+    assert "partner_api_http_requests_total" in names
     documented = set(re.findall(r"^\| `(partner_api_\w+)", read("docs/production.md"), re.M))
     assert names == documented
 
@@ -112,3 +120,45 @@ def test_the_operating_table_lists_exactly_the_admin_commands(app):
         elif name != "demo-key":
             commands.add(name)
     assert sorted(table) == sorted(commands)
+
+
+SHELL_BLOCK = re.compile(r"^```(?:sh|console)\n(.*?)^```", re.M | re.S)
+ENV_FILE = "/etc/partner-api/env"
+STATE_DIRECTORY = "/var/lib/partner-api"
+
+
+def shell_lines(text: str) -> list[str]:
+    return [line for block in SHELL_BLOCK.findall(text) for line in block.splitlines()]
+
+
+def test_the_production_recipe_creates_the_state_directory_before_init_db():
+    """init-db runs as the service user and creates a SQLite database in the state directory,
+    which that user cannot create under /var/lib: the recipe makes it first, theirs, 0700."""
+    lines = shell_lines(section(read("docs/production.md"), "Deploy"))
+    first_init_db = next(i for i, line in enumerate(lines) if re.search(r"\binit-db\b", line))
+    creates = [
+        i
+        for i, line in enumerate(lines)
+        if re.match(r"\s*(install -d|mkdir)\b", line)
+        and line.split("#")[0].rstrip().endswith(STATE_DIRECTORY)
+    ]
+    assert creates and creates[0] < first_init_db, "the state directory is made before init-db"
+    made = lines[creates[0]]
+    assert re.search(r"-m 0?700\b", made) and "-o partner-api" in made, made
+
+
+def test_cli_lines_on_a_server_read_the_services_environment_file():
+    """On a server the CLI is given the services' settings with Flask's `-e`, never a sourced
+    file or none (it would read whatever DATABASE_URL the shell has): every line run as the
+    service user, and every line of the production page."""
+    server_lines = []
+    for page in [README, *DOCS]:
+        for line in shell_lines(page.read_text()):
+            if not re.search(r"\bflask\b", line):
+                continue
+            assert not re.search(rf"\. {ENV_FILE}\b", line), f"{page.name}: {line}"
+            if "sudo -u partner-api" in line or page.name == "production.md":
+                server_lines.append((page.name, line))
+    assert {name for name, _ in server_lines} >= {"production.md", "operating.md"}
+    for name, line in server_lines:
+        assert f"--app wsgi -e {ENV_FILE} " in line, f"{name}: {line}"
