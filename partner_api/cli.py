@@ -559,9 +559,7 @@ def demo_key(docs_url):
     click.echo(f"API docs: {docs_url}")
 
 
-@click.command(
-    "init-db", cls=AdminCommand, example="flask --app wsgi -e /etc/partner-api/env init-db"
-)
+@click.command("init-db", cls=AdminCommand, example="flask --app wsgi init-db")
 @click.option(
     "--lock-timeout",
     type=click.FloatRange(min=0, min_open=True),
