@@ -18,7 +18,7 @@ import pytest
 from harness.dns import FakeResolver
 from harness.receivers import Receiver
 from partner_api import create_app, provisioning
-from partner_api.config import ROOT, Config
+from partner_api.config import ROOT, Config, describe_database_url
 from partner_api.db import apply_schema, bind, database
 from partner_api.delivery.outbox import publish_event
 from partner_api.delivery.subscriptions import create_subscription
@@ -105,7 +105,11 @@ def test_a_backup_under_write_load_restores_into_a_deployment_that_delivers(sqli
 
         assert result.exit_code == 0, result.output
         made = json.loads(result.stdout)
-        assert made == {"path": str(copy), "bytes": copy.stat().st_size}
+        assert made == {
+            "path": str(copy),
+            "bytes": copy.stat().st_size,
+            "database": describe_database_url(sqlite_app.config["PARTNER_API"].database_url),
+        }
         assert stat.S_IMODE(copy.stat().st_mode) == 0o600
         assert rows(copy, "PRAGMA integrity_check") == [("ok",)]
         assert {p.name for p in copy.parent.iterdir()} == {copy.name}  # one file, no -wal

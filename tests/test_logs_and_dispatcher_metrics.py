@@ -197,6 +197,7 @@ def test_attempts_are_counted_by_outcome_with_durations_and_the_poll_time(
 
 def test_queue_gauges_report_a_database_that_does_not_answer(config, clock, caplog):
     database.execute_sql("DROP TABLE delivery_failures")  # any failure will do
+    database.execute_sql("DROP TABLE delivery_history")
     database.execute_sql("DROP TABLE deliveries")
     scraped = scrape()
     assert value(scraped, "partner_api_dispatcher_database_up") == 0
