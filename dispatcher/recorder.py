@@ -87,6 +87,12 @@ class OutcomeRecorder:
                     )
                     return
                 time.sleep(min(0.1 * 2**attempt, 2.0))
+            except Exception:
+                # Never let the thread die: flush() and close() wait on it.
+                log.exception(
+                    "could not record %d outcomes; their leases make them due again", len(batch)
+                )
+                return
         for (claim, result), step in zip(batch, steps, strict=True):
             if step == "dead_lettered":
                 metrics.DEAD_LETTERED.inc()

@@ -51,14 +51,23 @@ def _back_up_sqlite(target: Path) -> dict:
         raise DomainError(
             "backup_target_exists", f"{target} already exists: a backup never overwrites a file"
         ) from None
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
     os.fchmod(descriptor, 0o600)  # whatever the umask
     os.close(descriptor)
     try:
         _copy(source, target)
+    except OSError as exc:  # a full disk, a read-only filesystem
+        target.unlink(missing_ok=True)
+        raise _cannot_write(target, exc) from None
     except BaseException:
         target.unlink(missing_ok=True)
         raise
     return {"path": str(target.resolve()), "bytes": target.stat().st_size}
+
+
+def _cannot_write(target: Path, exc: OSError) -> DomainError:
+    return DomainError("backup_failed", f"cannot write {target}: {exc.strerror or exc}")
 
 
 def _copy(source: Path, target: Path) -> None:

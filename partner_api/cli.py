@@ -98,6 +98,26 @@ class WholeNumber(click.IntRange):
             self.fail(f"must be a whole number from {self.min} to {self.max}; got {value!r}")
 
 
+class Seconds(click.ParamType):
+    """A finite number of seconds above 0 and at most `high`."""
+
+    name = "seconds"
+
+    def __init__(self, high: float):
+        self.high = high
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not 0 < number <= self.high:  # also refuses nan and inf
+            self.fail(
+                f"must be a number of seconds above 0 and at most {self.high:g}; got {value!r}"
+            )
+        return number
+
+
 class OneOf(click.Choice):
     """One of fixed words, refused with the list of them."""
 
@@ -562,7 +582,7 @@ def demo_key(docs_url):
 @click.command("init-db", cls=AdminCommand, example="flask --app wsgi init-db")
 @click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(3600),
     default=None,
     help="Seconds to wait for another host's init-db to finish migrating (default 60).",
 )

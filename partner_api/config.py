@@ -73,7 +73,8 @@ class Config:
                 try:
                     values[field] = parse(raw.strip())
                 except (ValueError, TypeError) as exc:
-                    raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
+                    shown = describe_database_url(raw) if name == "DATABASE_URL" else raw
+                    raise ConfigError(f"{name}: {exc} (got {shown!r})") from None
         values.update(overrides)
         return cls(**values)
 
@@ -98,6 +99,21 @@ def parse_allow_cidrs(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv
 def _database_url(value: str) -> str:
     if not value.startswith(("sqlite:///", "postgres://", "postgresql://")):
         raise ValueError("must start with sqlite:///, postgres:// or postgresql://")
+    if value.startswith("sqlite:///"):
+        path = value[len("sqlite:///") :]
+        if path in ("", ":memory:"):
+            raise ValueError("must name a database file (an in-memory database is per process)")
+        if set(path) & set("?#%"):
+            # The migrations open the file as a `file:` URI, where these have a meaning.
+            raise ValueError("a SQLite path may not contain ?, # or %")
+        return value
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (reading it validates it)
+    except ValueError:
+        raise ValueError("is not a valid URL (check the host and port)") from None
+    if not parts.hostname and not parts.path.strip("/"):
+        raise ValueError("must name a server or a database")
     return value
 
 
@@ -112,7 +128,7 @@ def describe_database_url(url: str) -> str:
     hides more of the URL rather than showing part of the password."""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
-        return url if path == ":memory:" else f"sqlite:///{os.path.abspath(path)}"
+        return f"sqlite:///{os.path.abspath(path)}"
     scheme, separator, rest = url.partition("://")
     userinfo, at, location = rest.rpartition("@")
     if at and ":" in userinfo:

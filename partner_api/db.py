@@ -197,9 +197,8 @@ def _create_private(path: Path) -> None:
     try:
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
-        # Not opened at all: this runs on every new connection, and closing any descriptor of
-        # a file drops every POSIX lock this process holds on it, which SQLite's other
-        # connections rely on ("disk I/O error", or worse).
+        # Not opened at all: closing any descriptor of a file drops every POSIX lock this
+        # process holds on it, which SQLite's other connections rely on ("disk I/O error").
         return
     os.close(descriptor)
 
@@ -332,6 +331,8 @@ def database_problem(exc: Exception) -> str:
     if isinstance(exc, DatabaseMissing):
         return MISSING_DATABASE
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "no such column" in text or ("column" in text and "does not exist" in text):
+        return "the database schema is behind this code: run `flask --app wsgi init-db`"
     if "no such table" in text or "does not exist" in text:
         return "the database is not initialised: run `flask --app wsgi init-db`"
     return f"database error: {text}"

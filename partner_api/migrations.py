@@ -189,6 +189,10 @@ def _lock_held(backend, lock_timeout: float) -> MigrationError:
 
 def break_lock(url: str) -> bool:
     """Remove a migration lock left by a killed init-db; True when there was one."""
+    with db.database.connection_context():
+        migrated = db.database.table_exists("yoyo_lock")
+    if not migrated:
+        return False  # never migrated here: there is no lock to clear, and none is made
     with _open_backend(url) as backend:
         count = f"SELECT COUNT(*) FROM {backend.lock_table_quoted}"  # noqa: S608 (yoyo's name)
         held = backend.execute(count).fetchone()[0]

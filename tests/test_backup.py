@@ -154,6 +154,14 @@ def test_a_backup_never_overwrites_an_existing_file(sqlite_app, tmp_path):
     assert existing.read_bytes() == b"an older backup"
 
 
+def test_a_backup_where_no_file_can_be_written_is_one_line(sqlite_app):
+    result = sqlite_app.test_cli_runner().invoke(args=["backup", "/proc/partner-api.sqlite3"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    error = after_database_line(result.stderr)
+    assert error.startswith("error: cannot write /proc/partner-api.sqlite3: ")
+    assert error.count("\n") == 1
+
+
 def test_a_backup_into_a_missing_directory_is_refused(sqlite_app, tmp_path):
     target = tmp_path / "no-such-dir" / "copy.sqlite3"
     result = sqlite_app.test_cli_runner().invoke(args=["backup", str(target)])

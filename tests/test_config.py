@@ -89,6 +89,11 @@ def test_values_are_parsed():
         ("PARTNER_API_DISPATCH_WORKERS", "100000"),
         ("PARTNER_API_DEFAULT_RATE_LIMIT", "99999999999"),
         ("DATABASE_URL", "mysql://root@localhost/test"),
+        ("DATABASE_URL", "sqlite:///:memory:"),
+        ("DATABASE_URL", "sqlite:///"),
+        ("DATABASE_URL", "sqlite:///data/api?.sqlite3"),
+        ("DATABASE_URL", "postgresql://app:pw@db:notaport/partner"),
+        ("DATABASE_URL", "postgresql://"),
         ("PARTNER_API_METRICS_PORT", "65536"),
         ("PARTNER_API_METRICS_PORT", "-1"),
         ("PARTNER_API_METRICS_PORT", "http"),
@@ -102,6 +107,30 @@ def test_bad_value_is_refused_naming_the_variable(name, value):
         Config.from_env({name: value})
     assert str(excinfo.value).startswith(name)
     assert str(excinfo.value).count(name) == 1  # named once, not "NAME: NAME: …"
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://app:s3cret@db/partner", "postgresql://app:s3cret@db:nope/partner"]
+)
+def test_a_refused_database_url_is_never_shown_with_its_password(url):
+    with pytest.raises(ConfigError) as excinfo:
+        Config.from_env({"DATABASE_URL": url})
+    assert "s3cret" not in str(excinfo.value) and "app:***@db" in str(excinfo.value)
+
+
+def test_a_malformed_database_url_stops_the_cli_with_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://app:s3cret@db:nope/partner"}
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "stats"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "DATABASE_URL" in result.stderr and "s3cret" not in result.stderr
 
 
 def test_bad_value_stops_the_cli_with_one_line(tmp_path):
@@ -167,7 +196,6 @@ def test_domain_error_codes_map_to_their_http_status():
             "sqlite:////var/lib/partner-api/partner_api.sqlite3",
             "sqlite:////var/lib/partner-api/partner_api.sqlite3",
         ),
-        ("sqlite:///:memory:", "sqlite:///:memory:"),
     ],
 )
 def test_a_database_url_is_shown_without_its_password(url, shown):

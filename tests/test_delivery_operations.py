@@ -277,6 +277,23 @@ def test_replay_sends_the_same_event_again_and_keeps_counting(
     ]
 
 
+def test_a_replayed_delivery_is_not_shown_as_delivered_until_it_is_again(
+    subscribe, runner, world, clock, dispatcher
+):
+    with Receiver([OK]) as receiver:
+        delivery = world.publish(subscribe(world.org_id, receiver.url()))
+        dispatcher.run_until_idle()
+        clock.advance(10)
+        run_json(runner, "deliveries", "replay", delivery.id)
+    pending = row(delivery.id)
+    assert pending.status == "pending" and pending.delivered_at is None
+    assert pending.response_status is None and pending.duration_ms is None
+    [listed] = run_json(runner, "deliveries", "list")
+    assert listed["status"] == "pending" and listed["delivered_at"] is None
+    shown = run_json(runner, "deliveries", "show", delivery.id)
+    assert [(a["attempt"], a["outcome"]) for a in shown["attempt_log"]] == [(1, "delivered")]
+
+
 def test_a_replay_keeps_the_earlier_success_visible(subscribe, runner, world, clock, dispatcher):
     with Receiver([OK, FAIL, OK]) as receiver:
         delivery = world.publish(subscribe(world.org_id, receiver.url()))
@@ -289,6 +306,7 @@ def test_a_replay_keeps_the_earlier_success_visible(subscribe, runner, world, cl
     shown = run_json(runner, "deliveries", "show", delivery.id)
     log = [(a["attempt"], a["outcome"], a["status"]) for a in shown["attempt_log"]]
     assert log == [(1, "delivered", 200), (2, "http_status", 500), (3, "delivered", 200)]
+    assert shown["delivered_at"] == clock_module.isoformat(clock.current)  # the latest one
     assert [(r["by"], r["after_attempt"]) for r in shown["replays"]] == [("operator", 1)]
     code, text = run(runner, "deliveries", "show", delivery.id)
     table = text.split("\n\n", 1)[1].splitlines()[1:]  # the attempts table, less its header

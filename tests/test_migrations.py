@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -252,3 +253,14 @@ def test_connecting_to_an_existing_sqlite_file_never_opens_a_descriptor_of_it(
     with database.connection_context():
         database.execute_sql("SELECT 1")
     assert opened == []
+
+
+def test_break_lock_on_a_database_never_migrated_changes_nothing(make_app, tmp_path):
+    path = tmp_path / "empty.sqlite3"
+    path.touch()  # a file, but no schema and no migration lock table
+    runner = make_app(database_url=f"sqlite:///{path}").test_cli_runner()
+    result = runner.invoke(args=["db", "break-lock", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["cleared"] is False
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []

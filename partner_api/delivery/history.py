@@ -107,18 +107,14 @@ def delivery_attempts(delivery: Delivery) -> list[dict]:
 
 
 def _successes(delivery: Delivery) -> list[tuple]:
-    """(attempt, time, status, duration) of each successful attempt."""
+    """(attempt, time, status, duration) of each successful attempt: those a replay moved into
+    the history, and the row's own while it is delivered."""
     entries = DeliveryHistory.select().where(
         (DeliveryHistory.delivery == delivery.id)
         & (DeliveryHistory.kind == DeliveryHistory.DELIVERED)
     )
     successes = [(e.attempt, e.at, e.response_status, e.duration_ms) for e in entries]
-    recorded = {attempt for attempt, *_ in successes}
-    if (
-        delivery.status == DeliveryStatus.DELIVERED
-        and delivery.delivered_at is not None
-        and delivery.attempts not in recorded
-    ):  # delivered before successes were kept in the history: the row has the last one
+    if delivery.status == DeliveryStatus.DELIVERED and delivery.delivered_at is not None:
         successes.append(
             (
                 delivery.attempts,

@@ -206,10 +206,14 @@ def record_outcomes(outcomes, config: Config) -> list[str]:
         delivered = [(claim, result) for claim, result in outcomes if result.ok]
         for claim in _record_delivered(delivered, now):
             steps[claim.id] = "delivered"
-        for claim, result in outcomes:
-            if not result.ok:
-                failure = _record_failure(claim, result, config, now)
-                steps[claim.id] = _next_step(failure)
+        # By subscription: each failure updates its subscription's row, and two dispatchers
+        # taking those row locks in one order cannot deadlock each other.
+        failed = sorted(
+            ((claim, result) for claim, result in outcomes if not result.ok),
+            key=lambda outcome: outcome[0].subscription_id,
+        )
+        for claim, result in failed:
+            steps[claim.id] = _next_step(_record_failure(claim, result, config, now))
     return [steps.get(claim.id, "lease_lost") for claim, _ in outcomes]
 
 
@@ -229,23 +233,6 @@ def _record_delivered(outcomes, now: dt.datetime) -> list:
         cursor = database.execute_sql(_sql(_DELIVERED_SQL, len(group)), params)
         updated = {row[0] for row in cursor.fetchall()}
         done.extend(claim for claim, _ in group if claim.id in updated)
-    delivered_ids = {claim.id for claim in done}
-    if done:  # the success stays in the history across replays: one multi-row insert a batch
-        DeliveryHistory.insert_many(
-            [
-                {
-                    "id": ids.new_id("hst"),
-                    "delivery": claim.id,
-                    "kind": DeliveryHistory.DELIVERED,
-                    "at": now,
-                    "attempt": claim.attempt,
-                    "response_status": result.status_code,
-                    "duration_ms": result.duration_ms,
-                }
-                for claim, result in outcomes
-                if claim.id in delivered_ids
-            ]
-        ).execute()
     streaks = sorted({claim.subscription_id for claim in done})
     if streaks:
         database.execute_sql(_sql(_STREAK_ENDED_SQL, len(streaks)), streaks)
@@ -298,11 +285,15 @@ def _next_step(failure) -> str:
 def _count_failure(subscription_id: str, now: dt.datetime, config: Config) -> None:
     """One more consecutive failure (the streak's first one stamps `failing_since`); the
     subscription is auto-disabled once the streak is long enough (`_streak_disables`)."""
-    Subscription.update(
-        consecutive_failures=Subscription.consecutive_failures + 1,
-        failing_since=fn.COALESCE(Subscription.failing_since, now),
-    ).where(Subscription.id == subscription_id).execute()
-    subscription = Subscription.get_by_id(subscription_id)
+    [subscription] = list(
+        Subscription.update(
+            consecutive_failures=Subscription.consecutive_failures + 1,
+            failing_since=fn.COALESCE(Subscription.failing_since, now),
+        )
+        .where(Subscription.id == subscription_id)
+        .returning(Subscription)
+        .execute()
+    )  # one round trip: the row as updated
     enabled = subscription.status == SubscriptionStatus.ENABLED
     if enabled and not _streak_disables(subscription, now, config):
         return
@@ -435,37 +426,63 @@ def replay(
     if actor not in (OPERATOR, PARTNER):
         raise ValueError(f"unknown actor {actor!r}")
     now = clock.now()
+    which = (
+        Delivery.id.in_(delivery_ids)
+        & (Delivery.subscription == subscription.id)
+        & Delivery.status.in_(statuses)
+    )
+    # The row holds only its latest success (failed attempts are in the failure audit): keep
+    # that one in the history before the row is sent again.
+    history = [
+        _history_row(
+            row.id,
+            DeliveryHistory.DELIVERED,
+            row.delivered_at,
+            row.attempts,
+            response_status=row.response_status,
+            duration_ms=row.duration_ms,
+        )
+        for row in Delivery.select().where(which & (Delivery.status == DeliveryStatus.DELIVERED))
+    ]
     replayed = list(
         Delivery.update(
             status=_open_status(subscription.status),
             attempts_before_replay=Delivery.attempts,
             next_attempt_at=now,
             lease_token=None,
+            delivered_at=None,
+            response_status=None,
+            duration_ms=None,
         )
-        .where(
-            Delivery.id.in_(delivery_ids)
-            & (Delivery.subscription == subscription.id)
-            & Delivery.status.in_(statuses)
-        )
+        .where(which)
         .returning(Delivery.id, Delivery.attempts)
         .tuples()
         .execute()
     )
-    if replayed:
-        DeliveryHistory.insert_many(
-            [
-                {
-                    "id": ids.new_id("hst"),
-                    "delivery": delivery_id,
-                    "kind": DeliveryHistory.REPLAYED,
-                    "at": now,
-                    "attempt": attempts,
-                    "actor": actor,
-                }
-                for delivery_id, attempts in replayed
-            ]
-        ).execute()
+    history += [
+        _history_row(delivery_id, DeliveryHistory.REPLAYED, now, attempts, actor=actor)
+        for delivery_id, attempts in replayed
+    ]
+    if history:
+        DeliveryHistory.insert_many(history).execute()
     return len(replayed)
+
+
+def _history_row(
+    delivery_id, kind, at, attempt, response_status=None, duration_ms=None, actor=None
+):
+    """One delivery_history row, every column named (a multi-row insert takes its columns from
+    the first row)."""
+    return {
+        "id": ids.new_id("hst"),
+        "delivery": delivery_id,
+        "kind": kind,
+        "at": at,
+        "attempt": attempt,
+        "response_status": response_status,
+        "duration_ms": duration_ms,
+        "actor": actor,
+    }
 
 
 # -- prune -----------------------------------------------------------------------------------

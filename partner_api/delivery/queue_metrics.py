@@ -14,7 +14,7 @@ import peewee
 from prometheus_client.core import GaugeMetricFamily
 
 from partner_api import clock
-from partner_api.db import database
+from partner_api.db import database, kept_connection
 from partner_api.delivery import stats
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ GAUGE_HELP = {
         "How long the oldest due delivery has waited past its due time (0 when none)."
     ),
     "partner_api_deliveries_held": "Deliveries held while their subscription is disabled.",
-    "partner_api_subscriptions_disabled": "Live subscriptions disabled after repeated failures.",
+    "partner_api_subscriptions_disabled": "Live subscriptions disabled (auto-disabled or paused).",
 }
 # Which figure of stats.queue_gauges each gauge shows.
 GAUGE_FIGURES = {
@@ -81,9 +81,10 @@ class QueueGaugesCollector:
 
 
 def read_queue_gauges(now) -> dict | None:
-    """stats.queue_gauges in a connection of its own, or None (logged) when the database fails."""
+    """stats.queue_gauges, or None (logged) when the database fails. The thread's connection
+    is reused and kept (an API worker's SQLite connection stays open between requests)."""
     try:
-        with database.connection_context():
+        with kept_connection():
             return stats.queue_gauges(now)
     except peewee.PeeweeException as exc:
         log.warning("metrics: queue gauges unavailable: %s", str(exc).strip()[:200])

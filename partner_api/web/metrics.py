@@ -132,7 +132,7 @@ def under_gunicorn() -> bool:
 def _default_directory(database_url: str) -> str:
     """`prometheus/` in the instance directory: beside a SQLite database (a directory the
     service may write to), else the checkout's `instance/`."""
-    if database_url.startswith("sqlite:///") and database_url != "sqlite:///:memory:":
+    if database_url.startswith("sqlite:///"):
         return str(Path(database_url.removeprefix("sqlite:///")).resolve().parent / "prometheus")
     return str(ROOT / "instance" / "prometheus")
 
