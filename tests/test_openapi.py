@@ -17,9 +17,10 @@ PROBLEM = "application/problem+json"
 EXPECTED_OPERATIONS = {
     f"{PREFIX}/me": {"get"},
     f"{PREFIX}/webhooks": {"get", "post"},
-    f"{PREFIX}/webhooks/{{subscription_id}}": {"delete"},
+    f"{PREFIX}/webhooks/{{subscription_id}}": {"get", "patch", "delete"},
     f"{PREFIX}/webhooks/{{subscription_id}}/test": {"post"},
     f"{PREFIX}/webhooks/{{subscription_id}}/failures": {"get"},
+    f"{PREFIX}/event-types": {"get"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
@@ -135,6 +136,8 @@ def test_webhook_operations_document_their_specific_errors(spec):
     assert {"201", "400", "403", "409", "413", "415", "422"} <= set(create["responses"])
     assert create["requestBody"]["content"]["application/json"]["schema"]
     for path, method in [
+        (f"{PREFIX}/webhooks/{{subscription_id}}", "get"),
+        (f"{PREFIX}/webhooks/{{subscription_id}}", "patch"),
         (f"{PREFIX}/webhooks/{{subscription_id}}", "delete"),
         (f"{PREFIX}/webhooks/{{subscription_id}}/test", "post"),
         (f"{PREFIX}/webhooks/{{subscription_id}}/failures", "get"),
