@@ -301,6 +301,7 @@ def test_the_update_body_documents_every_changeable_field_and_refuses_others(spe
     update = spec["components"]["schemas"]["SubscriptionUpdate"]
     assert set(update["properties"]) == {"url", "events", "description", "status"}
     assert update["additionalProperties"] is False and not update.get("required")
+    assert update["minProperties"] == 1
     assert update["properties"]["status"]["enum"] == ["enabled", "disabled"]
     url = update["properties"]["url"]
     assert (url["format"], url["maxLength"]) == ("uri", 2048)

@@ -157,6 +157,10 @@ FailurePageSchema = page_schema(FailureSchema, "FailurePageSchema")
 class SubscriptionUpdateSchema(ma.Schema):
     """A PATCH body: the fields to change, each checked as on create; at least one."""
 
+    class Meta:
+        # An empty body is refused (422 `no_fields`) by the work function, which names them.
+        openapi = {"minProperties": 1}
+
     url = ma.fields.String(
         metadata={
             "description": "A new receiver URL, checked exactly as on create (same 422 codes). "
