@@ -16,6 +16,8 @@ from partner_api import clock as clock_module
 from partner_api.db import database
 from partner_api.delivery import lifecycle
 from partner_api.delivery.outbox import publish_event
+from partner_api.delivery.subscriptions import update_subscription
+from partner_api.errors import DomainError
 from partner_api.models import Delivery, Subscription
 
 from .conftest import (
@@ -519,3 +521,36 @@ def test_a_pause_or_resume_racing_a_publish_leaves_every_delivery_in_step(app, m
             )
             assert answer == 200
             assert set(statuses(sub_id).values()) == {open_status}
+
+
+# --- the work function, without HTTP ------------------------------------------------------------
+
+
+def test_update_subscription_refuses_what_the_schema_lets_through_only_by_mistake(
+    db, config, subscribe, make_key
+):
+    org = make_key().org
+    subscription = subscribe(org.id)
+    before = stored(subscription.id)
+    with pytest.raises(DomainError) as refused:
+        update_subscription(org.id, subscription.id, {}, config)
+    assert refused.value.code == "no_fields"
+    for changes in ({"secret": "whsec_x"}, {"status": "paused"}):
+        with pytest.raises(ValueError):
+            update_subscription(org.id, subscription.id, changes, config)
+    with pytest.raises(ValueError):
+        lifecycle.change_subscription(subscription, status="disabled")
+    assert stored(subscription.id) == before
+
+
+def test_update_subscription_changes_and_pauses_in_one_call(db, config, subscribe, make_key):
+    org = make_key().org
+    subscription = subscribe(org.id)
+    changed = update_subscription(
+        org.id,
+        subscription.id,
+        {"description": "paused for a deploy", "status": "disabled"},
+        config,
+    )
+    assert (changed.description, changed.status) == ("paused for a deploy", "disabled")
+    assert changed.disabled_reason == lifecycle.PARTNER_DISABLE_REASON

@@ -186,7 +186,8 @@ def send_test_ping(org_id: str, subscription_id: str, secret: str):
         if subscription.status != SubscriptionStatus.ENABLED:
             raise DomainError(
                 "subscription_disabled",
-                "The subscription is disabled; an operator must re-enable it first.",
+                "The subscription is disabled; enable it first "
+                '(PATCH it with {"status": "enabled"}).',
             )
         event, deliveries = publish_event(
             org_id,
