@@ -107,6 +107,7 @@ def test_the_lifecycle_lists_every_transition():
         "disable",
         "enable",
         "delete",
+        "change_subscription",
         "replay",
         "prune_finished",
     }

@@ -17,9 +17,10 @@ PROBLEM = "application/problem+json"
 EXPECTED_OPERATIONS = {
     f"{PREFIX}/me": {"get"},
     f"{PREFIX}/webhooks": {"get", "post"},
-    f"{PREFIX}/webhooks/{{subscription_id}}": {"delete"},
+    f"{PREFIX}/webhooks/{{subscription_id}}": {"get", "patch", "delete"},
     f"{PREFIX}/webhooks/{{subscription_id}}/test": {"post"},
     f"{PREFIX}/webhooks/{{subscription_id}}/failures": {"get"},
+    f"{PREFIX}/event-types": {"get"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
@@ -135,6 +136,8 @@ def test_webhook_operations_document_their_specific_errors(spec):
     assert {"201", "400", "403", "409", "413", "415", "422"} <= set(create["responses"])
     assert create["requestBody"]["content"]["application/json"]["schema"]
     for path, method in [
+        (f"{PREFIX}/webhooks/{{subscription_id}}", "get"),
+        (f"{PREFIX}/webhooks/{{subscription_id}}", "patch"),
         (f"{PREFIX}/webhooks/{{subscription_id}}", "delete"),
         (f"{PREFIX}/webhooks/{{subscription_id}}/test", "post"),
         (f"{PREFIX}/webhooks/{{subscription_id}}/failures", "get"),
@@ -282,6 +285,40 @@ def test_links_from_create_reach_every_id_route_with_the_created_id(spec):
     for link in links.values():
         assert link["parameters"] == {"subscription_id": "$response.body#/id"}
     assert links["TestWebhook"]["requestBody"] == {"secret": "$response.body#/secret"}
+
+
+def test_reading_and_changing_a_subscription_link_to_each_other(spec):
+    item = spec["paths"][f"{PREFIX}/webhooks/{{subscription_id}}"]
+    by_id = {"subscription_id": "$response.body#/id"}
+    read_links = item["get"]["responses"]["200"]["links"]
+    assert read_links == {"UpdateWebhook": {"operationId": "update_webhook", "parameters": by_id}}
+    changed_links = item["patch"]["responses"]["200"]["links"]
+    assert changed_links == {"GetWebhook": {"operationId": "get_webhook", "parameters": by_id}}
+    assert item["patch"]["requestBody"]["required"] is True
+
+
+def test_the_update_body_documents_every_changeable_field_and_refuses_others(spec):
+    update = spec["components"]["schemas"]["SubscriptionUpdate"]
+    assert set(update["properties"]) == {"url", "events", "description", "status"}
+    assert update["additionalProperties"] is False and not update.get("required")
+    assert update["minProperties"] == 1
+    assert update["properties"]["status"]["enum"] == ["enabled", "disabled"]
+    url = update["properties"]["url"]
+    assert (url["format"], url["maxLength"]) == ("uri", 2048)
+
+
+def test_the_event_catalogue_is_documented_for_any_key(spec):
+    from partner_api.delivery.event_types import EVENT_TYPES
+
+    operation = spec["paths"][f"{PREFIX}/event-types"]["get"]
+    assert operation["operationId"] == "list_event_types"
+    schemas = spec["components"]["schemas"]
+    item = resolve(spec, schemas["EventTypeList"]["properties"]["data"]["items"])
+    assert set(item["properties"]) == {"name", "description"}
+    assert "Any valid key" in operation["description"]
+    assert set(EVENT_TYPES) <= set(
+        schemas["SubscriptionUpdate"]["properties"]["events"]["items"]["enum"]
+    )
 
 
 def test_create_documents_that_its_answer_is_not_cached(spec):

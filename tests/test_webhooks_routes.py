@@ -26,6 +26,8 @@ SOME_ID = "wh_" + "a" * 26
 ROUTES = [
     ("post", WEBHOOKS, {"json": {"url": GOOD_URL}}),
     ("get", WEBHOOKS, {}),
+    ("get", f"{WEBHOOKS}/{SOME_ID}", {}),
+    ("patch", f"{WEBHOOKS}/{SOME_ID}", {"json": {"status": "disabled"}}),
     ("delete", f"{WEBHOOKS}/{SOME_ID}", {}),
     ("post", f"{WEBHOOKS}/{SOME_ID}/test", {"json": {"secret": "whsec_x"}}),
     ("get", f"{WEBHOOKS}/{SOME_ID}/failures", {}),
@@ -64,7 +66,7 @@ def test_unknown_query_parameter_is_422_on_every_route(client, make_key, method,
     ("method", "path", "allowed"),
     [
         ("put", WEBHOOKS, "GET"),
-        ("get", f"{WEBHOOKS}/{SOME_ID}", "DELETE"),
+        ("put", f"{WEBHOOKS}/{SOME_ID}", "PATCH"),
         ("get", f"{WEBHOOKS}/{SOME_ID}/test", "POST"),
         ("post", f"{WEBHOOKS}/{SOME_ID}/failures", "GET"),
     ],
@@ -89,6 +91,8 @@ def test_no_route_crosses_the_org_boundary(client, make_key, clock):
     assert listed_ids(client, token_b) == [mine["id"]]
     assert listed_ids(client, token_a) == [theirs["id"]]
     answers = [
+        client.get(path, headers=bearer(token_b)),
+        client.patch(path, json={"status": "disabled"}, headers=bearer(token_b)),
         client.delete(path, headers=bearer(token_b)),
         client.post(f"{path}/test", json={"secret": theirs["secret"]}, headers=bearer(token_b)),
         client.get(f"{path}/failures", headers=bearer(token_b)),
@@ -100,7 +104,8 @@ def test_no_route_crosses_the_org_boundary(client, make_key, clock):
     # Org A's subscription is untouched: listed, not deleted, no ping queued for it.
     assert listed_ids(client, token_a) == [theirs["id"]]
     with database.connection_context():
-        assert Subscription.get_by_id(theirs["id"]).deleted_at is None
+        untouched = Subscription.get_by_id(theirs["id"])
+        assert untouched.deleted_at is None and untouched.status == "enabled"
     assert count(Event) == 1 and count(Delivery) == 1  # only the one add_failures made
     assert count(Delivery, Delivery.status == "pending") == 1
     failures = client.get(f"{path}/failures", headers=bearer(token_a)).get_json()

@@ -14,6 +14,7 @@ A delivery:
 
 A subscription: enabled ──disable (operator, partner, or a failure streak: auto-disable)──►
 disabled ──enable──► enabled; either ──delete──► deleted (its open deliveries cancelled).
+Its url, events and description change only through `change_subscription`.
 
 The rules, each stated once here:
 - A delivery of a disabled subscription is held, never pending (`_open_status`).
@@ -47,6 +48,7 @@ from partner_api.models import (
 
 AUTO_DISABLE_REASON = "disabled after {count} consecutive failed delivery attempts"
 OPERATOR_DISABLE_REASON = "disabled by an operator"
+PARTNER_DISABLE_REASON = "paused by the partner"
 
 
 def _open_status(subscription_status: str) -> str:
@@ -402,6 +404,21 @@ def enable(subscription: Subscription) -> None:
         failing_since=None,
     ).where(Subscription.id == subscription.id).execute()
     release_held(subscription.id)
+
+
+# What a partner may change in place; the id, the secret and the delivery state stay.
+CHANGEABLE = frozenset({"url", "events", "description"})
+
+
+def change_subscription(subscription: Subscription, **fields) -> None:
+    """Change a live subscription's `url`, `events` or `description` (in the caller's write
+    transaction, values already checked). Its open deliveries stay as they are: they go to
+    the new URL when claimed, and an event type no longer subscribed is still delivered."""
+    unknown = set(fields) - CHANGEABLE
+    if unknown:
+        raise ValueError(f"not changeable: {sorted(unknown)}")
+    if fields:
+        Subscription.update(**fields).where(Subscription.id == subscription.id).execute()
 
 
 def delete(subscription: Subscription) -> None:

@@ -1,4 +1,5 @@
-"""Work functions for webhook subscriptions: create, list, delete, re-enable, test ping, failures.
+"""Work functions for webhook subscriptions: create, list, read, change, pause and resume,
+delete, re-enable, test ping, failures.
 
 Plain Python called by the views and the admin CLI; every lookup is scoped to the caller's org.
 """
@@ -49,10 +50,16 @@ def _check_event_types(events) -> list[str]:
     return sorted(set(events))
 
 
+def _check_url(url: str, config: Config) -> str:
+    """The URL to store, normalised, after the grammar and SSRF checks (DNS with the
+    create-time deadline: the partner is waiting for the answer)."""
+    return ssrf.validate_webhook_url(url, ssrf.policy_for(config, config.create_dns_timeout)).url
+
+
 def create_subscription(org_id: str, url: str, events, description: str, config: Config):
     """Validate everything (URL and SSRF policy first), then store; returns (sub, secret)."""
     event_types = _check_event_types(events)
-    checked = ssrf.validate_webhook_url(url, ssrf.policy_for(config, config.create_dns_timeout))
+    checked_url = _check_url(url, config)
     secret = new_secret()
     with write_transaction():
         # Serialise creates per org so the cap cannot be overshot.
@@ -67,7 +74,7 @@ def create_subscription(org_id: str, url: str, events, description: str, config:
         subscription = Subscription.create(
             id=ids.new_id("wh"),
             org=org_id,
-            url=checked.url,
+            url=checked_url,
             events=event_types,
             description=description,
             secret=secret,
@@ -113,6 +120,41 @@ def get_subscription(org_id: str | None, subscription_id: str, lock: bool = Fals
     return subscription
 
 
+UPDATABLE = ("url", "events", "description", "status")
+_STATUSES = (SubscriptionStatus.ENABLED, SubscriptionStatus.DISABLED)
+
+
+def update_subscription(org_id: str, subscription_id: str, changes: dict, config: Config):
+    """A partner's change to its subscription: any of `url`, `events`, `description` and
+    `status` (`disabled` pauses it, `enabled` resumes it like the operator's enable), all in
+    one transaction. Every value is checked before anything is written; returns the row."""
+    if not changes:
+        raise DomainError("no_fields", f"Send at least one of {', '.join(UPDATABLE)} to change.")
+    unknown = set(changes) - set(UPDATABLE)
+    if unknown or changes.get("status", SubscriptionStatus.ENABLED) not in _STATUSES:
+        raise ValueError(f"not a subscription change: {changes!r}")  # the schema refuses these
+    get_subscription(org_id, subscription_id)  # an unknown id is 404 before any DNS lookup
+    fields = {}
+    if "url" in changes:
+        fields["url"] = _check_url(changes["url"], config)
+    if "events" in changes:
+        fields["events"] = _check_event_types(changes["events"])
+    if "description" in changes:
+        fields["description"] = changes["description"]
+    with write_transaction():
+        # Locked: a concurrent delete, publish or dispatcher outcome waits for this commit.
+        subscription = get_subscription(org_id, subscription_id, lock=True)
+        lifecycle.change_subscription(subscription, **fields)
+        status = changes.get("status")
+        if status == SubscriptionStatus.DISABLED:
+            lifecycle.disable(subscription, lifecycle.PARTNER_DISABLE_REASON)
+        elif status == SubscriptionStatus.ENABLED and subscription.status != status:
+            # Only a disabled one: resuming resets the failure streak, which asking an
+            # enabled subscription to be enabled must not do.
+            lifecycle.enable(subscription)
+    return Subscription.get_by_id(subscription.id)
+
+
 def delete_subscription(org_id: str, subscription_id: str) -> None:
     """Delete a subscription and cancel its pending deliveries so none is ever sent."""
     with write_transaction():
@@ -144,7 +186,8 @@ def send_test_ping(org_id: str, subscription_id: str, secret: str):
         if subscription.status != SubscriptionStatus.ENABLED:
             raise DomainError(
                 "subscription_disabled",
-                "The subscription is disabled; an operator must re-enable it first.",
+                "The subscription is disabled; enable it first "
+                '(PATCH it with {"status": "enabled"}).',
             )
         event, deliveries = publish_event(
             org_id,

@@ -67,11 +67,13 @@ def build_app(test_config=None) -> Flask:
     app.register_blueprint(operations.blp)
 
     api = Api(app)
+    from partner_api.web.event_types.resources import blp as event_types_blp
     from partner_api.web.identity.resources import blp as identity_blp
     from partner_api.web.webhooks.resources import blp as webhooks_blp
 
     api.register_blueprint(identity_blp, url_prefix=API_PREFIX)
     api.register_blueprint(webhooks_blp, url_prefix=API_PREFIX)
+    api.register_blueprint(event_types_blp, url_prefix=API_PREFIX)
     app.register_blueprint(docs.blp, url_prefix=API_PREFIX)  # Swagger UI, served offline
     cli.init_app(app)
     return app

@@ -11,6 +11,7 @@ import json
 import flask
 import flask_smorest
 import marshmallow as ma
+from apispec.ext.marshmallow import MarshmallowPlugin, OpenAPIConverter
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
@@ -108,8 +109,26 @@ class Blueprint(flask_smorest.Blueprint):
         return decorator
 
 
+class SchemaConverter(OpenAPIConverter):
+    """A schema's `Meta.openapi` keywords join its JSON Schema: what marshmallow cannot say
+    of a whole object (`minProperties`) is still documented, next to the check enforcing it."""
+
+    def schema2jsonschema(self, schema):
+        jsonschema = super().schema2jsonschema(schema)
+        jsonschema.update(getattr(getattr(schema, "Meta", None), "openapi", {}))
+        return jsonschema
+
+
+class SchemaMarshmallowPlugin(MarshmallowPlugin):
+    Converter = SchemaConverter
+
+
 class Api(flask_smorest.Api):
     ERROR_SCHEMA = ProblemSchema
+
+    def __init__(self, app=None, *, spec_kwargs=None):
+        spec_kwargs = {"marshmallow_plugin": SchemaMarshmallowPlugin(), **(spec_kwargs or {})}
+        super().__init__(app, spec_kwargs=spec_kwargs)
 
     def _register_error_handlers(self):
         register_error_handlers(self._app)

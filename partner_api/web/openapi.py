@@ -45,6 +45,7 @@ _STATUS_CODES = {
         "validation_error",
         "unknown_event_type",
         "event_types_with_wildcard",
+        "no_fields",
         *sorted(webhook_url.ERROR_CODES),
     ),
     429: ("rate_limited",),

@@ -13,6 +13,8 @@ from partner_api.web.webhooks.schemas import (
     SubscriptionCreatedSchema,
     SubscriptionCreateSchema,
     SubscriptionPageSchema,
+    SubscriptionSchema,
+    SubscriptionUpdateSchema,
     TestPingResultSchema,
     TestPingSchema,
 )
@@ -60,7 +62,19 @@ CREATED_LINKS = {
         "requestBody": {"secret": "$response.body#/secret"},
     },
     "ListWebhookFailures": {"operationId": "list_webhook_failures", "parameters": _BY_ID},
+    "GetWebhook": {"operationId": "get_webhook", "parameters": _BY_ID},
+    "UpdateWebhook": {"operationId": "update_webhook", "parameters": _BY_ID},
 }
+# Read, then change: the subscription's own answers lead to each other.
+READ_LINKS = {"UpdateWebhook": CREATED_LINKS["UpdateWebhook"]}
+UPDATED_LINKS = {"GetWebhook": CREATED_LINKS["GetWebhook"]}
+UPDATE_DESCRIPTION = (
+    "Changes any of `url`, `events`, `description` and `status` in one step; the id and the "
+    "signing secret stay. Fields not sent are left as they are; an unknown field, a `null` or "
+    "a body naming no field (422 `no_fields`) changes nothing. A new `url` is checked exactly "
+    "as on create. `status: disabled` pauses the subscription (deliveries are held until it "
+    "is enabled); `status: enabled` resumes it, also after an automatic disable."
+)
 
 
 def _org_id() -> str:
@@ -96,6 +110,31 @@ def create_webhook(_query, body):
 def list_webhooks(query):
     """List the org's webhook subscriptions, newest first (secrets are never shown)"""
     return subscriptions.list_subscriptions(_org_id(), query["limit"], query.get("cursor"))
+
+
+@blp.get("/webhooks/<string:subscription_id>", parameters=SUBSCRIPTION_ID)
+@manage_webhooks
+@blp.arguments(NoQuerySchema, location="query")
+@blp.response(200, SubscriptionSchema)
+@blp.errors(401, 403, 404, 422, 429)
+@blp.doc(responses={200: {"links": READ_LINKS}})
+def get_webhook(_query, subscription_id):
+    """Show one webhook subscription, as in the list (its secret is never shown)"""
+    return subscriptions.get_subscription(_org_id(), subscription_id)
+
+
+@blp.patch("/webhooks/<string:subscription_id>", parameters=SUBSCRIPTION_ID)
+@manage_webhooks
+@blp.arguments(NoQuerySchema, location="query")
+@blp.arguments(SubscriptionUpdateSchema)
+@blp.response(200, SubscriptionSchema)
+@blp.errors(400, 401, 403, 404, 413, 415, 422, 429)
+@blp.doc(description=UPDATE_DESCRIPTION, responses={200: {"links": UPDATED_LINKS}})
+def update_webhook(_query, body, subscription_id):
+    """Change a webhook subscription's URL, events or description, or pause or resume it"""
+    return subscriptions.update_subscription(
+        _org_id(), subscription_id, body, current_app.config["PARTNER_API"]
+    )
 
 
 @blp.delete("/webhooks/<string:subscription_id>", parameters=SUBSCRIPTION_ID)

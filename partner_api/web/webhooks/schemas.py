@@ -4,7 +4,9 @@ import marshmallow as ma
 
 from partner_api.delivery import outcomes
 from partner_api.delivery.event_types import EVENT_TYPES, EVERY_TYPE
+from partner_api.delivery.lifecycle import PARTNER_DISABLE_REASON
 from partner_api.delivery.webhook_url import MAX_URL_LENGTH
+from partner_api.models import SubscriptionStatus
 from partner_api.pagination import page_schema
 from partner_api.web.fields import Timestamp
 
@@ -20,6 +22,12 @@ EVENTS_DESCRIPTION = (
     f'future (stored and shown as `["{EVERY_TYPE}"]`). `"{EVERY_TYPE}"` cannot be combined '
     "with named types (422 `event_types_with_wildcard`). Known types: "
 )
+DESCRIPTION_VALIDATORS = [
+    ma.validate.Length(max=500),
+    ma.validate.Regexp(
+        r"^[^\x00-\x08\x0b-\x1f\x7f]*$", error="Control characters are not allowed."
+    ),
+]
 
 
 class SubscriptionCreateSchema(ma.Schema):
@@ -46,12 +54,7 @@ class SubscriptionCreateSchema(ma.Schema):
     )
     description = ma.fields.String(
         load_default="",
-        validate=[
-            ma.validate.Length(max=500),
-            ma.validate.Regexp(
-                r"^[^\x00-\x08\x0b-\x1f\x7f]*$", error="Control characters are not allowed."
-            ),
-        ],
+        validate=DESCRIPTION_VALIDATORS,
         metadata={"example": "Production receiver"},
     )
 
@@ -77,7 +80,10 @@ class SubscriptionSchema(ma.Schema):
     status = ma.fields.String(metadata={"description": "`enabled` or `disabled`."})
     disabled_reason = ma.fields.String(
         allow_none=True,
-        metadata={"description": "Why it was disabled (e.g. after consecutive failed attempts)."},
+        metadata={
+            "description": "Why it was disabled: after consecutive failed attempts, by an "
+            f'operator, or "{PARTNER_DISABLE_REASON}" (`PATCH` with `status: disabled`).'
+        },
     )
     disabled_at = Timestamp(allow_none=True)
     consecutive_failures = ma.fields.Integer(
@@ -146,3 +152,47 @@ class FailureSchema(ma.Schema):
 
 SubscriptionPageSchema = page_schema(SubscriptionSchema, "SubscriptionPageSchema")
 FailurePageSchema = page_schema(FailureSchema, "FailurePageSchema")
+
+
+class SubscriptionUpdateSchema(ma.Schema):
+    """A PATCH body: the fields to change, each checked as on create; at least one."""
+
+    class Meta:
+        # An empty body is refused (422 `no_fields`) by the work function, which names them.
+        openapi = {"minProperties": 1}
+
+    url = ma.fields.String(
+        metadata={
+            "description": "A new receiver URL, checked exactly as on create (same 422 codes). "
+            "Pending deliveries go to it.",
+            "example": PLACEHOLDER_URL,
+            "format": "uri",
+            "maxLength": MAX_URL_LENGTH,
+        },
+    )
+    events = ma.fields.List(
+        ma.fields.String(metadata={"enum": [EVERY_TYPE, *sorted(EVENT_TYPES)]}),
+        validate=ma.validate.Length(min=1),
+        metadata={
+            "description": f'The event types to receive from now on; `["{EVERY_TYPE}"]`: every '
+            f'type, present and future. `"{EVERY_TYPE}"` cannot be combined with named types '
+            "(422 `event_types_with_wildcard`); an unknown type is 422 `unknown_event_type`. "
+            "Known types: " + ", ".join(sorted(EVENT_TYPES)) + " (`GET /event-types`).",
+            "example": [EVERY_TYPE],
+        },
+    )
+    description = ma.fields.String(
+        validate=DESCRIPTION_VALIDATORS,
+        metadata={"example": "Production receiver"},
+    )
+    status = ma.fields.String(
+        validate=ma.validate.OneOf([SubscriptionStatus.ENABLED, SubscriptionStatus.DISABLED]),
+        metadata={
+            "description": "`disabled` pauses the subscription: new and pending deliveries "
+            f'are held, and `disabled_reason` is "{PARTNER_DISABLE_REASON}" (an '
+            "auto-disabled one keeps its reason). `enabled` resumes a paused or auto-disabled "
+            "subscription: the failure streak starts again from 0 and held deliveries are "
+            "sent. Asking for the status it already has changes nothing.",
+            "example": SubscriptionStatus.DISABLED,
+        },
+    )

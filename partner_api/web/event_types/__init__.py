@@ -1,0 +1,1 @@
+"""GET /event-types: the catalogue of event types a subscription may ask for."""
