@@ -51,9 +51,10 @@ def _log_query():
 
 def _item(delivery: Delivery) -> dict:
     """One delivery as the log shows it. A finished delivery's `next_attempt_at` column holds
-    when it finished (lifecycle), and a replayed one keeps its earlier `delivered_at`: both
-    are shown only while they mean what their names say."""
-    finished = delivery.status in DeliveryStatus.FINISHED
+    when it finished (lifecycle), a held one's is stale until its subscription is enabled, and
+    a replayed one keeps its earlier `delivered_at`: each is shown only while it means what
+    its name says."""
+    scheduled = delivery.status == DeliveryStatus.PENDING
     delivered = delivery.status == DeliveryStatus.DELIVERED
     return {
         "id": delivery.id,
@@ -62,7 +63,7 @@ def _item(delivery: Delivery) -> dict:
         "status": delivery.status,
         "attempts": delivery.attempts,
         "created_at": delivery.created_at,
-        "next_attempt_at": None if finished else delivery.next_attempt_at,
+        "next_attempt_at": delivery.next_attempt_at if scheduled else None,
         "delivered_at": delivery.delivered_at if delivered else None,
         "last_response_status": delivery.last_response_status if delivery.attempts else None,
     }

@@ -170,7 +170,10 @@ class DeliverySchema(ma.Schema):
     created_at = Timestamp()
     next_attempt_at = Timestamp(
         allow_none=True,
-        metadata={"description": "When the next attempt is due; null once it is finished."},
+        metadata={
+            "description": "When the next attempt is due (`pending` only); null once it is "
+            "finished, and while it is held (it is due when the subscription is enabled)."
+        },
     )
     delivered_at = Timestamp(
         allow_none=True, metadata={"description": "When it was delivered; null unless delivered."}
