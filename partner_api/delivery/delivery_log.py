@@ -5,7 +5,7 @@ are in `lifecycle.py`, the attempts across replays come from `history.py`.
 
 from __future__ import annotations
 
-from peewee import SQL, Case, fn
+from peewee import fn
 
 from partner_api import ids
 from partner_api.delivery import history, outcomes
@@ -17,21 +17,30 @@ from partner_api.pagination import paginate
 STATUSES = DeliveryStatus.ALL
 
 
-def _latest_failure():
-    """The failure audit row of the delivery's latest attempt, if that attempt failed.
+# A failed attempt without an answer (a timeout, a refused connection) reads as this, so that
+# NULL can mean "the latest attempt is not in the failure audit".
+NO_ANSWER = 0
+
+
+def _latest_failure_status():
+    """The response status of the delivery's latest attempt if that attempt failed
+    (`NO_ANSWER` if it got none), else NULL.
 
     Attempt numbers keep counting across replays, so the latest attempt is number
     `deliveries.attempts`; when no failure has that number, the latest attempt was the success
-    whose answer the delivery row keeps (`response_status`).
+    whose answer the delivery row keeps (`response_status`). One scalar subquery, run per
+    row: an EXISTS here let PostgreSQL plan a hashed subplan over the whole failure table.
     """
     failure = DeliveryFailure.alias("latest_failure")
-    return failure.select(failure.response_status).where(
-        (failure.delivery == Delivery.id) & (failure.attempt == Delivery.attempts)
+    return (
+        failure.select(fn.COALESCE(failure.response_status, NO_ANSWER))
+        .where((failure.delivery == Delivery.id) & (failure.attempt == Delivery.attempts))
+        .limit(1)
     )
 
 
 def _log_query():
-    """Deliveries with their event type and the latest attempt's response status.
+    """Deliveries with their event type and the latest failed attempt's response status.
 
     Cost: the page's rows come in order from deliveries_subscription_created (or
     deliveries_subscription_status_created with a status), then per row one primary-key
@@ -39,14 +48,19 @@ def _log_query():
     delivery's failures (bounded by the retry schedule per replay). So a page costs O(limit),
     whatever the number of deliveries the subscription has.
     """
-    latest = _latest_failure()
-    failed_last = fn.EXISTS(latest.columns(SQL("1")))
-    last_status = Case(None, [(failed_last, latest.limit(1))], Delivery.response_status).alias(
-        "last_response_status"
-    )
-    return Delivery.select(Delivery, Event.type.alias("event_type"), last_status).join(
-        Event, on=(Delivery.event == Event.id)
-    )
+    return Delivery.select(
+        Delivery,
+        Event.type.alias("event_type"),
+        _latest_failure_status().alias("latest_failure_status"),
+    ).join(Event, on=(Delivery.event == Event.id))
+
+
+def _last_response_status(delivery: Delivery) -> int | None:
+    if not delivery.attempts:
+        return None
+    if delivery.latest_failure_status is None:  # the latest attempt succeeded
+        return delivery.response_status
+    return delivery.latest_failure_status or None  # NO_ANSWER: none
 
 
 def _item(delivery: Delivery) -> dict:
@@ -65,8 +79,13 @@ def _item(delivery: Delivery) -> dict:
         "created_at": delivery.created_at,
         "next_attempt_at": delivery.next_attempt_at if scheduled else None,
         "delivered_at": delivery.delivered_at if delivered else None,
-        "last_response_status": delivery.last_response_status if delivery.attempts else None,
+        "last_response_status": _last_response_status(delivery),
     }
+
+
+def list_name(subscription_id: str, status: str | None) -> str:
+    """A cursor belongs to one subscription's log with one filter, and no other list."""
+    return f"deliveries:{subscription_id}:{status or '*'}"
 
 
 def list_deliveries(
@@ -84,9 +103,8 @@ def list_deliveries(
     query = _log_query().where(Delivery.subscription == subscription.id)
     if status is not None:
         query = query.where(Delivery.status == status)
-    # The cursor belongs to this subscription's list with this filter, and no other.
-    list_name = f"deliveries:{subscription.id}:{status or '*'}"
-    page = paginate(query.objects(), Delivery.created_at, Delivery.id, list_name, limit, cursor)
+    name = list_name(subscription.id, status)
+    page = paginate(query.objects(), Delivery.created_at, Delivery.id, name, limit, cursor)
     return {**page, "data": [_item(delivery) for delivery in page["data"]]}
 
 
