@@ -99,6 +99,12 @@ CREATE INDEX IF NOT EXISTS deliveries_subscription_due
     ON deliveries (subscription_id, status, next_attempt_at);
 -- Retention deletes only events that no delivery refers to any more.
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+-- A subscription's delivery log, newest first, all of them or those of one status: a page
+-- reads its own rows whatever the subscription's backlog.
+CREATE INDEX IF NOT EXISTS deliveries_subscription_created
+    ON deliveries (subscription_id, created_at, id);
+CREATE INDEX IF NOT EXISTS deliveries_subscription_status_created
+    ON deliveries (subscription_id, status, created_at, id);
 
 -- The failure audit: one row per failed attempt.
 CREATE TABLE IF NOT EXISTS delivery_failures (

@@ -77,7 +77,12 @@ def paginate(query, time_field, id_field, list_name: str, limit: int, cursor: st
     """One page of `query`, newest first, keyset on (time, id) so pages are stable."""
     if cursor:
         moment, row_id = decode_cursor(list_name, cursor)
-        query = query.where((time_field < moment) | ((time_field == moment) & (id_field < row_id)))
+        # `time <= moment` repeats what the OR implies, as a bound an index range scan can
+        # start from: without it a deep page filters every newer row on the way down.
+        query = query.where(
+            (time_field <= moment)
+            & ((time_field < moment) | ((time_field == moment) & (id_field < row_id)))
+        )
     rows = list(query.order_by(time_field.desc(), id_field.desc()).limit(limit + 1))
     has_more = len(rows) > limit
     rows = rows[:limit]

@@ -288,11 +288,14 @@ def listed_ids(client, token, path=WEBHOOKS) -> list[str]:
     return [item["id"] for item in response.get_json()["data"]]
 
 
-def walk(client, token, path, limit, between_pages=None) -> list[str]:
-    """Every id of a list, page by page; checks the envelope of every page on the way."""
+def walk(client, token, path, limit, between_pages=None, **filters) -> list[str]:
+    """Every id of a list (with these query `filters`), page by page; checks the envelope of
+    every page on the way."""
     seen, cursor, pages = [], None, 0
     while True:
-        query = {"limit": limit} if cursor is None else {"limit": limit, "cursor": cursor}
+        query = {**filters, "limit": limit}
+        if cursor is not None:
+            query["cursor"] = cursor
         response = client.get(path, headers=bearer(token), query_string=query)
         assert response.status_code == 200, response.get_data(as_text=True)
         page = response.get_json()

@@ -24,6 +24,8 @@ OPERATIONS = {
     "/api/v1/partner/webhooks/{subscription_id}/test",
     "/api/v1/partner/webhooks/{subscription_id}/failures",
     "/api/v1/partner/event-types",
+    "/api/v1/partner/webhooks/{subscription_id}/deliveries",
+    "/api/v1/partner/webhooks/{subscription_id}/deliveries/{delivery_id}",
 }
 
 pytestmark = pytest.mark.skipif(

@@ -10,6 +10,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from partner_api import ids
+from partner_api.models import DeliveryStatus
 
 PREFIX = "/api/v1/partner"
 OPENAPI = f"{PREFIX}/openapi.json"
@@ -21,6 +22,8 @@ EXPECTED_OPERATIONS = {
     f"{PREFIX}/webhooks/{{subscription_id}}/test": {"post"},
     f"{PREFIX}/webhooks/{{subscription_id}}/failures": {"get"},
     f"{PREFIX}/event-types": {"get"},
+    f"{PREFIX}/webhooks/{{subscription_id}}/deliveries": {"get"},
+    f"{PREFIX}/webhooks/{{subscription_id}}/deliveries/{{delivery_id}}": {"get"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
@@ -124,10 +127,15 @@ def test_path_parameters_are_documented(spec):
         parameters = list(item.get("parameters", []))
         for method in HTTP_METHODS & set(item):
             parameters += item[method].get("parameters", [])
-        [parameter] = [p for p in parameters if p["in"] == "path"]
-        assert parameter["name"] == "subscription_id" and parameter["required"] is True
-        assert parameter.get("description"), path
-        assert parameter.get("example", "").startswith("wh_"), path
+        in_path = {p["name"]: p for p in parameters if p["in"] == "path"}
+        assert set(in_path) == {"subscription_id"} | (
+            {"delivery_id"} if "{delivery_id}" in path else set()
+        ), path
+        for name, prefix in (("subscription_id", "wh_"), ("delivery_id", "dlv_")):
+            if name in in_path:
+                assert in_path[name]["required"] is True, path
+                assert in_path[name].get("description"), path
+                assert in_path[name].get("example", "").startswith(prefix), path
 
 
 def test_webhook_operations_document_their_specific_errors(spec):
@@ -141,6 +149,8 @@ def test_webhook_operations_document_their_specific_errors(spec):
         (f"{PREFIX}/webhooks/{{subscription_id}}", "delete"),
         (f"{PREFIX}/webhooks/{{subscription_id}}/test", "post"),
         (f"{PREFIX}/webhooks/{{subscription_id}}/failures", "get"),
+        (f"{PREFIX}/webhooks/{{subscription_id}}/deliveries", "get"),
+        (f"{PREFIX}/webhooks/{{subscription_id}}/deliveries/{{delivery_id}}", "get"),
     ]:
         assert "404" in paths[path][method]["responses"], f"{method} {path}"
     assert {"202", "403", "409"} <= set(
@@ -274,12 +284,14 @@ def test_every_component_schema_is_used(spec):
 
 
 def test_links_from_create_reach_every_id_route_with_the_created_id(spec):
+    """Every route that needs only the subscription's id (one delivery needs its own id too,
+    which the create answer cannot give)."""
     create = spec["paths"][f"{PREFIX}/webhooks"]["post"]
     links = create["responses"]["201"]["links"]
     by_id = {
         operation["operationId"]
         for path, _, operation in operations(spec)
-        if "{subscription_id}" in path
+        if re.findall(r"\{\w+\}", path) == ["{subscription_id}"]
     }
     assert {link["operationId"] for link in links.values()} == by_id
     for link in links.values():
@@ -385,3 +397,19 @@ def test_the_create_example_as_the_docs_fill_it_in_is_accepted(spec, client, mak
     )
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["url"] == body["url"]
+
+
+def test_the_delivery_log_documents_its_status_filter_and_the_attempts_of_one(spec):
+    deliveries = spec["paths"][f"{PREFIX}/webhooks/{{subscription_id}}/deliveries"]["get"]
+    assert deliveries["operationId"] == "list_webhook_deliveries"
+    query = {p["name"]: p for p in deliveries["parameters"] if p["in"] == "query"}
+    assert set(query) == {"limit", "cursor", "status"}
+    assert query["status"]["schema"]["enum"] == list(DeliveryStatus.ALL)
+    assert {"400", "404", "422"} <= set(deliveries["responses"])
+    one = spec["paths"][f"{PREFIX}/webhooks/{{subscription_id}}/deliveries/{{delivery_id}}"]["get"]
+    assert one["operationId"] == "get_webhook_delivery"
+    detail = resolve(spec, one["responses"]["200"]["content"]["application/json"]["schema"])
+    assert detail["properties"]["attempts"]["type"] == "array"
+    assert detail["properties"]["attempt_count"]["type"] == "integer"
+    item = spec["components"]["schemas"]["Delivery"]
+    assert item["properties"]["attempts"]["type"] == "integer"

@@ -66,7 +66,7 @@ def test_every_operation_answers_as_documented(api_schema, token):
     # One Hypothesis run per operation, driven here rather than by schemathesis' pytest
     # plugin, which needs pytest internals that pytest 9 no longer has.
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 9
+    assert len(operations) == 11
 
     for operation in operations:
         # Valid requests, and requests that break the document (wrong types, unknown fields,
@@ -82,8 +82,8 @@ def test_every_operation_answers_as_documented(api_schema, token):
 
 
 def test_linked_sequences_answer_as_documented(api_schema, token):
-    """Create a subscription, then read it, change it, delete it, ping it, list its failures,
-    with its real id."""
+    """Create a subscription, then read it, change it, delete it, ping it, list its failures
+    and deliveries, with its real id."""
     answered = set()
 
     class Sequences(api_schema.as_state_machine()):
@@ -112,4 +112,5 @@ def test_linked_sequences_answer_as_documented(api_schema, token):
         (f"DELETE {by_id}", 204),
         (f"POST {by_id}/test", 202),
         (f"GET {by_id}/failures", 200),
+        (f"GET {by_id}/deliveries", 200),
     } <= answered, sorted(answered)

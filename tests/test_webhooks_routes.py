@@ -31,6 +31,8 @@ ROUTES = [
     ("delete", f"{WEBHOOKS}/{SOME_ID}", {}),
     ("post", f"{WEBHOOKS}/{SOME_ID}/test", {"json": {"secret": "whsec_x"}}),
     ("get", f"{WEBHOOKS}/{SOME_ID}/failures", {}),
+    ("get", f"{WEBHOOKS}/{SOME_ID}/deliveries", {}),
+    ("get", f"{WEBHOOKS}/{SOME_ID}/deliveries/dlv_m7hb5r3v2e5x2c7qkq3w6yq4n2", {}),
 ]
 ROUTE_IDS = [f"{method} {path}" for method, path, _ in ROUTES]
 

@@ -3,12 +3,15 @@
 from flask import current_app, g, url_for
 
 from partner_api import scopes
-from partner_api.delivery import subscriptions
+from partner_api.delivery import delivery_log, subscriptions
 from partner_api.pagination import ListQuerySchema
 from partner_api.web.auth import require_scope
 from partner_api.web.extensions import RATE_LIMIT_HEADERS, Blueprint, NoQuerySchema
 from partner_api.web.webhooks.schemas import (
     PLACEHOLDER_NOTE,
+    DeliveryDetailSchema,
+    DeliveryListQuerySchema,
+    DeliveryPageSchema,
     FailurePageSchema,
     SubscriptionCreatedSchema,
     SubscriptionCreateSchema,
@@ -31,6 +34,18 @@ SUBSCRIPTION_ID = [
         "schema": {"type": "string", "minLength": 1},
         "example": "wh_2c7qkq3w6yq4n2m7hb5r3v2e5x",
     }
+]
+DELIVERY_ID = [
+    *SUBSCRIPTION_ID,
+    {
+        "in": "path",
+        "name": "delivery_id",
+        "required": True,
+        "description": "The delivery id (`dlv_…`) from the delivery log. Another "
+        "subscription's deliveries and malformed ids answer 404.",
+        "schema": {"type": "string", "minLength": 1},
+        "example": "dlv_m7hb5r3v2e5x2c7qkq3w6yq4n2",
+    },
 ]
 
 
@@ -64,6 +79,7 @@ CREATED_LINKS = {
     "ListWebhookFailures": {"operationId": "list_webhook_failures", "parameters": _BY_ID},
     "GetWebhook": {"operationId": "get_webhook", "parameters": _BY_ID},
     "UpdateWebhook": {"operationId": "update_webhook", "parameters": _BY_ID},
+    "ListWebhookDeliveries": {"operationId": "list_webhook_deliveries", "parameters": _BY_ID},
 }
 # Read, then change: the subscription's own answers lead to each other.
 READ_LINKS = {"UpdateWebhook": CREATED_LINKS["UpdateWebhook"]}
@@ -169,3 +185,27 @@ def list_webhook_failures(query, subscription_id):
     return subscriptions.list_failures(
         _org_id(), subscription_id, query["limit"], query.get("cursor")
     )
+
+
+@blp.get("/webhooks/<string:subscription_id>/deliveries", parameters=SUBSCRIPTION_ID)
+@manage_webhooks
+@blp.arguments(DeliveryListQuerySchema, location="query")
+@blp.response(200, DeliveryPageSchema)
+@blp.errors(400, 401, 403, 404, 422, 429)
+def list_webhook_deliveries(query, subscription_id):
+    """List a subscription's deliveries, newest first, optionally of one status"""
+    return delivery_log.list_deliveries(
+        _org_id(), subscription_id, query.get("status"), query["limit"], query.get("cursor")
+    )
+
+
+@blp.get(
+    "/webhooks/<string:subscription_id>/deliveries/<string:delivery_id>", parameters=DELIVERY_ID
+)
+@manage_webhooks
+@blp.arguments(NoQuerySchema, location="query")
+@blp.response(200, DeliveryDetailSchema)
+@blp.errors(401, 403, 404, 422, 429)
+def get_webhook_delivery(_query, subscription_id, delivery_id):
+    """Show one delivery with every attempt, oldest first"""
+    return delivery_log.get_delivery(_org_id(), subscription_id, delivery_id)

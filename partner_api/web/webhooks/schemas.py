@@ -3,11 +3,12 @@
 import marshmallow as ma
 
 from partner_api.delivery import outcomes
+from partner_api.delivery.delivery_log import STATUSES
 from partner_api.delivery.event_types import EVENT_TYPES, EVERY_TYPE
 from partner_api.delivery.lifecycle import PARTNER_DISABLE_REASON
 from partner_api.delivery.webhook_url import MAX_URL_LENGTH
 from partner_api.models import SubscriptionStatus
-from partner_api.pagination import page_schema
+from partner_api.pagination import ListQuerySchema, page_schema
 from partner_api.web.fields import Timestamp
 
 # A reserved example domain (RFC 2606): it does not resolve, so sending the example unchanged
@@ -150,6 +151,72 @@ class FailureSchema(ma.Schema):
     dead_lettered = ma.fields.Boolean()
 
 
+class DeliveryListQuerySchema(ListQuerySchema):
+    status = ma.fields.String(
+        validate=ma.validate.OneOf(STATUSES),
+        metadata={"description": "Only the deliveries of this status."},
+    )
+
+
+class DeliverySchema(ma.Schema):
+    id = ma.fields.String(metadata={"example": "dlv_m7hb5r3v2e5x2c7qkq3w6yq4n2"})
+    event_id = ma.fields.String(metadata={"example": "evt_q4n2m7hb5r3v2e5x2c7qkq3w6y"})
+    event_type = ma.fields.String(metadata={"example": "vc.test.ping"})
+    status = ma.fields.String(
+        metadata={
+            "enum": list(STATUSES),
+            "description": "`pending` (due at `next_attempt_at`), `held` (the subscription is "
+            "disabled), `delivered`, `dead_lettered` (every retry failed) or `cancelled` (the "
+            "subscription was deleted before it was sent).",
+        }
+    )
+    attempts = ma.fields.Integer(
+        metadata={"description": "Attempts made so far, counted across redeliveries."}
+    )
+    created_at = Timestamp()
+    next_attempt_at = Timestamp(
+        allow_none=True,
+        metadata={
+            "description": "When the next attempt is due (`pending` only); null once it is "
+            "finished, and while it is held (it is due when the subscription is enabled)."
+        },
+    )
+    delivered_at = Timestamp(
+        allow_none=True, metadata={"description": "When it was delivered; null unless delivered."}
+    )
+    last_response_status = ma.fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "The HTTP status your receiver answered to the latest attempt; null "
+            "before the first attempt and when the latest got no answer (e.g. a timeout)."
+        },
+    )
+
+
+class DeliveryAttemptSchema(ma.Schema):
+    attempt = ma.fields.Integer(metadata={"description": "Attempt number, 1-based."})
+    attempted_at = ma.fields.String(metadata={"format": "date-time"})
+    duration_ms = ma.fields.Integer(allow_none=True)
+    outcome = ma.fields.String(
+        metadata={"description": f"`{outcomes.OK}`, or why it failed: {outcomes.listed()}."}
+    )
+    response_status = ma.fields.Integer(allow_none=True)
+    response_excerpt = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "The first KiB of the answer to a failed attempt, if any."},
+    )
+
+
+class DeliveryDetailSchema(DeliverySchema):
+    attempt_count = ma.fields.Integer(
+        metadata={"description": "Attempts made so far (`attempts` in the list)."}
+    )
+    attempts = ma.fields.List(
+        ma.fields.Nested(DeliveryAttemptSchema),
+        metadata={"description": "Every attempt, oldest first, across redeliveries."},
+    )
+
+
 SubscriptionPageSchema = page_schema(SubscriptionSchema, "SubscriptionPageSchema")
 FailurePageSchema = page_schema(FailureSchema, "FailurePageSchema")
 
@@ -196,3 +263,6 @@ class SubscriptionUpdateSchema(ma.Schema):
             "example": SubscriptionStatus.DISABLED,
         },
     )
+
+
+DeliveryPageSchema = page_schema(DeliverySchema, "DeliveryPageSchema")
