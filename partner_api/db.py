@@ -303,6 +303,8 @@ def drop_tables() -> None:
     benchmark scratch databases only."""
     from partner_api.migrations import YOYO_TABLES
 
+    if database_file_missing():
+        return  # a SQLite file not made yet has nothing to drop (and connecting would refuse)
     names = [
         re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", stmt).group(1)
         for stmt in schema_statements()
