@@ -23,20 +23,32 @@ NO_ANSWER = 0
 
 
 def _latest_failure_status():
-    """The response status of the delivery's latest attempt if that attempt failed
-    (`NO_ANSWER` if it got none), else NULL.
+    """The response status of the delivery's latest attempt when the failure audit or the
+    history holds it (`NO_ANSWER` for a failure without one), else NULL: then the latest
+    attempt is the success the delivery row keeps (`response_status`).
 
     Attempt numbers keep counting across replays, so the latest attempt is number
-    `deliveries.attempts`; when no failure has that number, the latest attempt was the success
-    whose answer the delivery row keeps (`response_status`). One scalar subquery, run per
-    row: an EXISTS here let PostgreSQL plan a hashed subplan over the whole failure table.
+    `deliveries.attempts`: a failure of that number, or a success a replay moved into the
+    history. Two scalar subqueries, run per row, each an index probe of that delivery's rows:
+    an EXISTS here let PostgreSQL plan a hashed subplan over the whole failure table.
     """
     failure = DeliveryFailure.alias("latest_failure")
-    return (
+    success = DeliveryHistory.alias("latest_success")
+    failed = (
         failure.select(fn.COALESCE(failure.response_status, NO_ANSWER))
         .where((failure.delivery == Delivery.id) & (failure.attempt == Delivery.attempts))
         .limit(1)
     )
+    replayed_success = (
+        success.select(success.response_status)
+        .where(
+            (success.delivery == Delivery.id)
+            & (success.kind == DeliveryHistory.DELIVERED)
+            & (success.attempt == Delivery.attempts)
+        )
+        .limit(1)
+    )
+    return fn.COALESCE(failed, replayed_success)
 
 
 def _log_query():
