@@ -94,6 +94,7 @@ STATUS_BY_CODE = {
     "delivery_not_found": 404,
     "subscription_limit_reached": 409,
     "subscription_disabled": 409,
+    "delivery_not_replayable": 409,
 }
 
 
