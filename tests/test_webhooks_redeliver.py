@@ -90,9 +90,7 @@ def test_a_delivered_delivery_is_sent_again_with_the_same_event_id_and_shown_to_
     assert replayed.rstrip().endswith("by partner")
 
 
-def test_a_dead_lettered_delivery_is_redelivered(
-    client, partner, subscribe, dispatcher, clock
-):
+def test_a_dead_lettered_delivery_is_redelivered(client, partner, subscribe, dispatcher, clock):
     org_id, token = partner
     with Receiver([FAIL, FAIL, OK]) as receiver:
         subscription = subscribe(org_id, receiver.url())
