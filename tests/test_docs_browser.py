@@ -23,6 +23,7 @@ OPERATIONS = {
     "/api/v1/partner/webhooks/{subscription_id}",
     "/api/v1/partner/webhooks/{subscription_id}/test",
     "/api/v1/partner/webhooks/{subscription_id}/failures",
+    "/api/v1/partner/webhooks/{subscription_id}/deliveries/{delivery_id}/redeliver",
 }
 
 pytestmark = pytest.mark.skipif(

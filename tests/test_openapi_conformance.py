@@ -13,7 +13,14 @@ from schemathesis import GenerationMode, checks
 
 from partner_api import create_app
 from partner_api.db import database
-from partner_api.models import Delivery, DeliveryFailure, Event, Subscription
+from partner_api.models import (
+    Delivery,
+    DeliveryFailure,
+    DeliveryHistory,
+    Event,
+    IdempotencyKey,
+    Subscription,
+)
 
 from .conftest import bearer
 
@@ -66,7 +73,7 @@ def test_every_operation_answers_as_documented(api_schema, token):
     # One Hypothesis run per operation, driven here rather than by schemathesis' pytest
     # plugin, which needs pytest internals that pytest 9 no longer has.
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 6
+    assert len(operations) == 7
 
     for operation in operations:
         # Valid requests, and requests that break the document (wrong types, unknown fields,
@@ -90,7 +97,14 @@ def test_linked_sequences_answer_as_documented(api_schema, token):
             # Each scenario starts from no subscriptions: what a step generates may depend on
             # earlier answers (ids from lists), and Hypothesis replays scenarios exactly.
             with database.connection_context():
-                for model in (DeliveryFailure, Delivery, Event, Subscription):
+                for model in (
+                    IdempotencyKey,
+                    DeliveryHistory,
+                    DeliveryFailure,
+                    Delivery,
+                    Event,
+                    Subscription,
+                ):
                     model.delete().execute()
 
         def get_call_kwargs(self, case):

@@ -5,6 +5,7 @@ SQLite and PostgreSQL, the fake clock."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -59,7 +60,7 @@ def test_a_retried_create_answers_the_first_answer_and_creates_one_subscription(
     # Key order and spacing of the body do not make another request.
     same = client.post(
         WEBHOOKS,
-        data='{ "description": "orders",   "url": "%s" }' % GOOD_URL,
+        data=json.dumps({"url": GOOD_URL, "description": "orders"}, indent=3),
         content_type="application/json",
         headers=bearer(token) | {"Idempotency-Key": KEY},
     )
