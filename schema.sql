@@ -154,3 +154,18 @@ CREATE TABLE IF NOT EXISTS dispatcher_polls (
     last_poll_at   TIMESTAMP NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dispatcher_polls_last ON dispatcher_polls (last_poll_at);
+
+-- Safe retries: the first answer to each Idempotency-Key (per org and operation), kept 24 hours
+-- and then pruned with the retention job. The answer to a create holds the new signing secret.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    org_id            TEXT NOT NULL REFERENCES orgs (id),
+    operation         TEXT NOT NULL,
+    key               TEXT NOT NULL,
+    request_hash      TEXT NOT NULL,
+    response_status   INTEGER NOT NULL,
+    response_body     TEXT NOT NULL,
+    response_headers  TEXT NOT NULL,
+    created_at        TIMESTAMP NOT NULL,
+    PRIMARY KEY (org_id, operation, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);

@@ -142,12 +142,13 @@ def prune_job(config: Config, should_stop=None) -> dict | None:
         return None
     log.info(
         "prune older_than_days=%d deliveries=%d delivery_failures=%d events=%d "
-        "dispatcher_polls=%d duration_s=%.1f",
+        "dispatcher_polls=%d idempotency_keys=%d duration_s=%.1f",
         config.retention_days,
         counts["deliveries"],
         counts["delivery_failures"],
         counts["events"],
         counts["dispatcher_polls"],
+        counts["idempotency_keys"],
         clock.monotonic() - started,
     )
     return counts

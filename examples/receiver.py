@@ -31,6 +31,11 @@ Answers 200 to a verified delivery (and to a repeat of an event it already has, 
 not print again), 400 with the reason to one that fails verification (missing header, bad
 format, timestamp more than 5 minutes away, signature mismatch), and 500 to every delivery
 with --fail. Each verified event goes to stdout as `verified: <JSON>`; the rest to stderr.
+
+Then send a delivery again (the test ping's `delivery_id`, once delivered or dead-lettered):
+  curl -X POST -H "Authorization: Bearer $TOKEN" \\
+    $API/api/v1/partner/webhooks/wh_.../deliveries/dlv_.../redeliver
+It arrives with the same event id: this receiver answers 200 and does not print it again.
 """
 MAX_BODY = 1024 * 1024
 SEEN_IDS = 100_000  # event ids remembered for de-duplication (oldest forgotten first)

@@ -10,6 +10,7 @@ import json
 from peewee import (
     BigIntegerField,
     BooleanField,
+    CompositeKey,
     DateTimeField,
     ForeignKeyField,
     IntegerField,
@@ -192,3 +193,20 @@ class DispatcherPoll(BaseModel):
 
     class Meta:
         table_name = "dispatcher_polls"
+
+
+class IdempotencyKey(BaseModel):
+    """The first answer to an Idempotency-Key of one org and operation, for 24 hours."""
+
+    org = ForeignKeyField(Org, column_name="org_id")
+    operation = TextField()  # the view's operationId: the same key on two operations is two keys
+    key = TextField()
+    request_hash = TextField()  # SHA-256 of the request (body and path), never the body itself
+    response_status = IntegerField()
+    response_body = JSONTextField()
+    response_headers = JSONTextField()
+    created_at = DateTimeField()
+
+    class Meta:
+        table_name = "idempotency_keys"
+        primary_key = CompositeKey("org", "operation", "key")

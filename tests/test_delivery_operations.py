@@ -649,6 +649,7 @@ def test_prune_deletes_old_finished_deliveries_their_audit_and_orphaned_events(
         "delivery_failures": 2,
         "events": 4,
         "dispatcher_polls": 1,
+        "idempotency_keys": 0,
     }
     with database.connection_context():
         left = {d.id for d in Delivery.select()}
@@ -664,6 +665,7 @@ def test_prune_deletes_old_finished_deliveries_their_audit_and_orphaned_events(
         "delivery_failures": 0,
         "events": 0,
         "dispatcher_polls": 0,
+        "idempotency_keys": 0,
     }
     counts = run_json(runner, "prune", "--older-than", "1")
     assert counts["deliveries"] == 3 and counts["events"] == 4

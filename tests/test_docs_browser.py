@@ -26,6 +26,7 @@ OPERATIONS = {
     "/api/v1/partner/event-types",
     "/api/v1/partner/webhooks/{subscription_id}/deliveries",
     "/api/v1/partner/webhooks/{subscription_id}/deliveries/{delivery_id}",
+    "/api/v1/partner/webhooks/{subscription_id}/deliveries/{delivery_id}/redeliver",
 }
 
 pytestmark = pytest.mark.skipif(

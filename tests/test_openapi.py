@@ -24,6 +24,7 @@ EXPECTED_OPERATIONS = {
     f"{PREFIX}/event-types": {"get"},
     f"{PREFIX}/webhooks/{{subscription_id}}/deliveries": {"get"},
     f"{PREFIX}/webhooks/{{subscription_id}}/deliveries/{{delivery_id}}": {"get"},
+    f"{PREFIX}/webhooks/{{subscription_id}}/deliveries/{{delivery_id}}/redeliver": {"post"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
@@ -128,14 +129,12 @@ def test_path_parameters_are_documented(spec):
         for method in HTTP_METHODS & set(item):
             parameters += item[method].get("parameters", [])
         in_path = {p["name"]: p for p in parameters if p["in"] == "path"}
-        assert set(in_path) == {"subscription_id"} | (
-            {"delivery_id"} if "{delivery_id}" in path else set()
-        ), path
+        assert set(in_path) == set(re.findall(r"{(\w+)}", path)), path
         for name, prefix in (("subscription_id", "wh_"), ("delivery_id", "dlv_")):
             if name in in_path:
-                assert in_path[name]["required"] is True, path
-                assert in_path[name].get("description"), path
-                assert in_path[name].get("example", "").startswith(prefix), path
+                parameter = in_path[name]
+                assert parameter["required"] is True and parameter.get("description"), path
+                assert parameter.get("example", "").startswith(prefix), path
 
 
 def test_webhook_operations_document_their_specific_errors(spec):
@@ -291,7 +290,7 @@ def test_links_from_create_reach_every_id_route_with_the_created_id(spec):
     by_id = {
         operation["operationId"]
         for path, _, operation in operations(spec)
-        if re.findall(r"\{\w+\}", path) == ["{subscription_id}"]
+        if re.findall(r"{\w+}", path) == ["{subscription_id}"]
     }
     assert {link["operationId"] for link in links.values()} == by_id
     for link in links.values():
@@ -331,6 +330,30 @@ def test_the_event_catalogue_is_documented_for_any_key(spec):
     assert set(EVENT_TYPES) <= set(
         schemas["SubscriptionUpdate"]["properties"]["events"]["items"]["enum"]
     )
+
+
+def test_the_test_pings_delivery_links_to_its_redelivery(spec):
+    pinged = spec["paths"][f"{PREFIX}/webhooks/{{subscription_id}}/test"]["post"]
+    [link] = pinged["responses"]["202"]["links"].values()
+    assert link == {
+        "operationId": "redeliver_webhook_delivery",
+        "parameters": {
+            "subscription_id": "$request.path.subscription_id",
+            "delivery_id": "$response.body#/delivery_id",
+        },
+    }
+
+
+def test_idempotency_key_is_documented_on_create_and_test_ping(spec):
+    for path in (f"{PREFIX}/webhooks", f"{PREFIX}/webhooks/{{subscription_id}}/test"):
+        operation = spec["paths"][path]["post"]
+        [header] = [p for p in operation["parameters"] if p["in"] == "header"]
+        assert header["name"] == "Idempotency-Key" and header["required"] is False
+        assert header["schema"]["maxLength"] == 255 and header["schema"]["pattern"]
+        assert {"409", "422"} <= set(operation["responses"])
+    unprocessable = spec["components"]["responses"]["UNPROCESSABLE_CONTENT"]["description"]
+    assert "`idempotency_key_reused`" in unprocessable
+    assert "`invalid_idempotency_key`" in unprocessable
 
 
 def test_create_documents_that_its_answer_is_not_cached(spec):

@@ -12,7 +12,7 @@ import re
 
 from partner_api import clock, ids
 from partner_api.db import locked, write_transaction
-from partner_api.delivery import lifecycle
+from partner_api.delivery import lifecycle, subscriptions
 from partner_api.errors import DomainError
 from partner_api.models import Delivery, DeliveryStatus, Event, Subscription
 
@@ -40,14 +40,27 @@ def _live_subscription(subscription_id: str) -> Subscription:
     return subscription
 
 
-def replay_delivery(delivery_id: str, actor: str = lifecycle.OPERATOR) -> Delivery:
+def replay_delivery(
+    delivery_id: str,
+    actor: str = lifecycle.OPERATOR,
+    *,
+    org_id: str | None = None,
+    subscription_id: str | None = None,
+) -> Delivery:
     """Send a delivered or dead-lettered delivery again; returns the delivery to be sent.
-    `actor` (operator or partner) is recorded in its history."""
+    `actor` (operator or partner) is recorded in its history.
+
+    A partner's redelivery is scoped: `subscription_id` must be a live subscription of `org_id`
+    and the delivery one of its, else they are not found, exactly like unknown ids."""
     with write_transaction():
+        query = Delivery.select().where(Delivery.id == delivery_id)
+        if subscription_id is not None:
+            subscriptions.get_subscription(org_id, subscription_id)
+            query = query.where(Delivery.subscription == subscription_id)
         delivery = None
         if ids.looks_like("dlv", delivery_id):
             # A concurrent prune (SKIP LOCKED) or replay of this row waits for this one.
-            delivery = locked(Delivery.select().where(Delivery.id == delivery_id)).first()
+            delivery = locked(query).first()
         if delivery is None:
             raise DomainError("delivery_not_found", f"no delivery with id {delivery_id!r}")
         subscription = _live_subscription(delivery.subscription_id)

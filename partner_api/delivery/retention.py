@@ -1,5 +1,6 @@
 """Retention: delete finished deliveries, their failure-audit rows and events left without
-deliveries once older than PARTNER_API_RETENTION_DAYS (`prune`, and daily in the dispatcher).
+deliveries once older than PARTNER_API_RETENTION_DAYS, and Idempotency-Keys once past their
+24 hours (`prune`, and daily in the dispatcher).
 
 Work happens in short transactions of at most `batch_size` rows, so the API and the dispatchers
 keep writing while a large prune runs.
@@ -12,7 +13,7 @@ import time
 
 from peewee import Tuple
 
-from partner_api import clock
+from partner_api import clock, idempotency_keys
 from partner_api.config import MAX_RETENTION_DAYS
 from partner_api.db import write_transaction
 from partner_api.delivery import lifecycle
@@ -41,7 +42,13 @@ def prune(days: int, *, batch_size: int = BATCH_SIZE, yield_ratio: float = 1.0, 
     stops early and prunes the rest next time).
     """
     cutoff = clock.now() - dt.timedelta(days=check_days(days))
-    counts = {"deliveries": 0, "delivery_failures": 0, "events": 0, "dispatcher_polls": 0}
+    counts = {
+        "deliveries": 0,
+        "delivery_failures": 0,
+        "events": 0,
+        "dispatcher_polls": 0,
+        "idempotency_keys": 0,
+    }
     stop = should_stop or (lambda: False)
 
     def step(batch, *args):
@@ -67,6 +74,9 @@ def prune(days: int, *, batch_size: int = BATCH_SIZE, yield_ratio: float = 1.0, 
         counts["dispatcher_polls"] = (
             DispatcherPoll.delete().where(DispatcherPoll.last_poll_at < cutoff).execute()
         )
+    if not stop():
+        # Their own lifetime, not the retention: a stored create answer holds a signing secret.
+        counts["idempotency_keys"] = idempotency_keys.prune_expired(clock.now())
     return counts
 
 

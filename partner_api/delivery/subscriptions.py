@@ -56,8 +56,12 @@ def _check_url(url: str, config: Config) -> str:
     return ssrf.validate_webhook_url(url, ssrf.policy_for(config, config.create_dns_timeout)).url
 
 
-def create_subscription(org_id: str, url: str, events, description: str, config: Config):
-    """Validate everything (URL and SSRF policy first), then store; returns (sub, secret)."""
+def create_subscription(
+    org_id: str, url: str, events, description: str, config: Config, record=None
+):
+    """Validate everything (URL and SSRF policy first), then store; returns (sub, secret).
+    `record(subscription)`, if given, runs in the same transaction (an Idempotency-Key's
+    answer): both are stored or neither."""
     event_types = _check_event_types(events)
     checked_url = _check_url(url, config)
     secret = new_secret()
@@ -82,6 +86,8 @@ def create_subscription(org_id: str, url: str, events, description: str, config:
             consecutive_failures=0,
             created_at=clock.now(),
         )
+        if record is not None:
+            record(subscription)
     return subscription, secret
 
 
@@ -175,8 +181,9 @@ def disable_subscription(subscription_id: str, reason: str = lifecycle.OPERATOR_
     return Subscription.get_by_id(subscription_id)
 
 
-def send_test_ping(org_id: str, subscription_id: str, secret: str):
-    """Publish vc.test.ping to one subscription after checking the caller knows its secret."""
+def send_test_ping(org_id: str, subscription_id: str, secret: str, record=None):
+    """Publish vc.test.ping to one subscription after checking the caller knows its secret.
+    `record((event, delivery))`, if given, runs in the same transaction as the publish."""
     with write_transaction():  # the subscription cannot change between the checks and the publish
         subscription = get_subscription(org_id, subscription_id, lock=True)
         if not hmac.compare_digest(secret.encode(), subscription.secret.encode()):
@@ -195,6 +202,8 @@ def send_test_ping(org_id: str, subscription_id: str, secret: str):
             {"message": "Test ping from Partner API."},
             subscription_id=subscription.id,
         )
+        if record is not None:
+            record((event, deliveries[0]))
     return event, deliveries[0]
 
 

@@ -3,8 +3,9 @@
 from flask import current_app, g, url_for
 
 from partner_api import scopes
-from partner_api.delivery import delivery_log, subscriptions
+from partner_api.delivery import delivery_log, lifecycle, replay, subscriptions
 from partner_api.pagination import ListQuerySchema
+from partner_api.web import idempotency
 from partner_api.web.auth import require_scope
 from partner_api.web.extensions import RATE_LIMIT_HEADERS, Blueprint, NoQuerySchema
 from partner_api.web.webhooks.schemas import (
@@ -13,6 +14,7 @@ from partner_api.web.webhooks.schemas import (
     DeliveryListQuerySchema,
     DeliveryPageSchema,
     FailurePageSchema,
+    RedeliveryResultSchema,
     SubscriptionCreatedSchema,
     SubscriptionCreateSchema,
     SubscriptionPageSchema,
@@ -91,6 +93,33 @@ UPDATE_DESCRIPTION = (
     "as on create. `status: disabled` pauses the subscription (deliveries are held until it "
     "is enabled); `status: enabled` resumes it, also after an automatic disable."
 )
+# The test ping's delivery, sent again (once it has been delivered; 409 while pending).
+PINGED_LINKS = {
+    "RedeliverWebhookDelivery": {
+        "operationId": "redeliver_webhook_delivery",
+        "parameters": {
+            "subscription_id": "$request.path.subscription_id",
+            "delivery_id": "$response.body#/delivery_id",
+        },
+    }
+}
+# A delivery read from the log, sent again.
+SHOWN_DELIVERY_LINKS = {
+    "RedeliverWebhookDelivery": {
+        "operationId": "redeliver_webhook_delivery",
+        "parameters": {
+            "subscription_id": "$request.path.subscription_id",
+            "delivery_id": "$response.body#/id",
+        },
+    }
+}
+REDELIVER_DESCRIPTION = (
+    "Sends a delivered or dead-lettered delivery again, with the same event `id` (so a "
+    "receiver that deduplicates on it sees a duplicate), through the same checks as any "
+    "delivery; its attempts keep counting and the retry schedule starts again. A pending or "
+    "held delivery is 409 `delivery_not_replayable`: it is still to be sent. A redelivery "
+    "while the subscription is paused or auto-disabled is held until it is enabled again."
+)
 
 
 def _org_id() -> str:
@@ -103,7 +132,12 @@ def _org_id() -> str:
 @blp.arguments(SubscriptionCreateSchema)
 @blp.response(201, SubscriptionCreatedSchema, headers=CREATED_HEADERS)
 @blp.errors(400, 401, 403, 409, 413, 415, 422, 429)
-@blp.doc(description=CREATE_DESCRIPTION, responses={201: {"links": CREATED_LINKS}})
+@blp.doc(
+    description=CREATE_DESCRIPTION,
+    parameters=[idempotency.PARAMETER],
+    responses={201: {"links": CREATED_LINKS}},
+)
+@idempotency.idempotent
 def create_webhook(_query, body):
     """Create a webhook subscription (its signing secret is returned only here)"""
     subscription, _secret = subscriptions.create_subscription(
@@ -112,10 +146,22 @@ def create_webhook(_query, body):
         body["events"],
         body["description"],
         current_app.config["PARTNER_API"],
+        record=idempotency.recorder(_created_answer),
     )
+    return subscription, _created_headers(subscription)
+
+
+def _created_headers(subscription) -> dict:
     # The one response that includes `secret`: no cache or proxy may keep a copy.
     location = url_for("webhooks.delete_webhook", subscription_id=subscription.id)
-    return subscription, {"Cache-Control": NO_STORE, "Location": location}
+    return {"Cache-Control": NO_STORE, "Location": location}
+
+
+def _created_answer(subscription):
+    """The create's answer as an Idempotency-Key keeps it (the secret included: a retry must
+    get it too; kept 24 hours, then pruned)."""
+    body = SubscriptionCreatedSchema().dump(subscription)
+    return 201, body, _created_headers(subscription)
 
 
 @blp.get("/webhooks")
@@ -169,10 +215,39 @@ def delete_webhook(_query, subscription_id):
 @blp.arguments(TestPingSchema)
 @blp.response(202, TestPingResultSchema)
 @blp.errors(400, 401, 403, 404, 409, 413, 415, 422, 429)
+@blp.doc(parameters=[idempotency.PARAMETER], responses={202: {"links": PINGED_LINKS}})
+@idempotency.idempotent
 def test_webhook(_query, body, subscription_id):
     """Send a vc.test.ping event through the delivery pipeline (echo the secret to prove it)"""
-    event, delivery = subscriptions.send_test_ping(_org_id(), subscription_id, body["secret"])
+    event, delivery = subscriptions.send_test_ping(
+        _org_id(), subscription_id, body["secret"], record=idempotency.recorder(_pinged_answer)
+    )
+    return _pinged(event, delivery)
+
+
+def _pinged(event, delivery) -> dict:
     return {"event_id": event.id, "delivery_id": delivery.id}
+
+
+def _pinged_answer(published):
+    return 202, TestPingResultSchema().dump(_pinged(*published)), {}
+
+
+@blp.post(
+    "/webhooks/<string:subscription_id>/deliveries/<string:delivery_id>/redeliver",
+    parameters=DELIVERY_ID,
+)
+@manage_webhooks
+@blp.arguments(NoQuerySchema, location="query")
+@blp.response(202, RedeliveryResultSchema)
+@blp.errors(401, 403, 404, 409, 422, 429)
+@blp.doc(description=REDELIVER_DESCRIPTION)
+def redeliver_webhook_delivery(_query, subscription_id, delivery_id):
+    """Send a delivered or dead-lettered delivery again (same event id)"""
+    delivery = replay.replay_delivery(
+        delivery_id, lifecycle.PARTNER, org_id=_org_id(), subscription_id=subscription_id
+    )
+    return {"delivery_id": delivery.id}
 
 
 @blp.get("/webhooks/<string:subscription_id>/failures", parameters=SUBSCRIPTION_ID)
@@ -206,6 +281,7 @@ def list_webhook_deliveries(query, subscription_id):
 @blp.arguments(NoQuerySchema, location="query")
 @blp.response(200, DeliveryDetailSchema)
 @blp.errors(401, 403, 404, 422, 429)
+@blp.doc(responses={200: {"links": SHOWN_DELIVERY_LINKS}})
 def get_webhook_delivery(_query, subscription_id, delivery_id):
     """Show one delivery with every attempt, oldest first"""
     return delivery_log.get_delivery(_org_id(), subscription_id, delivery_id)

@@ -126,6 +126,17 @@ class TestPingResultSchema(ma.Schema):
     delivery_id = ma.fields.String(metadata={"example": "dlv_m7hb5r3v2e5x2c7qkq3w6yq4n2"})
 
 
+class RedeliveryResultSchema(ma.Schema):
+    delivery_id = ma.fields.String(
+        required=True,
+        metadata={
+            "description": "The delivery sent again: the same id, and the same event `id` at "
+            "your receiver.",
+            "example": "dlv_m7hb5r3v2e5x2c7qkq3w6yq4n2",
+        },
+    )
+
+
 class FailureSchema(ma.Schema):
     id = ma.fields.String(metadata={"example": "att_hb5r3v2e5x2c7qkq3w6yq4n2m7"})
     delivery_id = ma.fields.String(attribute="delivery_id")
