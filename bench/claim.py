@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 
+from bench import scratch_backends
 from partner_api import clock, ids
 from partner_api.db import apply_schema, bind, database, drop_tables
 from partner_api.delivery.claims import claim_due_deliveries
@@ -113,10 +114,7 @@ def main() -> None:
     print(f"median ms to claim {BATCH} due deliveries ({ROUNDS} rounds), by backlog not yet due")
     print(f"{'backend':10} {'backlog':>8} {'indexed':>10} {'no index':>10}")
     with tempfile.TemporaryDirectory() as tmp:
-        backends = [("sqlite", lambda n, i: f"sqlite:///{tmp}/b{n}{i}.db")]
-        if args.postgres:
-            backends.append(("postgres", lambda n, i: args.postgres))
-        for name, url_for in backends:
+        for name, url_for in scratch_backends(tmp, args.postgres, "b"):
             for size in sizes:
                 with_index = run(url_for(size, 1), size, True)
                 without = run(url_for(size, 0), size, False)

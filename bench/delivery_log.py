@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 
+from bench import scratch_backends
 from partner_api import clock, ids
 from partner_api.db import apply_schema, bind, database, drop_tables
 from partner_api.delivery import delivery_log
@@ -152,10 +153,7 @@ def main() -> None:
     print(f"median ms for a page of {LIMIT} of one subscription's delivery log ({ROUNDS} rounds)")
     print(f"{'backend':10} {'deliveries':>10} {'page':>14} {'indexed':>10} {'no index':>10}")
     with tempfile.TemporaryDirectory() as tmp:
-        backends = [("sqlite", lambda n, i: f"sqlite:///{tmp}/log{n}{i}.db")]
-        if args.postgres:
-            backends.append(("postgres", lambda n, i: args.postgres))
-        for name, url_for in backends:
+        for name, url_for in scratch_backends(tmp, args.postgres, "log"):
             for size in sizes:
                 with_index = run(url_for(size, 1), size, True)
                 without = run(url_for(size, 0), size, False)
