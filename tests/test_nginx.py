@@ -180,7 +180,7 @@ def test_800_half_sent_requests_from_one_address_do_not_deny_another(stack):
     auth = {"Authorization": f"Bearer {stack.token}"}
     stalled = half_sent_requests(stack.nginx_port, stack.token, pairs=400, source=OTHER_ADDRESS)
     try:
-        answered = answers_received(stalled, seconds=2.0)
+        answered = answers_received(stalled, seconds=3.0)
         # Headers that never end cannot be counted per address (they wait out
         # client_header_timeout); bodies can: all but the per-address limit are refused.
         assert len(answered) == 400 - PER_ADDRESS_CONNECTIONS
