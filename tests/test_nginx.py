@@ -349,3 +349,22 @@ def test_the_site_answers_whatever_the_host_even_beside_another_site(shared_stac
     finally:
         nginx.terminate()
         nginx.wait(timeout=30)
+
+
+def test_the_headers_the_api_reads_reach_it_through_the_site(shared_stack):
+    """Only the headers the site names are passed on: each of them must still arrive."""
+    auth = b"Authorization: Bearer " + shared_stack.token.encode() + b"\r\n"
+    create = b"POST /api/v1/partner/webhooks HTTP/1.1\r\nHost: x\r\n" + auth
+    json_body = b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+    status, headers, body = raw(shared_stack.nginx_port, create + json_body + b"\r\n{}")
+    assert_problem(status, headers, body, 422, "validation_error")  # not 401, not 415
+    too_long_key = b"Idempotency-Key: " + b"k" * 300 + b"\r\n"
+    url = b'{"url": "https://127.0.0.1/hooks"}'  # an address literal: no DNS
+    length = b"Content-Length: %d\r\n" % len(url)
+    status, headers, body = raw(
+        shared_stack.nginx_port,
+        create + b"Content-Type: application/json\r\n" + length + too_long_key + b"\r\n" + url,
+    )
+    assert_problem(status, headers, body, 422, "invalid_idempotency_key")
+    for path in ("/api/v1/partner/docs", "/api/v1/partner/openapi.json"):
+        assert get(shared_stack.nginx_port, path)[0] == 200
