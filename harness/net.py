@@ -4,6 +4,8 @@ requests a client library would not send (a fresh connection per GET, half-sent 
 from __future__ import annotations
 
 import http.client
+import io
+import selectors
 import socket
 import time
 
@@ -49,15 +51,55 @@ def get(port: int, path: str, headers=None, timeout: float = 5.0):
         connection.close()
 
 
-def half_sent_requests(port: int, token: str) -> list[socket.socket]:
-    """Two requests that never finish: one stops inside its headers, one (authenticated, so
-    the view waits for it) inside its body. Close the sockets to end them."""
-    header_stall = socket.create_connection(("127.0.0.1", port))
-    header_stall.sendall(b"GET /api/v1/partner/me HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-    body_stall = socket.create_connection(("127.0.0.1", port))
-    body_stall.sendall(
-        b"POST /api/v1/partner/webhooks HTTP/1.1\r\nHost: x\r\n"
-        b"Authorization: Bearer " + token.encode() + b"\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+def half_sent_requests(
+    port: int, token: str, pairs: int = 1, source: str = "127.0.0.1"
+) -> list[socket.socket]:
+    """`pairs` pairs of requests that never finish, from the loopback address `source` (any of
+    127/8 on Linux): one stops inside its headers, one (authenticated, so the view waits for
+    it) inside its body. Close the sockets to end them."""
+    stalled = []
+    for _ in range(pairs):
+        header_stall = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+        stalled.append(header_stall)
+        header_stall.sendall(b"GET /api/v1/partner/me HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        body_stall = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+        stalled.append(body_stall)
+        body_stall.sendall(
+            b"POST /api/v1/partner/webhooks HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+    return stalled
+
+
+def answers_received(sockets: list[socket.socket], seconds: float) -> dict[socket.socket, bytes]:
+    """What each socket has received within `seconds` (sockets that received nothing are left
+    out); reads without blocking, so one silent socket does not hold up the rest."""
+    received: dict[socket.socket, bytes] = {}
+    with selectors.DefaultSelector() as selector:
+        for sock in sockets:
+            selector.register(sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + seconds
+        while selector.get_map() and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.1):
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    data = b""
+                if data:
+                    received[key.fileobj] = received.get(key.fileobj, b"") + data
+                else:
+                    selector.unregister(key.fileobj)
+    return received
+
+
+def parse_answer(data: bytes) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """(status, headers, body) of one whole HTTP/1.1 answer in `data`."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, _, header_lines = head.partition(b"\r\n")
+    headers = http.client.parse_headers(io.BytesIO(header_lines + b"\r\n\r\n"))
+    return (
+        int(status_line.split()[1]),
+        headers,
+        body[: int(headers.get("Content-Length", len(body)))],
     )
-    return [header_stall, body_stall]

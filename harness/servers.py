@@ -4,6 +4,7 @@ or with gunicorn's own defaults), and nginx with the shipped site in front of it
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,10 @@ from partner_api.config import ROOT
 
 SHIPPED_CONFIG = ROOT / "deploy" / "gunicorn.conf.py"
 SITE = ROOT / "deploy" / "nginx" / "partner-api.conf"
+# Connections per nginx worker: what Debian's /etc/nginx/nginx.conf ships, and what
+# docs/production.md tells operators to set instead (the tests run with the latter).
+DEBIAN_WORKER_CONNECTIONS = 768
+RECOMMENDED_WORKER_CONNECTIONS = 4096
 
 
 def process_env(env: dict, inherit: bool = False) -> dict:
@@ -132,16 +137,24 @@ def nginx_binary() -> str | None:
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 
 
-def nginx_config(prefix: Path, port: int, upstream_port: int) -> Path:
-    """The shipped site on loopback ports, in a main config that needs no root and no /var."""
-    site = SITE.read_text()
-    for shipped, local in (
-        ("listen 80;", f"listen 127.0.0.1:{port};"),
-        ("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};"),
-    ):
-        assert site.count(shipped) == 1, f"the site no longer has exactly one {shipped!r}"
-        site = site.replace(shipped, local)
-    (prefix / "site.conf").write_text(site)
+def nginx_config(
+    prefix: Path,
+    port: int,
+    upstream_port: int,
+    *,
+    site: Path = SITE,
+    worker_connections: int = RECOMMENDED_WORKER_CONNECTIONS,
+    other_site: str = "",
+) -> Path:
+    """`site` (the shipped one by default) on loopback ports, in a main config that needs no
+    root and no /var. `other_site`: a server block included before it, on the same port."""
+    text = site.read_text()
+    listens = re.findall(r"listen 80( default_server)?;", text)
+    assert len(listens) == 1, "the site no longer has exactly one `listen 80`"
+    text = re.sub(r"listen 80( default_server)?;", rf"listen 127.0.0.1:{port}\1;", text)
+    assert text.count("server 127.0.0.1:8000;") == 1, "the site no longer has one upstream"
+    text = text.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
+    (prefix / "site.conf").write_text(other_site.replace("PORT", str(port)) + text)
     # As root the workers would switch to `nobody` and could not use these directories.
     user = "user root root;" if os.geteuid() == 0 else ""
     temp_paths = "\n".join(
@@ -155,7 +168,7 @@ daemon off;
 worker_processes 1;
 pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} warn;
-events {{ worker_connections 64; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log {prefix / "access.log"};
 {temp_paths}
@@ -166,11 +179,12 @@ http {{
     return conf
 
 
-def start_nginx(prefix: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
-    """nginx in the foreground with its own prefix directory; returns (process, port)."""
+def start_nginx(prefix: Path, upstream_port: int, **config) -> tuple[subprocess.Popen, int]:
+    """nginx in the foreground with its own prefix directory; returns (process, port).
+    `config`: nginx_config's keywords (another site file, worker_connections, another site)."""
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    conf = nginx_config(prefix, port, upstream_port)
+    conf = nginx_config(prefix, port, upstream_port, **config)
     error_log = prefix / "error.log"
     process = subprocess.Popen(
         [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", str(error_log)],

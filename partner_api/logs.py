@@ -14,9 +14,13 @@ import time
 from flask import g, has_request_context
 from pythonjsonlogger.json import JsonFormatter
 
+from partner_api.delivery.signing import SECRET_PREFIX
+from partner_api.tokens import TOKEN_PREFIX
+
 REQUEST_ID_HEADER = "X-Request-Id"
-# A caller's id is kept only when it cannot forge or bloat a log line: short, plain characters.
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# A caller's id is kept only when it cannot forge or bloat a log line: short, plain characters
+# (the nginx site, deploy/nginx/partner-api.conf, applies the same rule to its own answers).
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -26,18 +30,17 @@ _RECORD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | 
 }
 
 
-# A caller that pastes a credential into the header must not get it written to the logs.
-_CREDENTIAL_PREFIXES = ("vc_", "whsec_")
+# A caller that pastes a credential into the header, anywhere in it, must not get it logged.
+_CREDENTIAL_PREFIXES = (TOKEN_PREFIX.lower(), SECRET_PREFIX.lower())
 
 
 def request_id_for(incoming: str | None) -> str:
-    """The caller's X-Request-Id when it is sane and not credential-shaped, else a new one."""
-    if (
-        incoming
-        and _SANE_REQUEST_ID.fullmatch(incoming)
-        and not incoming.lower().startswith(_CREDENTIAL_PREFIXES)
-    ):
-        return incoming
+    """The caller's X-Request-Id when it is sane and holds no key or secret prefix, else a new
+    one. Runs on every request: its cost grows with the header's length (at most 64 checked)."""
+    if incoming and _SANE_REQUEST_ID.fullmatch(incoming):
+        lowered = incoming.lower()
+        if not any(prefix in lowered for prefix in _CREDENTIAL_PREFIXES):
+            return incoming
     return secrets.token_hex(16)
 
 

@@ -11,7 +11,9 @@ import subprocess
 
 import pytest
 
+from partner_api import logs
 from partner_api.config import ROOT, Config
+from partner_api.web import idempotency
 from partner_api.web.problems import STATUS_TITLES
 
 DEPLOY = ROOT / "deploy"
@@ -93,7 +95,7 @@ def test_gunicorn_settings_suit_a_small_vm_behind_nginx():
 def test_every_problem_page_of_the_nginx_site_has_the_app_s_rfc_9110_title():
     nginx_site = (DEPLOY / "nginx" / "partner-api.conf").read_text()
     pages = re.findall(r"return (\d{3}) '(\{.*?\})';", nginx_site)
-    assert len(pages) >= 7  # 404, 400, 408, 413, 414, 431, 503
+    assert len(pages) >= 12  # 400, 404, 405, 408, 413, 414, 429, 431, 500, 501, 503, 505
     for status, body in pages:
         problem = json.loads(body)
         assert problem["status"] == int(status)
@@ -106,3 +108,36 @@ def test_the_environment_file_says_how_the_admin_cli_reads_it():
     text = (DEPLOY / "partner-api.env").read_text()
     assert "flask --app wsgi -e /etc/partner-api/env " in text
     assert "python-dotenv==" in (ROOT / "requirements.txt").read_text()  # what -e needs
+
+
+def test_the_nginx_site_is_the_default_server_and_the_install_removes_debian_s():
+    nginx_site = (DEPLOY / "nginx" / "partner-api.conf").read_text()
+    assert re.search(r"^\s*listen 80 default_server;", nginx_site, re.M)
+    install = (ROOT / "docs" / "production.md").read_text()
+    assert "rm -f /etc/nginx/sites-enabled/default" in install
+
+
+def test_the_nginx_site_passes_on_every_request_header_the_app_reads():
+    """nginx passes gunicorn only the headers it names: one the app reads must be among them."""
+    reads = [
+        match
+        for path in (ROOT / "partner_api").rglob("*.py")
+        for match in re.findall(r"request\.headers\.get\(([^,)]+)", path.read_text())
+    ]
+    assert sorted(reads) == ['"Authorization"', "HEADER", "logs.REQUEST_ID_HEADER"]
+    nginx_site = (DEPLOY / "nginx" / "partner-api.conf").read_text()
+    assert "proxy_pass_request_headers off;" in nginx_site
+    passed = set(re.findall(r"proxy_set_header (\S+) ", nginx_site))
+    read = {"Authorization", idempotency.HEADER, logs.REQUEST_ID_HEADER, "Content-Type", "Host"}
+    assert read <= passed
+
+
+def test_the_production_docs_list_exactly_the_nginx_site_s_refusals():
+    nginx_site = (DEPLOY / "nginx" / "partner-api.conf").read_text()
+    pages = {
+        (int(status), json.loads(body)["code"])
+        for status, body in re.findall(r"return (\d{3}) '(\{.*?\})';", nginx_site)
+    }
+    docs = (ROOT / "docs" / "production.md").read_text()
+    table = set(re.findall(r"^\| (\d{3}) \| `(\w+)` \|", docs, re.M))
+    assert {(int(status), code) for status, code in table} == pages
