@@ -3,6 +3,7 @@
 #             whole test suite
 # make bench — the benchmarks in bench/ (installs wrk where missing)
 # make browser — Debian's chromium for the docs test in a real browser (skipped without it)
+# make nginx, make pgbouncer — Debian's nginx and pgbouncer for the tests that run them
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
@@ -11,7 +12,7 @@ NODE_DEPS := tests/node/node_modules/.installed
 # Wait for a dpkg lock another installer holds instead of failing at once.
 APT := apt-get -o DPkg::Lock::Timeout=300
 
-.PHONY: run test lint bench bench-tools browser clean node-deps nginx
+.PHONY: run test lint bench bench-tools browser clean node-deps nginx pgbouncer
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -69,6 +70,16 @@ nginx:
 		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -q --no-install-recommends nginx; } \
 		|| echo "make nginx: nginx could not be installed; the nginx test will skip" >&2
+
+# Debian's pgbouncer, for the PostgreSQL tests and benchmark that run it in transaction pooling
+# mode in front of the database; without it those skip and say why. Same pattern as `nginx`.
+# The package may also start its own service on port 6432: nothing here uses that one.
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer \
+		|| DEBIAN_FRONTEND=noninteractive $(APT) install -y -q --no-install-recommends pgbouncer \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+			$(APT) install -y -q --no-install-recommends pgbouncer; } \
+		|| echo "make pgbouncer: pgbouncer could not be installed; the PgBouncer tests will skip" >&2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis tests/node/node_modules
