@@ -1,7 +1,7 @@
 # make run  — install, create the database, provision a demo key once, serve API + dispatcher
 # make test — install (with dev tools and, where npm exists, the Node.js checks), lint, run the
 #             whole test suite
-# make bench — the benchmarks in bench/ (installs wrk where missing)
+# make bench — the benchmarks in bench/ (installs wrk and pgbouncer where missing)
 # make browser — Debian's chromium for the docs test in a real browser (skipped without it)
 # make nginx, make pgbouncer — Debian's nginx and pgbouncer for the tests that run them
 VENV := .venv
@@ -44,7 +44,7 @@ test: $(VENV)/.dev $(if $(NPM),$(NODE_DEPS)) lint
 bench-tools:
 	@command -v wrk >/dev/null || $(APT) install -y wrk || ($(APT) update && $(APT) install -y wrk)
 
-bench: $(VENV)/.dev bench-tools
+bench: $(VENV)/.dev bench-tools pgbouncer
 	$(PY) -m bench.claim $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.engine $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.metrics
@@ -53,6 +53,7 @@ bench: $(VENV)/.dev bench-tools
 	$(PY) -m bench.delivery_log $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.api $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.api --contention
+	$(if $(PARTNER_API_TEST_POSTGRES_URL),$(PY) -m bench.pgbouncer --postgres $(PARTNER_API_TEST_POSTGRES_URL))
 
 # Debian's package lists may be missing or stale: update only when the install fails. Without a
 # browser the suite still runs; the docs browser test then skips and says why.
