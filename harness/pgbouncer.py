@@ -27,18 +27,23 @@ def pgbouncer_binary() -> str | None:
 class PgBouncer:
     """PgBouncer in `pool_mode` in front of the database of `postgres_url`, listening on a free
     127.0.0.1 port with a generated ini (trust auth for the URL's user, no Unix socket, its pid
-    and log files in a temporary directory). Entering starts it and returns the URL through it,
-    once a statement has gone through; leaving stops it. `log()` reads its log."""
+    and log files in a temporary directory). `settings`: more [pgbouncer] settings, or other
+    values for the pool's (e.g. those of deploy/pgbouncer.ini); the address, auth and files
+    above always stay the harness's own. Entering starts it and returns
+    the URL through it, once a statement has gone through; leaving stops it. `log()` reads its
+    log."""
 
     def __init__(
-        self,
-        postgres_url: str,
-        pool_mode: str = "transaction",
-        pool_size: int = DEFAULT_POOL_SIZE,
+        self, postgres_url: str, pool_mode: str = "transaction", settings: dict | None = None
     ):
         self.target = urllib.parse.urlsplit(postgres_url)
-        self.pool_mode = pool_mode
-        self.pool_size = pool_size
+        self.settings = {
+            "pool_mode": pool_mode,
+            "max_client_conn": MAX_CLIENT_CONN,
+            "default_pool_size": DEFAULT_POOL_SIZE,
+            "ignore_startup_parameters": "extra_float_digits",
+            **(settings or {}),
+        }
         self.process: subprocess.Popen | None = None
         self._scratch: tempfile.TemporaryDirectory | None = None
 
@@ -47,8 +52,12 @@ class PgBouncer:
         return Path(self._scratch.name)
 
     def log(self) -> str:
-        path = self.directory / "pgbouncer.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        """Its log file, or what it wrote to stderr when it stopped before opening that."""
+        for name in ("pgbouncer.log", "stderr.log"):
+            path = self.directory / name
+            if path.exists() and path.stat().st_size:
+                return path.read_text(errors="replace")
+        return ""
 
     def ini(self, port: int) -> str:
         """The configuration: the target database under its own name, reached as the URL says."""
@@ -57,21 +66,18 @@ class PgBouncer:
         server += f"dbname={database} user={target.username or 'postgres'}"
         if target.password:
             server += f" password={urllib.parse.unquote(target.password)}"
-        return f"""[databases]
-{database} = {server}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {self.directory / "users.txt"}
-pool_mode = {self.pool_mode}
-max_client_conn = {MAX_CLIENT_CONN}
-default_pool_size = {self.pool_size}
-ignore_startup_parameters = extra_float_digits
-pidfile = {self.directory / "pgbouncer.pid"}
-logfile = {self.directory / "pgbouncer.log"}
-"""
+        local = {
+            "listen_addr": "127.0.0.1",
+            "listen_port": port,
+            "unix_socket_dir": "",
+            "auth_type": "trust",
+            "auth_file": self.directory / "users.txt",
+            "admin_users": target.username or "postgres",  # SHOW on the `pgbouncer` database
+            "pidfile": self.directory / "pgbouncer.pid",
+            "logfile": self.directory / "pgbouncer.log",
+        }
+        lines = [f"{name} = {value}" for name, value in (self.settings | local).items()]
+        return "\n".join(["[databases]", f"{database} = {server}", "[pgbouncer]", *lines, ""])
 
     def pooled_url(self, port: int) -> str:
         return urllib.parse.urlunsplit(self.target._replace(netloc=self._netloc(port)))
@@ -95,11 +101,12 @@ logfile = {self.directory / "pgbouncer.log"}
         for _attempt in range(3):  # a free port may be taken before pgbouncer binds it
             port = free_port()
             (self.directory / "pgbouncer.ini").write_text(self.ini(port))
-            self.process = subprocess.Popen(
-                [*command, str(self.directory / "pgbouncer.ini")],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            with open(self.directory / "stderr.log", "wb") as stderr:  # what comes before its log
+                self.process = subprocess.Popen(
+                    [*command, str(self.directory / "pgbouncer.ini")],
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                )
             url = self.pooled_url(port)
             if wait_for(lambda u=url: self._answers(u), 15) and self.process.poll() is None:
                 return url

@@ -1,8 +1,9 @@
 """API, dispatcher and admin CLI through a real PgBouncer in transaction pooling mode.
 
-Everything talks to PostgreSQL only through PgBouncer (`pool_mode = transaction`, 10 server
-connections): init-db, the CLI, gunicorn with several workers and a polling dispatcher. Each
-transaction may land on another server connection, so nothing may rely on session state.
+Everything talks to PostgreSQL through PgBouncer (`pool_mode = transaction`, 10 server
+connections): init-db, the CLI, gunicorn with several workers and a polling dispatcher (whose
+LISTEN alone, needing a session, goes straight to PostgreSQL). Each transaction may land on
+another server connection, so nothing may rely on session state; any 5xx fails the test.
 """
 
 from __future__ import annotations
@@ -65,7 +66,13 @@ def stack():
         logs = Path(scratch)
         init = flask("init-db", env={"DATABASE_URL": pooled})
         assert init.returncode == 0, init.stderr
-        env = dispatcher_env(pooled, PARTNER_API_POLL_INTERVAL="0.2")
+        # As docs/production.md lays it out: LISTEN needs a session, so it goes straight to
+        # PostgreSQL; a short poll keeps the test from depending on the wake.
+        env = dispatcher_env(
+            pooled,
+            PARTNER_API_POLL_INTERVAL="0.2",
+            PARTNER_API_DISPATCHER_LISTEN_URL=POSTGRES_URL,
+        )
         dispatcher_log = logs / "dispatcher.log"
         with open(dispatcher_log, "w") as out:
             dispatcher = start_dispatcher(env, stdout=out)
