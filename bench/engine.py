@@ -219,8 +219,11 @@ def pool_rate(receiver: ReceiverProcess, deliveries: int, senders: int = 10) -> 
     return _rate(receiver.times[-deliveries:])
 
 
-def dispatcher_rate(postgres, workdir, receiver: ReceiverProcess, deliveries: int) -> float:
-    """`python -m dispatcher --once` over `deliveries` due deliveries across 10 subscriptions."""
+def dispatcher_rate(
+    postgres, workdir, receiver: ReceiverProcess, deliveries: int, dispatcher_url=None
+) -> float:
+    """`python -m dispatcher --once` over `deliveries` due deliveries across 10 subscriptions;
+    `dispatcher_url`: the dispatcher's DATABASE_URL, when not the database's own (a pooler)."""
     url = fresh_database(postgres, workdir)
     org_id, token = partner("throughput")
     with database.connection_context():
@@ -231,7 +234,7 @@ def dispatcher_rate(postgres, workdir, receiver: ReceiverProcess, deliveries: in
         for i in range(10):
             create_subscription(org_id, receiver.url(f"/sub/{i}"), None, "", config)
     queue_events(org_id, deliveries // 10)
-    env = dispatcher_env(url, inherit=True)
+    env = dispatcher_env(dispatcher_url or url, inherit=True)
     seen = len(receiver.times)
     once = start_dispatcher(env, "--once", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if once.wait() != 0:

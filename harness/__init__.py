@@ -5,6 +5,8 @@
 - `harness.servers`: gunicorn serving an app (the shipped config or gunicorn's defaults),
   nginx with the shipped site.
 - `harness.dispatcher`: the dispatcher process (`python -m dispatcher`, polling or `--once`).
+- `harness.pgbouncer`: `PgBouncer(url)`, Debian's pgbouncer in transaction pooling mode in front
+  of a PostgreSQL database.
 - `harness.receivers`: webhook receivers in this process (`Receiver`, `SilentReceiver`) and in
   their own (`ReceiverProcess`, `python -m harness.receivers MODE`).
 - `harness.dns`: `FakeResolver`, injectable DNS.

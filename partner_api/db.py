@@ -2,8 +2,10 @@
 release, and `init-db` (the migrations themselves are partner_api/migrations.py's).
 
 Backend differences live here: SQLite's pragmas, private file and long-lived connections;
-PostgreSQL's pool, reconnection and prepared statements; the write lock (`write_transaction`)
-and row locks (`locked`). A statement that must differ by backend (the key lookup that also
+PostgreSQL's pool and reconnection; the write lock (`write_transaction`) and row locks
+(`locked`). On PostgreSQL nothing outlives a transaction on the server (no prepared statement,
+`SET`, advisory lock or temporary table), so every statement works through PgBouncer in
+transaction pooling mode. A statement that must differ by backend (the key lookup that also
 counts the hit on PostgreSQL, the claim's lease) is written as two small functions where its
 SQL belongs, and `by_backend` picks one: no other module asks which backend is in use
 (tests/test_layout.py checks it).
@@ -12,14 +14,12 @@ SQL belongs, and `by_backend` picks one: no other module asks which backend is i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
 import re
 import secrets
 import select
-import weakref
 from pathlib import Path
 
 import peewee
@@ -57,56 +57,26 @@ SQLITE_PRAGMAS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class PreparedStatement:
-    """A PostgreSQL statement planned once per connection; parameters are $1..$n of `types`.
-
-    `repeatable`: safe to run again when the connection was lost while it ran (see below)."""
-
-    name: str
-    types: tuple[str, ...]
-    sql: str
-    repeatable: bool
-
-    @property
-    def prepare(self) -> str:
-        return f"PREPARE {self.name} ({', '.join(self.types)}) AS {self.sql}"
-
-    @property
-    def execute(self) -> str:
-        return f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.types))})"
-
-
 class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):
     """A pool that survives a PostgreSQL restart or `pg_terminate_backend`.
 
     The pool hands out no connection whose server has hung up (checked without a round trip).
     A connection lost while a statement runs fails it; that drops the connection and the idle
     ones (they went down with it), and a repeatable statement outside a transaction runs once
-    more on a fresh connection: a read, or a prepared statement marked so. psycopg2 cannot tell
-    whether a lost statement committed, so other writes are not repeated (the caller gets 503).
+    more on a fresh connection: a read, or a write its caller declared safe to repeat
+    (`execute_repeatable`). psycopg2 cannot tell whether a lost statement committed, so other
+    writes are not repeated (the caller gets 503).
     """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._prepared = weakref.WeakKeyDictionary()  # raw connection -> names prepared on it
 
     def execute_sql(self, sql, params=None):
         run = functools.partial(super().execute_sql, sql, params)
         return self._reconnecting(run, repeatable=sql.lstrip()[:6].upper() == "SELECT")
 
-    def execute_prepared(self, statement: PreparedStatement, params: tuple):
-        """Run `statement`, preparing it first on a connection that has not seen it."""
-        execute_sql = super().execute_sql
-
-        def run():
-            prepared = self._prepared.setdefault(self.connection(), set())
-            if statement.name not in prepared:
-                execute_sql(statement.prepare)
-                prepared.add(statement.name)
-            return execute_sql(statement.execute, params)
-
-        return self._reconnecting(run, repeatable=statement.repeatable)
+    def execute_repeatable(self, sql: str, params: tuple):
+        """Run `sql`, a write whose caller accepts it running twice: outside a transaction, a
+        connection lost while it ran makes it run again on a fresh one."""
+        run = functools.partial(super().execute_sql, sql, params)
+        return self._reconnecting(run, repeatable=True)
 
     def _reconnecting(self, run, repeatable: bool):
         if self.is_closed():

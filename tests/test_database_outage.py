@@ -13,14 +13,16 @@ import time
 import urllib.error
 import urllib.request
 
+import peewee
 import psycopg2
 import pytest
 
-from partner_api import create_app, provisioning, tokens
+from partner_api import clock, create_app, provisioning, tokens
 from partner_api import db as db_module
 from partner_api.config import Config
 from partner_api.db import database
 from partner_api.models import ApiKey, RateLimitWindow
+from partner_api.web import auth, ratelimit
 
 from .conftest import POSTGRES_URL, assert_problem, bearer
 from .test_across_workers import ME_PATH, server  # noqa: F401  (the gunicorn fixture)
@@ -128,3 +130,37 @@ def test_sqlite_locked_past_its_busy_timeout_is_503_and_writes_nothing(
         assert RateLimitWindow.select().count() == 0
         assert ApiKey.get_by_id(key.id).last_used_at is None
     assert client.get(ME_PATH, headers=bearer(token)).status_code == 200
+
+
+def cut_this_threads_connection() -> None:
+    """Terminate the server session of this thread's pooled connection, and wait until it is
+    gone (as a PostgreSQL restart or PgBouncer dropping it would)."""
+    pid = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    killer = psycopg2.connect(POSTGRES_URL)
+    try:
+        with killer.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+            assert cursor.fetchone() == (True,)
+    finally:
+        killer.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_counting_key_lookup_runs_again_on_a_cut_connection_and_other_writes_do_not(
+    database_url,
+):
+    """The lookup that counts the hit is declared safe to repeat; an ordinary write is not,
+    since psycopg2 cannot tell whether a write lost with its connection had committed."""
+    with database.connection_context():
+        org = provisioning.create_org("Acme")
+        key, token = provisioning.create_key(org.id, "cut", (), 1000)
+    window = ratelimit.window_start(clock.unix())
+    with database.connection_context():
+        cut_this_threads_connection()
+        caller = auth.find_caller(tokens.hash_token(token), window, 600)
+        assert (caller.key_id, caller.stored_hits, caller.counted_hits) == (key.id, 0, 1)
+        cut_this_threads_connection()
+        with pytest.raises(peewee.OperationalError):
+            database.execute_sql("UPDATE orgs SET name = name")
+    with database.connection_context():  # the pool hands out a fresh connection afterwards
+        assert RateLimitWindow.get_by_id(key.id).hits == 1

@@ -1,20 +1,26 @@
 """The shipped deployment files: systemd units that systemd accepts, the cron line, the
-example environment file and the gunicorn settings, checked against the code they run."""
+example environment file, the gunicorn settings and the PgBouncer example, checked against the
+code they run."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
 import runpy
 import shutil
 import subprocess
 
+import psycopg2
 import pytest
 
+from harness.pgbouncer import PgBouncer, pgbouncer_binary
 from partner_api import logs
 from partner_api.config import ROOT, Config
 from partner_api.web import idempotency
 from partner_api.web.problems import STATUS_TITLES
+
+from .conftest import POSTGRES_URL
 
 DEPLOY = ROOT / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
@@ -141,3 +147,46 @@ def test_the_production_docs_list_exactly_the_nginx_site_s_refusals():
     docs = (ROOT / "docs" / "production.md").read_text()
     table = set(re.findall(r"^\| (\d{3}) \| `(\w+)` \|", docs, re.M))
     assert {(int(status), code) for status, code in table} == pages
+
+
+def shipped_pgbouncer_settings() -> dict:
+    """The [pgbouncer] section of deploy/pgbouncer.ini."""
+    parser = configparser.ConfigParser(comment_prefixes=(";",), interpolation=None)
+    parser.read_string((DEPLOY / "pgbouncer.ini").read_text())
+    return dict(parser["pgbouncer"])
+
+
+def test_the_pgbouncer_example_pools_transactions_for_the_hosts_it_describes():
+    settings = shipped_pgbouncer_settings()
+    assert settings["pool_mode"] == "transaction"
+    # Its example: 4 API hosts of 5 workers, 2 dispatchers whose pools hold their senders + 4
+    # (dispatcher/__main__.py), a few admin commands; room for twice as many hosts.
+    clients = 4 * 5 + 2 * (Config().dispatch_workers + 4) + 5
+    assert int(settings["max_client_conn"]) >= 2 * clients
+    # Server connections stay below PostgreSQL's default max_connections (100), leaving room
+    # for the dispatchers' direct LISTEN connections and an operator.
+    assert int(settings["default_pool_size"]) + int(settings["reserve_pool_size"]) <= 80
+    assert settings["auth_type"] == "scram-sha-256"
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="PARTNER_API_TEST_POSTGRES_URL is not set")
+@pytest.mark.skipif(
+    pgbouncer_binary() is None, reason="pgbouncer is not installed (make pgbouncer)"
+)
+def test_pgbouncer_runs_with_the_example_s_pool_settings():
+    """Every setting but the host's own (address, socket, auth, files) as shipped: PgBouncer
+    refuses an unknown or malformed one, and the pool answers a statement."""
+    host_specific = {"listen_addr", "listen_port", "unix_socket_dir", "auth_type", "auth_file"}
+    host_specific |= {"logfile", "pidfile"}
+    portable = {k: v for k, v in shipped_pgbouncer_settings().items() if k not in host_specific}
+    assert portable["pool_mode"] == "transaction" and "query_wait_timeout" in portable
+    with PgBouncer(POSTGRES_URL, settings=portable) as bouncer_url:
+        admin = psycopg2.connect(bouncer_url.rsplit("/", 1)[0] + "/pgbouncer")
+        admin.autocommit = True  # PgBouncer's console takes no transactions
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute("SHOW CONFIG")
+                running = {row[0]: row[1] for row in cursor.fetchall()}
+        finally:
+            admin.close()
+    assert {key: running[key] for key in portable} == portable

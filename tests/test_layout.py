@@ -33,7 +33,7 @@ WRITE_PATTERNS = [
 BACKEND_QUESTION = re.compile(
     r"\b(is_postgres|is_sqlite)\(|isinstance\([^)]*\b(Postgresql|Sqlite)Database\b"
 )
-SQL_USE = re.compile(r"\b(execute_sql|execute_prepared|atomic|write_transaction)\(|\.execute\(\)")
+SQL_USE = re.compile(r"\b(execute_sql|execute_repeatable|atomic|write_transaction)\(|\.execute\(\)")
 
 
 def python_files(*roots: Path) -> list[Path]:

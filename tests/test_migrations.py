@@ -11,10 +11,12 @@ import re
 import sqlite3
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 from yoyo.migrations import get_migration_hash
 
+from harness.pgbouncer import PgBouncer, pgbouncer_binary
 from partner_api import db as db_module
 from partner_api import migrations
 from partner_api.config import ROOT, describe_database_url
@@ -185,17 +187,23 @@ def test_a_stale_lock_fails_init_db_in_one_line_naming_break_lock(runner, databa
     assert NEWEST in {row[0] for row in applied_rows()}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "pgbouncer"])
 def empty_database_url(request, tmp_path):
-    """A database URL with nothing in it yet."""
-    if request.param == "postgres":
+    """A database URL with nothing in it yet; `pgbouncer`: PostgreSQL's, through PgBouncer in
+    transaction pooling mode (yoyo's lock is a row, so it holds there too)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'race.sqlite3'}"
+    else:
         if not POSTGRES_URL:
             pytest.skip("PARTNER_API_TEST_POSTGRES_URL is not set")
+        if request.param == "pgbouncer" and pgbouncer_binary() is None:
+            pytest.skip("pgbouncer is not installed (make pgbouncer)")
         bind(POSTGRES_URL)
         drop_tables()
-        yield POSTGRES_URL
-    else:
-        yield f"sqlite:///{tmp_path / 'race.sqlite3'}"
+        direct = nullcontext(POSTGRES_URL)
+        with PgBouncer(POSTGRES_URL) if request.param == "pgbouncer" else direct as url:
+            yield url
+            database.close()
     if database.obj is not None and not database.is_closed():
         database.close()
 

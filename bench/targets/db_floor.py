@@ -32,8 +32,6 @@ def _connect():
         return conn
     conn = psycopg2.connect(_URL)
     conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute(LOOKUP_AND_COUNT_POSTGRES.prepare)
     return conn
 
 
@@ -48,7 +46,8 @@ def _lookup_and_count() -> int:
         ).fetchall()[0]
         return _connection.execute(_COUNT_SQLITE, (row[0], window)).fetchall()[0][0]
     with _connection.cursor() as cursor:  # one round trip does both
-        cursor.execute(LOOKUP_AND_COUNT_POSTGRES.execute, (_TOKEN_HASH, window, 1_000_000))
+        params = {"token_hash": _TOKEN_HASH, "window": window, "limit": 1_000_000}
+        cursor.execute(LOOKUP_AND_COUNT_POSTGRES, params)
         return cursor.fetchall()[0][-1]
 
 

@@ -14,7 +14,7 @@ import secrets
 from flask import current_app, g, request
 
 from partner_api import clock, tokens
-from partner_api.db import PreparedStatement, by_backend, database
+from partner_api.db import by_backend, database
 from partner_api.models import ApiKey
 from partner_api.web import ratelimit
 from partner_api.web.problems import ApiError
@@ -52,25 +52,20 @@ _SELECT_KEY = (
 )
 # Public: bench/targets/db_floor.py sends these very statements with the driver directly.
 LOOKUP_SQLITE = _SELECT_KEY.format(window_param=":window", hash_param=":token_hash")
-# Prepared once per connection: planning this statement took most of its time.
-LOOKUP_AND_COUNT_POSTGRES = PreparedStatement(
-    name="partner_api_lookup_and_count",
-    types=("text", "bigint", "integer"),  # token hash, window start, default limit
-    sql=(
-        "WITH key AS ("
-        + _SELECT_KEY.format(window_param="$2", hash_param="$1")
-        + "), hit AS ("
-        + ratelimit.upsert_sql(
-            f"SELECT key.id, $2, 1 FROM key, {ratelimit.ASYNC_COMMIT} "
-            "WHERE key.revoked_at IS NULL AND key.stored_hits <= COALESCE(key.rate_limit, $3)"
-        )
-        + ") SELECT key.*, (SELECT hits FROM hit) FROM key"
-    ),
-    # Run again after a lost connection: had the lost attempt committed (the server ending the
-    # session right after its commit), the hit is counted twice, which can only refuse one
-    # request early, never admit one too many; better than a 503 for the first request of
-    # every worker after a database restart.
-    repeatable=True,
+# A plain parametrised statement, planned by the server on each run: a session-level PREPARE
+# would not exist on the next transaction's server connection behind PgBouncer in transaction
+# mode, and psycopg2 has no protocol-level statement cache. Runs on every request; its cost is
+# that planning (about 0.25 ms, the same for any data) plus unique-index lookups by token hash
+# and key id, so it does not grow with the number of keys or requests.
+LOOKUP_AND_COUNT_POSTGRES = (
+    "WITH key AS ("
+    + _SELECT_KEY.format(window_param="%(window)s", hash_param="%(token_hash)s")
+    + "), hit AS ("
+    + ratelimit.upsert_sql(
+        f"SELECT key.id, %(window)s, 1 FROM key, {ratelimit.ASYNC_COMMIT} "
+        "WHERE key.revoked_at IS NULL AND key.stored_hits <= COALESCE(key.rate_limit, %(limit)s)"
+    )
+    + ") SELECT key.*, (SELECT hits FROM hit) FROM key"
 )
 
 
@@ -129,9 +124,14 @@ def _lookup_sqlite(token_hash: str, window: int, default_limit: int) -> list[tup
 
 
 def _lookup_and_count_postgres(token_hash: str, window: int, default_limit: int) -> list[tuple]:
-    """The key's row, the hit counted in the same round trip (its last column)."""
-    params = (token_hash, window, default_limit)
-    return database.execute_prepared(LOOKUP_AND_COUNT_POSTGRES, params).fetchall()
+    """The key's row, the hit counted in the same round trip (its last column).
+
+    Run again after a lost connection: had the lost attempt committed (the server ending the
+    session right after its commit), the hit is counted twice, which can only refuse one
+    request early, never admit one too many; better than a 503 for the first request of every
+    worker after a database restart."""
+    params = {"token_hash": token_hash, "window": window, "limit": default_limit}
+    return database.execute_repeatable(LOOKUP_AND_COUNT_POSTGRES, params).fetchall()
 
 
 def _datetime(value):
