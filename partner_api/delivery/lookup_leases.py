@@ -51,6 +51,7 @@ def acquire(org_id: str, config: Config) -> str:
     _refuse_if_full(org_id, config, _live_leases(now), now)
     with write_transaction():
         by_backend(sqlite=_nothing, postgres=_lock_leases_postgres)()
+        # Leases killed workers left: its cost grows with those rows, a handful at most.
         DnsLookupLease.delete().where(DnsLookupLease.expires_at <= now).execute()
         _refuse_if_full(org_id, config, _live_leases(now), now)
         lease_id = ids.new_id("lkp")
