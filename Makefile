@@ -51,6 +51,7 @@ bench: $(VENV)/.dev bench-tools pgbouncer
 	$(PY) -m bench.slow_clients
 	$(PY) -m bench.prune $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.delivery_log $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) -m bench.slow_dns $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.api $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.api --contention
 	$(if $(PARTNER_API_TEST_POSTGRES_URL),$(PY) -m bench.pgbouncer --postgres $(PARTNER_API_TEST_POSTGRES_URL))

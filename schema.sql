@@ -169,3 +169,12 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (org_id, operation, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
+
+-- The DNS lookups of webhook URL checks (create, PATCH url) in flight, one row each, so the caps
+-- on them hold across workers and hosts. A row is deleted when its lookup ends; one left by a
+-- process killed mid-lookup is ignored after `expires_at` and deleted by the next lookup.
+CREATE TABLE IF NOT EXISTS dns_lookup_leases (
+    id          TEXT NOT NULL PRIMARY KEY,
+    org_id      TEXT NOT NULL,
+    expires_at  TIMESTAMP NOT NULL
+);

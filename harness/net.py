@@ -1,10 +1,13 @@
-"""Loopback plumbing: free ports, listening sockets, waiting for a condition, and raw HTTP
-requests a client library would not send (a fresh connection per GET, half-sent requests)."""
+"""Loopback plumbing: free ports, listening sockets, waiting for a condition, raw HTTP
+requests a client library would not send (a fresh connection per request, half-sent requests),
+and load that keeps a number of requests in flight."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import io
+import json
 import selectors
 import socket
 import time
@@ -103,3 +106,37 @@ def parse_answer(data: bytes) -> tuple[int, http.client.HTTPMessage, bytes]:
         headers,
         body[: int(headers.get("Content-Length", len(body)))],
     )
+
+
+def post_json(port: int, path: str, body: dict, headers=None, timeout: float = 30.0):
+    """(status, headers, body, seconds) of one JSON POST on a fresh loopback connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    started = time.perf_counter()
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+        response = connection.getresponse()
+        answer = response.read()
+        return response.status, response.headers, answer, time.perf_counter() - started
+    finally:
+        connection.close()
+
+
+def keep_sending(send, clients: int, seconds: float) -> list:
+    """Call `send()` from `clients` threads, each again as soon as its last call returned, for
+    `seconds`; returns every call's result once the last one has returned."""
+    deadline = time.monotonic() + seconds
+
+    def loop() -> list:
+        results = []
+        while time.monotonic() < deadline:
+            results.append(send())
+        return results
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        loops = [pool.submit(loop) for _ in range(clients)]
+    return [result for finished in loops for result in finished.result()]

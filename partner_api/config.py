@@ -50,6 +50,11 @@ class Config:
         default=None, compare=False, repr=False
     )
     create_dns_timeout: float = 5.0
+    # DNS lookups of webhook URL checks (create, PATCH url) running at once, per org and in all
+    # (across workers and hosts): below the worker count, so a hung DNS server holds a few
+    # workers at most (delivery/lookup_leases.py).
+    dns_lookups_per_org: int = 1
+    dns_lookups_total: int = 2
     metrics_port: int | None = None  # the dispatcher's /metrics; None = off, 0 = any free port
     metrics_host: str = "127.0.0.1"
     log_format: str = "text"  # text | json
@@ -237,6 +242,8 @@ _VARIABLES = {
         "max_subscriptions_per_org",
         _whole_number(1, 10_000),
     ),
+    "PARTNER_API_DNS_LOOKUPS_PER_ORG": ("dns_lookups_per_org", _whole_number(1, 1_000)),
+    "PARTNER_API_DNS_LOOKUPS_TOTAL": ("dns_lookups_total", _whole_number(1, 10_000)),
     "PARTNER_API_DISPATCH_BATCH_SIZE": ("dispatch_batch_size", _whole_number(1, 1_000)),
     "PARTNER_API_DISPATCH_WORKERS": ("dispatch_workers", _whole_number(1, 200)),
     "PARTNER_API_METRICS_PORT": ("metrics_port", _whole_number(0, 65535)),

@@ -10,15 +10,27 @@ class DomainError(Exception):
 
     Work functions raise it and know nothing of HTTP; the API renders it with the status that
     `STATUS_BY_CODE` gives its code, the admin CLI as one `error: …` line with exit status 2.
-    `field` names the offending input (`location` says where: json, query or path).
+    `field` names the offending input (`location` says where: json, query or path);
+    `retry_after`, the seconds after which the same request may succeed (a refusal for being
+    busy, not for the input).
     """
 
-    def __init__(self, code: str, message: str, *, field=None, location: str = "json", **extra):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        field=None,
+        location: str = "json",
+        retry_after: int | None = None,
+        **extra,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
         self.location = location
+        self.retry_after = retry_after
         self.extra = extra
 
     def __str__(self) -> str:

@@ -210,3 +210,14 @@ class IdempotencyKey(BaseModel):
     class Meta:
         table_name = "idempotency_keys"
         primary_key = CompositeKey("org", "operation", "key")
+
+
+class DnsLookupLease(BaseModel):
+    """A DNS lookup of a webhook URL check in flight, until it ends or `expires_at`."""
+
+    id = TextField(primary_key=True)
+    org_id = TextField()
+    expires_at = DateTimeField()
+
+    class Meta:
+        table_name = "dns_lookup_leases"

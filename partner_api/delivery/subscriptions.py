@@ -7,13 +7,14 @@ Plain Python called by the views and the admin CLI; every lookup is scoped to th
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hmac
 import secrets
 
 from partner_api import clock, ids
 from partner_api.config import Config
 from partner_api.db import locked, write_transaction
-from partner_api.delivery import lifecycle, ssrf
+from partner_api.delivery import lifecycle, lookup_leases, ssrf
 from partner_api.delivery.event_types import EVENT_TYPES, EVERY_TYPE
 from partner_api.delivery.outbox import publish_event
 from partner_api.delivery.signing import SECRET_PREFIX
@@ -50,10 +51,15 @@ def _check_event_types(events) -> list[str]:
     return sorted(set(events))
 
 
-def _check_url(url: str, config: Config) -> str:
+def _check_url(org_id: str, url: str, config: Config) -> str:
     """The URL to store, normalised, after the grammar and SSRF checks (DNS with the
-    create-time deadline: the partner is waiting for the answer)."""
-    return ssrf.validate_webhook_url(url, ssrf.policy_for(config, config.create_dns_timeout)).url
+    create-time deadline, the partner waiting for the answer, and within the caps on lookups
+    in flight, so a hung DNS server holds few workers)."""
+    policy = ssrf.policy_for(config, config.create_dns_timeout)
+    policy = dataclasses.replace(
+        policy, resolver=lookup_leases.leased_resolver(org_id, policy.resolver, config)
+    )
+    return ssrf.validate_webhook_url(url, policy).url
 
 
 def create_subscription(
@@ -63,7 +69,7 @@ def create_subscription(
     `record(subscription)`, if given, runs in the same transaction (an Idempotency-Key's
     answer): both are stored or neither."""
     event_types = _check_event_types(events)
-    checked_url = _check_url(url, config)
+    checked_url = _check_url(org_id, url, config)
     secret = new_secret()
     with write_transaction():
         # Serialise creates per org so the cap cannot be overshot.
@@ -142,7 +148,7 @@ def update_subscription(org_id: str, subscription_id: str, changes: dict, config
     get_subscription(org_id, subscription_id)  # an unknown id is 404 before any DNS lookup
     fields = {}
     if "url" in changes:
-        fields["url"] = _check_url(changes["url"], config)
+        fields["url"] = _check_url(org_id, changes["url"], config)
     if "events" in changes:
         fields["events"] = _check_event_types(changes["events"])
     if "description" in changes:

@@ -29,7 +29,9 @@ PARAMETER = {
         "Makes a retry safe: the same key from your org with the same request within 24 hours "
         "answers the first answer again (status, body, headers) without doing the work twice; "
         "with a different request it is 422 `idempotency_key_reused`. Two requests with one key "
-        "at once: the second waits for the first and answers the same. Keys are per org and per "
+        "at once: the second waits for the first and answers the same (a create may instead be "
+        "refused at once, 429 `dns_lookups_in_flight`, while the first resolves the webhook host: "
+        "retry it after `Retry-After`). Keys are per org and per "
         "operation. 1–255 printable ASCII characters (a UUID is a good key); only successful "
         "answers are kept, so a refused request can be retried with the same key."
     ),

@@ -50,9 +50,9 @@ _STATUS_CODES = {
         "idempotency_key_reused",
         *sorted(webhook_url.ERROR_CODES),
     ),
-    429: ("rate_limited",),
+    429: ("rate_limited", "dns_lookups_in_flight"),
     500: ("internal_error",),
-    503: ("database_unavailable",),
+    503: ("database_unavailable", "dns_lookups_busy"),
 }
 
 # Sent on every authenticated answer (so on everything but a 401); documented once as header
@@ -154,7 +154,8 @@ def _error_response(status: int, error_schema) -> dict:
         response["headers"] = dict(RATE_LIMIT_HEADERS)
     if status == 429:
         response["headers"]["Retry-After"] = {
-            "description": "Seconds until the window resets.",
+            "description": "Seconds until the window resets (`rate_limited`), or after which "
+            "a lookup slot should be free (`dns_lookups_in_flight`).",
             "schema": {"type": "integer"},
         }
     return response

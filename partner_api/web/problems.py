@@ -96,6 +96,8 @@ STATUS_BY_CODE = {
     "subscription_disabled": 409,
     "subscription_deleted": 409,
     "delivery_not_replayable": 409,
+    "dns_lookups_in_flight": 429,
+    "dns_lookups_busy": 503,
 }
 
 
@@ -160,7 +162,15 @@ def from_domain_error(error: DomainError) -> ApiError:
     errors = None
     if error.field is not None:
         errors = [{"location": error.location, "field": error.field, "message": error.message}]
-    return ApiError(status_for(error.code), error.code, error.message, errors=errors, **error.extra)
+    headers = {} if error.retry_after is None else {"Retry-After": str(error.retry_after)}
+    return ApiError(
+        status_for(error.code),
+        error.code,
+        error.message,
+        errors=errors,
+        headers=headers,
+        **error.extra,
+    )
 
 
 def problem_response(error: ApiError):

@@ -63,9 +63,18 @@ CREATED_HEADERS = {
         "schema": {"type": "string", "format": "uri-reference"},
     },
 }
+# A create or a new url resolves the host while the caller waits; the lookups are capped.
+LOOKUP_CAPS_NOTE = (
+    "While your org's host lookups are already running, as many as the server allows at once, "
+    "the answer is 429 `dns_lookups_in_flight` at once; while the server's are all in use, "
+    "503 `dns_lookups_busy`; both with `Retry-After`."
+)
 CREATE_DESCRIPTION = (
     "Subscribes your HTTPS endpoint to events. The URL must be your own receiver: it is "
-    "resolved and checked when the subscription is created. " + PLACEHOLDER_NOTE
+    "resolved and checked when the subscription is created. "
+    + LOOKUP_CAPS_NOTE
+    + " "
+    + PLACEHOLDER_NOTE
 )
 
 # What a client can do next with the created subscription (OpenAPI links: generated clients
@@ -90,8 +99,9 @@ UPDATE_DESCRIPTION = (
     "Changes any of `url`, `events`, `description` and `status` in one step; the id and the "
     "signing secret stay. Fields not sent are left as they are; an unknown field, a `null` or "
     "a body naming no field (422 `no_fields`) changes nothing. A new `url` is checked exactly "
-    "as on create. `status: disabled` pauses the subscription (deliveries are held until it "
-    "is enabled); `status: enabled` resumes it, also after an automatic disable."
+    "as on create, with the same answers (429 `dns_lookups_in_flight` and 503 "
+    "`dns_lookups_busy` included). `status: disabled` pauses the subscription (deliveries are "
+    "held until it is enabled); `status: enabled` resumes it, also after an automatic disable."
 )
 # The test ping's delivery, sent again (once it has been delivered; 409 while pending).
 PINGED_LINKS = {
