@@ -16,8 +16,10 @@ import threading
 import pytest
 
 from dispatcher.dispatch import Dispatcher
-from harness.receivers import Receiver
+from harness.net import wait_for
+from harness.receivers import Receiver, SilentReceiver
 from partner_api import clock as clock_module
+from partner_api import provisioning
 from partner_api.db import database
 from partner_api.delivery.outbox import publish_event
 from partner_api.delivery.shares import SharePolicy, Subscriber
@@ -593,6 +595,45 @@ def test_claim_probes_untried_and_failing_subscriptions_one_at_a_time(
     # Running nothing, the tried subscription gets its share; the failing one one more probe.
     assert sorted(c.subscription_id for c in more).count(new.id) == 3
     assert sorted(c.subscription_id for c in more).count(failing.id) == 1
+
+
+def test_an_untried_subscription_is_sent_while_failing_probes_hold_what_they_may(
+    subscribe, client, clock, dispatcher_factory
+):
+    """Eight endpoints of two partners that never answer, failing in the database (as after a
+    restart: untried by this dispatcher too), hold their most of 10 senders: five probes. A
+    new partner's first ping starts at once beside them, long before any probe times out."""
+    dispatcher = dispatcher_factory(poll_interval=0.2, delivery_timeout=60)
+    with SilentReceiver() as dead, Receiver() as fresh:
+        with database.connection_context():
+            dead_orgs = [provisioning.create_org(f"Dead {n}").id for n in range(2)]
+            new_org = provisioning.create_org("New partner").id
+        dead_subs = [subscribe(dead_orgs[n % 2], dead.url(f"/dead/{n}")) for n in range(8)]
+        new_sub = subscribe(new_org, fresh.url("receiver.test"))
+        with database.connection_context():
+            Subscription.update(consecutive_failures=1).where(
+                Subscription.id.in_([sub.id for sub in dead_subs])
+            ).execute()
+            for _ in range(3):
+                for sub in dead_subs:
+                    publish_event(sub.org_id, "vc.test.ping", {}, subscription_id=sub.id)
+        poll = threading.Thread(target=dispatcher.poll)
+        poll.start()
+        try:
+            assert wait_for(lambda: dead.requests >= 5, 10), "the dead endpoints were not probed"
+            with database.connection_context():
+                publish_event(new_org, "vc.test.ping", {}, subscription_id=new_sub.id)
+            assert fresh.first_request.wait(10), "the first ping waited for the probes"
+            probes = dead.requests  # still the five of before: no probe ended or started
+        finally:
+            dispatcher.stop()
+    poll.join(30)  # the dead receiver is gone: the probes end at once
+    dispatcher.wait_in_flight()
+    assert probes == SharePolicy(10).suspect_budget == 5
+    assert len(fresh.requests) == 1
+    with database.connection_context():
+        sent = Delivery.get(Delivery.subscription == new_sub.id)
+    assert sent.status == "delivered"
 
 
 def test_a_claim_that_waited_is_checked_before_it_is_sent(subscribe, client, partner, clock):

@@ -13,6 +13,7 @@ from dispatcher import metrics as dispatcher_metrics
 from partner_api import config as config_module
 from partner_api.config import ROOT
 from partner_api.delivery.outcomes import AttemptError
+from partner_api.delivery.shares import SharePolicy
 
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -73,6 +74,24 @@ def test_the_partner_docs_list_exactly_the_attempt_error_kinds():
     audit = section(read("docs/partners.md"), "The failure audit")
     documented = re.findall(r"^\| `([a-z_]+)` \|", audit, re.M)
     assert documented == [kind.value for kind in AttemptError]
+
+
+def test_the_sharing_rules_state_the_limits_the_code_applies():
+    rules = " ".join(section(read("docs/architecture.md"), "How senders are shared").split())
+    ten, three = SharePolicy(10), SharePolicy(3)
+    stated = {
+        "failing and slow": re.search(r"`max\(1, senders // 2\)`: (\d+) of 10", rules),
+        "reserve": re.search(r"`max\(1, senders // 4\)`: (\d+) of 10, so (\d+) of 10", rules),
+        "room for new": re.search(r"\((\d+) of 10\) lies room", rules),
+        "room with 3": re.search(r"such room \((\d+) of 3\)", rules),
+    }
+    assert all(stated.values()), stated
+    assert int(stated["failing and slow"][1]) == ten.suspect_budget
+    assert int(stated["reserve"][1]) == ten.reserve
+    assert int(stated["reserve"][2]) == ten.unproven_budget
+    assert int(stated["room for new"][1]) == ten.unproven_budget - ten.suspect_budget
+    assert int(stated["room with 3"][1]) == three.unproven_budget - three.suspect_budget
+    assert SharePolicy(2).unproven_budget == SharePolicy(2).suspect_budget  # "With 2 … none"
 
 
 def test_the_readme_is_a_short_front_door():
