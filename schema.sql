@@ -71,8 +71,9 @@ CREATE INDEX IF NOT EXISTS events_occurred ON events (occurred_at, id);
 -- The outbox: one row per (event, subscription). status: pending, held (subscription
 -- disabled), delivered, dead_lettered, cancelled. A claim moves next_attempt_at forward by
 -- the lease and sets a fresh lease_token, so a delivery whose dispatcher died becomes due
--- again when the lease runs out. Claims read only (status = 'pending', next_attempt_at <= now)
--- through deliveries_due, so their cost does not grow with the backlog.  Once a delivery is
+-- again when the lease runs out. Claims read only due rows (status = 'pending',
+-- next_attempt_at <= now), per subscription through deliveries_subscription_due for the
+-- subscriptions due_work names, so their cost does not grow with the backlog. Once a delivery is
 -- finished (delivered, dead_lettered, cancelled) next_attempt_at holds when it finished, so
 -- retention and `stats` find old or recent finished rows through the same index.
 CREATE TABLE IF NOT EXISTS deliveries (

@@ -94,6 +94,8 @@ def create_deliveries(
 
 # One row per subscription; both backends run the same statements. A write that may make work
 # due sooner lowers due_at (never raises it) and bumps version, which `settle_due_work` checks.
+# Runs with every publish and every batch of outcomes: one upsert by primary key (and one
+# due_work_due index entry) per subscription touched, whatever the table's size.
 _NOTE_DUE_SQL = (
     "INSERT INTO due_work (subscription_id, due_at, version) VALUES {rows} "
     "ON CONFLICT (subscription_id) DO UPDATE SET due_at = CASE WHEN excluded.due_at < "
