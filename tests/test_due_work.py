@@ -331,3 +331,61 @@ def test_a_publish_committed_while_a_claim_settles_keeps_its_row(
         assert DueWork.get_by_id(sub.id).due_at <= clock.current
         (taken,) = claim_due_deliveries(1, 60, policy=POLICY)
     assert taken.id == fresh.id
+
+
+def _waiting_for_a_lock() -> bool:
+    """A session on this database waits for a row lock now (PostgreSQL)."""
+    with database.connection_context():
+        return sql(
+            "SELECT COUNT(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ) != [(0,)]
+
+
+@pytest.mark.parametrize("before", ["leased", "delivered"])
+def test_a_claim_settling_a_row_a_publish_holds_waits_and_keeps_it(
+    database_url, config, clock, subscribe, make_key, before
+):
+    """The other order on PostgreSQL: a publish has written the row and not committed; the
+    claim, which cannot see the publish's delivery, waits for the row, and once the publish
+    commits leaves it as the publish made it."""
+    if not db_module.is_postgres():
+        pytest.skip("SQLite's write lock makes a claim and a publish take turns")
+    org = make_key().org.id
+    sub = subscribe(org)
+    with database.connection_context():
+        publish_event(org, "vc.test.ping", {}, subscription_id=sub.id)
+        (first,) = claim_due_deliveries(1, 60, policy=POLICY)
+        if before == "delivered":
+            lifecycle.record_outcomes([(first, OK)], config)
+    written, commit = threading.Event(), threading.Event()
+    fresh, claimed = [], []
+
+    def publish_and_hold_the_row():
+        with database.connection_context(), write_transaction():
+            fresh.extend(publish_event(org, "vc.test.ping", {}, subscription_id=sub.id)[1])
+            written.set()
+            assert commit.wait(30)
+
+    def claim():
+        with database.connection_context():
+            claimed.extend(claim_due_deliveries(1, 60, policy=POLICY))
+
+    publisher = threading.Thread(target=publish_and_hold_the_row)
+    publisher.start()
+    assert written.wait(30)
+    claimer = threading.Thread(target=claim)
+    claimer.start()
+    for _ in range(300):  # until the claim waits for the publish's row
+        if _waiting_for_a_lock() or not claimer.is_alive():
+            break
+        threading.Event().wait(0.1)
+    assert claimer.is_alive(), "the claim settled the row without waiting for the publish"
+    commit.set()
+    publisher.join(30)
+    claimer.join(30)
+    assert not claimer.is_alive() and claimed == []
+    with database.connection_context():
+        assert pending_without_a_row_due_in_time() == []
+        (taken,) = claim_due_deliveries(1, 60, policy=POLICY)
+    assert taken.id == fresh[0].id
