@@ -46,6 +46,7 @@ bench-tools:
 
 bench: $(VENV)/.dev bench-tools pgbouncer
 	$(PY) -m bench.claim $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) -m bench.idle $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.engine $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.first_ping $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.metrics

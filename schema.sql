@@ -71,8 +71,9 @@ CREATE INDEX IF NOT EXISTS events_occurred ON events (occurred_at, id);
 -- The outbox: one row per (event, subscription). status: pending, held (subscription
 -- disabled), delivered, dead_lettered, cancelled. A claim moves next_attempt_at forward by
 -- the lease and sets a fresh lease_token, so a delivery whose dispatcher died becomes due
--- again when the lease runs out. Claims read only (status = 'pending', next_attempt_at <= now)
--- through deliveries_due, so their cost does not grow with the backlog.  Once a delivery is
+-- again when the lease runs out. Claims read only due rows (status = 'pending',
+-- next_attempt_at <= now), per subscription through deliveries_subscription_due for the
+-- subscriptions due_work names, so their cost does not grow with the backlog. Once a delivery is
 -- finished (delivered, dead_lettered, cancelled) next_attempt_at holds when it finished, so
 -- retention and `stats` find old or recent finished rows through the same index.
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -105,6 +106,20 @@ CREATE INDEX IF NOT EXISTS deliveries_subscription_created
     ON deliveries (subscription_id, created_at, id);
 CREATE INDEX IF NOT EXISTS deliveries_subscription_status_created
     ON deliveries (subscription_id, status, created_at, id);
+
+-- Which subscriptions may have work due, and from when: the claim reads the rows with
+-- due_at <= now through due_work_due, so its cost follows the subscriptions with work due, not
+-- all subscriptions. Kept by the lifecycle: every pending delivery's subscription has a row
+-- whose due_at is at or before that delivery's next_attempt_at. A write that makes a delivery
+-- pending or due sooner lowers due_at and bumps version; a claim that finds nothing due moves
+-- due_at to the subscription's earliest pending delivery, or deletes the row, only if version
+-- is still the one it read (so a concurrent publish never loses its row).
+CREATE TABLE IF NOT EXISTS due_work (
+    subscription_id  TEXT NOT NULL PRIMARY KEY REFERENCES webhook_subscriptions (id),
+    due_at           TIMESTAMP NOT NULL,
+    version          INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS due_work_due ON due_work (due_at);
 
 -- The failure audit: one row per failed attempt.
 CREATE TABLE IF NOT EXISTS delivery_failures (

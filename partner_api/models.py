@@ -184,6 +184,18 @@ class DeliveryHistory(BaseModel):
         table_name = "delivery_history"
 
 
+class DueWork(BaseModel):
+    """A subscription that may have work due from `due_at` on (the lifecycle keeps it at or
+    before each of its pending deliveries' `next_attempt_at`; the claim reads it)."""
+
+    subscription = ForeignKeyField(Subscription, column_name="subscription_id", primary_key=True)
+    due_at = DateTimeField()
+    version = IntegerField()  # bumped by every write that may make work due sooner
+
+    class Meta:
+        table_name = "due_work"
+
+
 class DispatcherPoll(BaseModel):
     dispatcher_id = TextField(primary_key=True)
     hostname = TextField()

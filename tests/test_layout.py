@@ -20,13 +20,16 @@ LIFECYCLE = ROOT / "partner_api" / "delivery" / "lifecycle.py"
 DB = ROOT / "partner_api" / "db.py"
 LONG_FUNCTION = 50  # lines; a longer one says why in a `# Long: …` comment above its def
 
-# Writes to the delivery tables, or to a subscription's row, through peewee or in raw SQL.
+# Writes to the delivery tables (and the due-work rows the claim reads), or to a subscription's
+# row, through peewee or in raw SQL.
 WRITE_PATTERNS = [
     re.compile(
-        r"\b(Delivery|DeliveryFailure|DeliveryHistory)\.(update|insert|insert_many|delete|create|replace)\b"
+        r"\b(Delivery|DeliveryFailure|DeliveryHistory|DueWork)\.(update|insert|insert_many|delete|create|replace)\b"
     ),
     re.compile(r"\bSubscription\.(update|delete|insert|insert_many|replace)\b"),
-    re.compile(r"\b(UPDATE|DELETE\s+FROM|INSERT\s+INTO)\s+(deliveries|delivery_\w+)\b", re.I),
+    re.compile(
+        r"\b(UPDATE|DELETE\s+FROM|INSERT\s+INTO)\s+(deliveries|delivery_\w+|due_work)\b", re.I
+    ),
     re.compile(r"\b(UPDATE|DELETE\s+FROM)\s+webhook_subscriptions\b", re.I),
     re.compile(r"\b(delivery|subscription|failure)\w*\.save\(", re.I),
 ]
@@ -73,6 +76,7 @@ def test_only_the_lifecycle_writes_deliveries_and_subscription_state():
     assert any("Subscription.update" in w for w in seen)
     assert any(w.upper().startswith("UPDATE DELIVERIES") for w in seen)
     assert any("Delivery.delete" in w for w in seen)
+    assert any(w.upper().startswith("INSERT INTO DUE_WORK") for w in seen)
 
 
 def test_a_write_outside_the_lifecycle_would_be_caught():
@@ -80,6 +84,8 @@ def test_a_write_outside_the_lifecycle_would_be_caught():
         'Delivery.update(status="held").execute()',
         'database.execute_sql("update deliveries set status = 1")',
         'database.execute_sql("DELETE FROM delivery_failures")',
+        'database.execute_sql("UPDATE due_work SET due_at = 0")',
+        "DueWork.delete().execute()",
         "Subscription.update(status='disabled')",
         "subscription.save()",
         "delivery.save(only=[Delivery.status])",

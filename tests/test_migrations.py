@@ -16,6 +16,7 @@ from contextlib import nullcontext
 import pytest
 from yoyo.migrations import get_migration_hash
 
+from dispatcher.transport import AttemptResult
 from harness.pgbouncer import PgBouncer, pgbouncer_binary
 from partner_api import db as db_module
 from partner_api import migrations
@@ -26,6 +27,7 @@ from .conftest import POSTGRES_URL, after_database_line
 from .test_storage import column_type_family
 
 NEWEST = migrations.known_migration_ids()[-1]
+_OK = AttemptResult(True, 200, None, None, None, 5)
 FUTURE = "0999_from_a_newer_release"
 
 
@@ -241,6 +243,40 @@ def test_apply_schema_leaves_sqlite_timestamps_in_peewees_format(database_url):
     apply_schema()
     stored = sql("SELECT ?", (dt.datetime(2026, 11, 27, 12, 0, 30),))[0][0]
     assert stored in ("2026-11-27 12:00:30", dt.datetime(2026, 11, 27, 12, 0, 30))
+
+
+def test_migration_0007_gives_each_subscription_with_pending_deliveries_its_due_work_row(
+    database_url, clock, subscribe, make_key, config
+):
+    """The backfill: one row per subscription with pending deliveries, due at the earliest of
+    them (a leased one at its lease's end); none for one with only held or finished ones."""
+    from partner_api.delivery import lifecycle
+    from partner_api.delivery.claims import claim_due_deliveries
+    from partner_api.delivery.outbox import publish_event
+    from partner_api.delivery.subscriptions import disable_subscription
+    from partner_api.models import DueWork
+
+    org = make_key().org.id
+    waiting, leased, held, done = (subscribe(org) for _ in range(4))
+    start = clock.current
+    with database.connection_context():
+        for sub in (leased, held, done):
+            publish_event(org, "vc.test.ping", {}, subscription_id=sub.id)
+        disable_subscription(held.id)
+        claims = claim_due_deliveries(10, 600)
+        lifecycle.record_outcomes(
+            [(c, _OK) for c in claims if c.subscription_id == done.id], config
+        )
+        for _ in range(2):
+            clock.advance(5)
+            publish_event(org, "vc.test.ping", {}, subscription_id=waiting.id)
+        database.execute_sql("DROP TABLE due_work")
+    forget("0007_due_work")
+    apply_schema()
+    with database.connection_context():
+        rows = {row.subscription_id: row.due_at for row in DueWork.select()}
+    second = dt.timedelta(seconds=1)
+    assert rows == {waiting.id: start + 5 * second, leased.id: start + 600 * second}
 
 
 def test_connecting_to_an_existing_sqlite_file_never_opens_a_descriptor_of_it(

@@ -20,6 +20,7 @@ MODELS = [
     models.Delivery,
     models.DeliveryFailure,
     models.DeliveryHistory,
+    models.DueWork,
     models.DispatcherPoll,
 ]
 

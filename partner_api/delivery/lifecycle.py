@@ -22,6 +22,9 @@ The rules, each stated once here:
   from it (`_finished`).
 - Every change clears the lease token, so an attempt in flight whose delivery changed under
   it cannot overwrite the new state; an attempt's outcome is written only under its lease.
+- Every pending delivery's subscription has a `due_work` row due at or before the delivery
+  (`_note_due`, `settle_due_work`): what makes a delivery pending or due sooner lowers it, and
+  the claim reads only the rows that are due.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def create_deliveries(
 ) -> list[Delivery]:
     """One delivery of `event` per subscription, due now (held if the subscription is
     disabled). The caller's transaction also wrote the event: both commit or neither."""
-    return [
+    created = [
         Delivery.create(
             id=ids.new_id("dlv"),
             event=event,
@@ -83,6 +86,61 @@ def create_deliveries(
         )
         for subscription in subscriptions
     ]
+    _note_due({d.subscription_id: now for d in created if d.status == DeliveryStatus.PENDING})
+    return created
+
+
+# -- due work: which subscriptions a claim reads ---------------------------------------------
+
+# One row per subscription; both backends run the same statements. A write that may make work
+# due sooner lowers due_at (never raises it) and bumps version, which `settle_due_work` checks.
+# Runs with every publish and every batch of outcomes: one upsert by primary key (and one
+# due_work_due index entry) per subscription touched, whatever the table's size.
+_NOTE_DUE_SQL = (
+    "INSERT INTO due_work (subscription_id, due_at, version) VALUES {rows} "
+    "ON CONFLICT (subscription_id) DO UPDATE SET due_at = CASE WHEN excluded.due_at < "
+    "due_work.due_at THEN excluded.due_at ELSE due_work.due_at END, "
+    "version = due_work.version + 1"
+)
+# Per subscription, one probe of deliveries_subscription_due (MIN over an index prefix), so it
+# costs the same whatever the subscription's backlog.
+_EARLIEST_PENDING_SQL = (
+    "SELECT h.subscription_id, (SELECT MIN(d.next_attempt_at) FROM deliveries d "
+    "WHERE d.subscription_id = h.subscription_id AND d.status = {p}) "
+    "FROM due_work h WHERE h.subscription_id IN ({ids})"
+)
+_MOVE_DUE_SQL = "UPDATE due_work SET due_at = {p} WHERE subscription_id = {p} AND version = {p}"
+_DROP_DUE_SQL = "DELETE FROM due_work WHERE subscription_id = {p} AND version = {p}"
+
+
+def _note_due(due: dict[str, dt.datetime]) -> None:
+    """These subscriptions have a delivery pending from the given time on: make their
+    due_work rows due no later than that. In id order, so two writers cannot deadlock."""
+    if not due:
+        return
+    p = database.param
+    subs = sorted(due)
+    rows = ", ".join([f"({p}, {p}, 1)"] * len(subs))
+    params = [value for sub in subs for value in (sub, due[sub])]
+    database.execute_sql(_NOTE_DUE_SQL.format(rows=rows), params)
+
+
+def settle_due_work(read_versions: dict[str, int]) -> None:
+    """A claim (in its transaction) found nothing it may send for these subscriptions, whose
+    due_work rows it read at `read_versions`: move each row to the subscription's earliest
+    pending delivery (a leased one counts at its lease's end), or delete it when none is
+    pending. A row whose version moved since was written by something that made work pending
+    (a publish, a retry, a release): it is left as that write made it."""
+    if not read_versions:
+        return
+    subs = sorted(read_versions)
+    sql = _sql(_EARLIEST_PENDING_SQL, len(subs))
+    earliest = dict(database.execute_sql(sql, [DeliveryStatus.PENDING, *subs]).fetchall())
+    for sub in subs:  # in id order, like _note_due
+        if earliest.get(sub) is None:
+            database.execute_sql(_sql(_DROP_DUE_SQL), [sub, read_versions[sub]])
+        else:
+            database.execute_sql(_sql(_MOVE_DUE_SQL), [earliest[sub], sub, read_versions[sub]])
 
 
 # -- lease (the claim) -------------------------------------------------------------------------
@@ -171,11 +229,18 @@ def lease_oldest(limit: int, now: dt.datetime, until: dt.datetime, token: str) -
 
 def release(claims: Iterable) -> None:
     """Give leased deliveries back, due now, to be claimed (or held or cancelled) afresh.
-    `claims` have `.id` and `.lease_token`."""
+    `claims` have `.id`, `.lease_token` and `.subscription_id`."""
     now = clock.now()
     with write_transaction():
+        released = set()
         for claim in claims:
-            Delivery.update(next_attempt_at=now, lease_token=None).where(_owned(claim)).execute()
+            if (
+                Delivery.update(next_attempt_at=now, lease_token=None)
+                .where(_owned(claim))
+                .execute()
+            ):
+                released.add(claim.subscription_id)
+        _note_due(dict.fromkeys(released, now))
 
 
 def _owned(claim):
@@ -214,8 +279,16 @@ def record_outcomes(outcomes, config: Config) -> list[str]:
             ((claim, result) for claim, result in outcomes if not result.ok),
             key=lambda outcome: outcome[0].subscription_id,
         )
+        retries: dict[str, dt.datetime] = {}
         for claim, result in failed:
-            steps[claim.id] = _next_step(_record_failure(claim, result, config, now))
+            failure = _record_failure(claim, result, config, now)
+            steps[claim.id] = _next_step(failure)
+            if failure is not None and not failure.dead_lettered:
+                sub = claim.subscription_id
+                retries[sub] = min(
+                    failure.next_attempt_at, retries.get(sub, failure.next_attempt_at)
+                )
+        _note_due(retries)  # last, after every delivery row: one lock order with the claim
     return [steps.get(claim.id, "lease_lost") for claim, _ in outcomes]
 
 
@@ -356,15 +429,17 @@ def hold_due(subscription_ids: list[str], now: dt.datetime) -> None:
 
 def release_held(subscription_id: str) -> int:
     """The subscription is enabled again: its held deliveries are due now."""
-    return (
-        Delivery.update(
-            status=DeliveryStatus.PENDING, next_attempt_at=clock.now(), lease_token=None
-        )
+    now = clock.now()
+    released = (
+        Delivery.update(status=DeliveryStatus.PENDING, next_attempt_at=now, lease_token=None)
         .where(
             (Delivery.subscription == subscription_id) & (Delivery.status == DeliveryStatus.HELD)
         )
         .execute()
     )
+    if released:
+        _note_due({subscription_id: now})
+    return released
 
 
 def cancel_open(subscription_id: str) -> int:
@@ -448,19 +523,7 @@ def replay(
         & (Delivery.subscription == subscription.id)
         & Delivery.status.in_(statuses)
     )
-    # The row holds only its latest success (failed attempts are in the failure audit): keep
-    # that one in the history before the row is sent again.
-    history = [
-        _history_row(
-            row.id,
-            DeliveryHistory.DELIVERED,
-            row.delivered_at,
-            row.attempts,
-            response_status=row.response_status,
-            duration_ms=row.duration_ms,
-        )
-        for row in Delivery.select().where(which & (Delivery.status == DeliveryStatus.DELIVERED))
-    ]
+    history = _successes_kept(which)
     replayed = list(
         Delivery.update(
             status=_open_status(subscription.status),
@@ -482,7 +545,25 @@ def replay(
     ]
     if history:
         DeliveryHistory.insert_many(history).execute()
+    if replayed and _open_status(subscription.status) == DeliveryStatus.PENDING:
+        _note_due({subscription.id: now})
     return len(replayed)
+
+
+def _successes_kept(which) -> list[dict]:
+    """History rows for the delivered ones among `which`: the row holds only its latest success
+    (failed attempts are in the failure audit), kept before the row is sent again."""
+    return [
+        _history_row(
+            row.id,
+            DeliveryHistory.DELIVERED,
+            row.delivered_at,
+            row.attempts,
+            response_status=row.response_status,
+            duration_ms=row.duration_ms,
+        )
+        for row in Delivery.select().where(which & (Delivery.status == DeliveryStatus.DELIVERED))
+    ]
 
 
 def _history_row(
