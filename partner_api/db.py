@@ -29,7 +29,7 @@ from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse import db_url
 from playhouse.pool import PooledPostgresqlDatabase
 
-from partner_api.config import ROOT
+from partner_api.config import ROOT, without_passwords
 
 database = DatabaseProxy()
 _bound_url: str | None = None  # what `database` was bound to, for yoyo's own connections
@@ -328,11 +328,18 @@ def app_secret(name: str) -> str:
     return row[0]
 
 
+def error_line(exc: Exception) -> str:
+    """The first line of a database error's message, never with the database's password (a
+    driver may repeat its connection settings)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return without_passwords(text, _bound_url) if _bound_url else text
+
+
 def database_problem(exc: Exception) -> str:
     """One line for an operator about a database failure."""
     if isinstance(exc, DatabaseMissing):
         return MISSING_DATABASE
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = error_line(exc)
     if "no such column" in text or ("column" in text and "does not exist" in text):
         return "the database schema is behind this code: run `flask --app wsgi init-db`"
     if "no such table" in text or "does not exist" in text:
