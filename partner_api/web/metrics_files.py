@@ -3,7 +3,7 @@ counts are merged into one file per kind, so the directory holds the live worker
 
 prometheus_client writes `<kind>_<pid>.db` for each process, and its `mark_process_dead` removes
 only live gauges' files: every worker recycled by gunicorn's `max_requests` left its counter and
-histogram files behind, and each scrape read them all (588 files made a scrape 8 → 69 ms).
+histogram files behind, and each scrape read them all.
 """
 
 from __future__ import annotations
