@@ -66,10 +66,15 @@ def when_ready(server):
 
 
 def child_exit(server, worker):
-    """A dead worker's counters stay in the sums; its live gauges go."""
+    """A dead worker's counters and histograms are merged into this run's file of them (so the
+    sums stay right and the files do not grow with every recycled worker); its live gauges go."""
     from prometheus_client import multiprocess
 
+    from partner_api.web import metrics_files
+
     multiprocess.mark_process_dead(worker.pid)
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    metrics_files.merge_dead_workers(Path(directory), [worker.pid], run=os.getpid())
 
 
 def on_exit(server):

@@ -23,7 +23,7 @@ from dispatcher.recorder import OutcomeRecorder
 from dispatcher.transport import AttemptResult, WebhookTransport
 from partner_api import clock
 from partner_api.config import Config
-from partner_api.db import database, kept_connection
+from partner_api.db import database, error_line, kept_connection
 from partner_api.delivery import lifecycle, shares, signing, ssrf
 from partner_api.delivery.claims import ClaimedDelivery, claim_due_deliveries, still_sendable
 from partner_api.delivery.envelope import delivery_body
@@ -115,7 +115,9 @@ class Dispatcher:
                     self.heartbeat.stamp(force=True)
                     claimed_total = self._poll_until_idle()
             except (peewee.DatabaseError, peewee.InterfaceError) as exc:
-                log.error("poll stopped by a database error, retrying next poll: %s", exc)
+                log.error(
+                    "poll stopped by a database error, retrying next poll: %s", error_line(exc)
+                )
         return claimed_total
 
     def _poll_until_idle(self) -> int:
@@ -257,7 +259,7 @@ class Dispatcher:
             with kept_connection():
                 lifecycle.release(leftover)
         except (peewee.DatabaseError, peewee.InterfaceError) as exc:
-            log.error("could not release %d unstarted claims (%s)", len(leftover), exc)
+            log.error("could not release %d unstarted claims (%s)", len(leftover), error_line(exc))
 
     def _record_stop(self) -> None:
         """Say in the database that this dispatcher no longer polls (a clean stop, SIGTERM or

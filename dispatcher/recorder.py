@@ -18,7 +18,7 @@ import peewee
 from dispatcher import metrics
 from dispatcher.transport import AttemptResult
 from partner_api.config import Config
-from partner_api.db import database, kept_connection
+from partner_api.db import database, error_line, kept_connection
 from partner_api.delivery import lifecycle
 from partner_api.delivery.claims import ClaimedDelivery
 
@@ -83,7 +83,7 @@ class OutcomeRecorder:
                     log.error(
                         "could not record %d outcomes (%s); their leases make them due again",
                         len(batch),
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc),
+                        error_line(exc),
                     )
                     return
                 time.sleep(min(0.1 * 2**attempt, 2.0))

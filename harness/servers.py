@@ -80,6 +80,7 @@ def _gunicorn_command(sock, workers: int, config, chdir: Path, pythonpath) -> li
     return command
 
 
+# Long: one start read top to bottom (the command, the process, waiting until it serves).
 def start_gunicorn(
     env: dict,
     log_path: Path,
@@ -92,8 +93,10 @@ def start_gunicorn(
     pythonpath: Path | None = None,
     inherit_env: bool = False,
     timeout: float = 30,
+    run_as: tuple[str, ...] = (),
 ) -> Gunicorn:
-    """gunicorn serving `app` with `workers` sync workers on an ephemeral loopback port.
+    """gunicorn serving `app` with `workers` sync workers on an ephemeral loopback port, run
+    through `run_as` if given (a prefix such as `setpriv --reuid=…`, to run as another user).
 
     `config`: the shipped deploy/gunicorn.conf.py, or None for gunicorn's own defaults (then
     without a control socket). The port is a listening socket gunicorn inherits, so no other
@@ -105,7 +108,7 @@ def start_gunicorn(
     # The app's own lines go to the log file too, as to a journal in production.
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [*command, app],
+            [*run_as, *command, app],
             cwd=chdir,
             env=process_env(env, inherit_env),
             pass_fds=(sock.fileno(),),

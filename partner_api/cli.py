@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sqlite3
 import sys
 
@@ -45,6 +46,8 @@ class OneLineUsageError(click.UsageError):
 def _usage_problem(exc: click.UsageError) -> str:
     if type(exc) is click.BadParameter and isinstance(exc.param, click.Option):
         return f"{exc.param.opts[0]} {exc.message}"
+    if type(exc) is click.BadParameter and isinstance(exc.param, click.Argument):
+        return f"{exc.param.human_readable_name} {exc.message}"
     return exc.format_message()
 
 
@@ -88,18 +91,25 @@ class AdminGroup(_OperatorFacing, AppGroup):
             raise OneLineUsageError(exc.format_message(), ctx) from None
 
 
+# Option values are ASCII: int() and float() also read other scripts' digits (`١`, `５`).
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
+_DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
+
+
 class WholeNumber(click.IntRange):
     """A whole number within bounds, refused in words an operator reads at a glance."""
 
     def convert(self, value, param, ctx):
         try:
+            if isinstance(value, str) and not _WHOLE_NUMBER.fullmatch(value):
+                raise click.BadParameter(value)
             return super().convert(value, param, ctx)
         except click.BadParameter:
             self.fail(f"must be a whole number from {self.min} to {self.max}; got {value!r}")
 
 
 class Seconds(click.ParamType):
-    """A finite number of seconds above 0 and at most `high`."""
+    """A number of seconds above 0 and at most `high`, in plain decimal notation."""
 
     name = "seconds"
 
@@ -107,15 +117,59 @@ class Seconds(click.ParamType):
         self.high = high
 
     def convert(self, value, param, ctx):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is None or not 0 < number <= self.high:  # also refuses nan and inf
+        number = float(value) if _DECIMAL.fullmatch(str(value)) else None
+        if number is None or not 0 < number <= self.high:
             self.fail(
                 f"must be a number of seconds above 0 and at most {self.high:g}; got {value!r}"
             )
         return number
+
+
+class Since(click.ParamType):
+    """`--since`: a time or an age, within the range replay.parse_since accepts."""
+
+    name = "time"
+
+    def convert(self, value, param, ctx):
+        try:
+            return replay.parse_since(value)
+        except DomainError as exc:
+            self.fail(exc.message.removeprefix("--since "))
+
+
+class Identifier(click.ParamType):
+    """An id as typed by an operator (`org_…`, `wh_…`): printable ASCII of at most 64
+    characters. Whether one exists is the database's to say."""
+
+    name = "id"
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def convert(self, value, param, ctx):
+        if not (len(value) <= 64 and value.isprintable() and value.isascii()):
+            self.fail(
+                f"must be an id such as {self.prefix}_… (printable ASCII, at most 64 characters); "
+                f"got {value!r}"
+            )
+        return value
+
+
+class WebAddress(click.ParamType):
+    """An http(s) URL of printable ASCII, at most 2,000 characters."""
+
+    name = "url"
+
+    def convert(self, value, param, ctx):
+        if not (
+            value.startswith(("http://", "https://"))
+            and len(value) <= 2000
+            and value.isascii()
+            and value.isprintable()
+            and " " not in value
+        ):
+            self.fail(f"must be an http:// or https:// URL; got {value!r}")
+        return value
 
 
 class OneOf(click.Choice):
@@ -255,7 +309,7 @@ def orgs_list(as_json):
     "create",
     example="flask --app wsgi keys create --org org_… --name ci --scope webhooks:manage",
 )
-@click.option("--org", "org_id", required=True, help="Org id (org_…).")
+@click.option("--org", "org_id", type=Identifier("org"), required=True, help="Org id (org_…).")
 @click.option("--name", default="", help="A label for the key.")
 @click.option("--scope", "requested", multiple=True, help="Scope to grant; repeatable.")
 @click.option(
@@ -279,7 +333,9 @@ def keys_create(org_id, name, requested, rate_limit, as_json):
 
 
 @keys_cli.command("list", example="flask --app wsgi keys list --org org_…")
-@click.option("--org", "org_id", default=None, help="Only keys of this org.")
+@click.option(
+    "--org", "org_id", type=Identifier("org"), default=None, help="Only keys of this org."
+)
 @json_option
 @admin_command
 def keys_list(org_id, as_json):
@@ -294,7 +350,7 @@ def keys_list(org_id, as_json):
 
 
 @keys_cli.command("revoke", example="flask --app wsgi keys revoke key_…")
-@click.argument("key_id")
+@click.argument("key_id", type=Identifier("key"))
 @json_option
 @admin_command
 def keys_revoke(key_id, as_json):
@@ -304,7 +360,7 @@ def keys_revoke(key_id, as_json):
 
 
 @webhooks_cli.command("enable", example="flask --app wsgi webhooks enable wh_…")
-@click.argument("subscription_id")
+@click.argument("subscription_id", type=Identifier("wh"))
 @json_option
 @admin_command
 def webhooks_enable(subscription_id, as_json):
@@ -335,7 +391,9 @@ def subscription_dict(subscription) -> dict:
 
 
 @webhooks_cli.command("list", example="flask --app wsgi webhooks list --org org_…")
-@click.option("--org", "org_id", default=None, help="Only this org's subscriptions.")
+@click.option(
+    "--org", "org_id", type=Identifier("org"), default=None, help="Only this org's subscriptions."
+)
 @json_option
 @admin_command
 def webhooks_list(org_id, as_json):
@@ -361,18 +419,19 @@ def webhooks_list(org_id, as_json):
 
 
 @webhooks_cli.command("recover", example="flask --app wsgi webhooks recover wh_… --since 2h")
-@click.argument("subscription_id")
+@click.argument("subscription_id", type=Identifier("wh"))
 @click.option(
     "--since",
+    "moment",
+    type=Since(),
     required=True,
     help="Replay dead letters whose event occurred at or after this time: RFC 3339 "
     "(2026-11-27T10:00:00Z) or an age (30m, 2h, 3d).",
 )
 @json_option
 @admin_command
-def webhooks_recover(subscription_id, since, as_json):
+def webhooks_recover(subscription_id, moment, as_json):
     """Replay every dead-lettered delivery of a subscription since a time."""
-    moment = replay.parse_since(since)
     subscription, found = replay.dead_letters_since(subscription_id, moment)
     if len(found) >= PROGRESS_FROM and not as_json and _on_terminal():
         with click.progressbar(length=len(found), label="replaying", file=sys.stderr) as bar:
@@ -409,8 +468,16 @@ def delivery_dict(delivery) -> dict:
 @deliveries_cli.command(
     "list", example="flask --app wsgi deliveries list --status dead_lettered --limit 20"
 )
-@click.option("--org", "org_id", default=None, help="Only this org's deliveries.")
-@click.option("--subscription", "subscription_id", default=None, help="Only this subscription's.")
+@click.option(
+    "--org", "org_id", type=Identifier("org"), default=None, help="Only this org's deliveries."
+)
+@click.option(
+    "--subscription",
+    "subscription_id",
+    type=Identifier("wh"),
+    default=None,
+    help="Only this subscription's.",
+)
 @click.option("--status", type=OneOf(DeliveryStatus.ALL), default=None, help="Only this status.")
 @click.option(
     "--limit",
@@ -440,7 +507,7 @@ def deliveries_list(org_id, subscription_id, status, limit, as_json):
 
 
 @deliveries_cli.command("show", example="flask --app wsgi deliveries show dlv_…")
-@click.argument("delivery_id")
+@click.argument("delivery_id", type=Identifier("dlv"))
 @json_option
 @admin_command
 def deliveries_show(delivery_id, as_json):
@@ -489,7 +556,7 @@ def _timeline(attempts: list[dict], replays: list[dict]) -> list[list]:
 
 
 @deliveries_cli.command("replay", example="flask --app wsgi deliveries replay dlv_…")
-@click.argument("delivery_id")
+@click.argument("delivery_id", type=Identifier("dlv"))
 @json_option
 @admin_command
 def deliveries_replay(delivery_id, as_json):
@@ -556,7 +623,7 @@ def prune_command(days, as_json):
 
 
 @click.command("demo-key", cls=AdminCommand, example="flask --app wsgi demo-key")
-@click.option("--docs-url", default="http://127.0.0.1:8000/api/v1/partner/docs")
+@click.option("--docs-url", type=WebAddress(), default="http://127.0.0.1:8000/api/v1/partner/docs")
 @with_appcontext
 @admin_command
 def demo_key(docs_url):

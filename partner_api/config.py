@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import ssl
 import urllib.parse
 from collections.abc import Callable
@@ -78,7 +79,8 @@ class Config:
                 try:
                     values[field] = parse(raw.strip())
                 except (ValueError, TypeError) as exc:
-                    shown = describe_database_url(raw) if name == "DATABASE_URL" else raw
+                    # A URL may hold a password (a mistyped one too): never shown.
+                    shown = describe_database_url(raw) if name.endswith("_URL") else raw
                     raise ConfigError(f"{name}: {exc} (got {shown!r})") from None
         values.update(overrides)
         return cls(**values)
@@ -130,11 +132,16 @@ def describe_database_url(url: str) -> str:
     (in the user part or a query parameter) as ***, so the line is safe in any terminal or log.
 
     The user part ends at the URL's last `@`, so an unencoded `@`, `/` or `?` in a password
-    hides more of the URL rather than showing part of the password."""
+    hides more of the URL rather than showing part of the password. Text that is not a URL
+    (a mistyped scheme, a libpq `key=value` string) shows nothing before its last `@` and no
+    password parameter's value."""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         return f"sqlite:///{os.path.abspath(path)}"
     scheme, separator, rest = url.partition("://")
+    if not separator:
+        _, at, location = url.rpartition("@")
+        return _PASSWORD_SETTING.sub(r"\1***", f"***@{location}" if at else url)
     userinfo, at, location = rest.rpartition("@")
     if at and ":" in userinfo:
         userinfo = userinfo.partition(":")[0] + ":***"
@@ -144,11 +151,39 @@ def describe_database_url(url: str) -> str:
     return f"{scheme}{separator}{userinfo}{at}{location}{question}{query}"
 
 
+# `password=…` in a libpq connection string (quoted or not) or a URL's query.
+_PASSWORD_SETTING = re.compile(
+    r"\b((?:password|passwd|sslpassword)\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]*)", re.I
+)
+
+
 def _masked_parameter(item: str) -> str:
     name, equals, _ = item.partition("=")
     if equals and urllib.parse.unquote(name).lower() in _PASSWORD_PARAMETERS:
         return f"{name}=***"
     return item
+
+
+def database_passwords(url: str) -> set[str]:
+    """Each password a database URL holds (its user part's, its query's), as written and
+    percent-decoded: what no message about the database may repeat."""
+    if url.startswith("sqlite:///"):
+        return set()
+    userinfo, at, location = url.partition("://")[2].rpartition("@")
+    found = {userinfo.partition(":")[2]} if at else set()
+    for item in location.partition("?")[2].split("&"):
+        name, equals, value = item.partition("=")
+        if equals and urllib.parse.unquote(name).lower() in _PASSWORD_PARAMETERS:
+            found.add(value)
+    found |= {urllib.parse.unquote(value) for value in found}
+    return {value for value in found if value}
+
+
+def without_passwords(text: str, url: str) -> str:
+    """`text` (a driver's error message, say) with any password of `url` replaced by ***."""
+    for password in sorted(database_passwords(url), key=len, reverse=True):
+        text = text.replace(password, "***")
+    return text
 
 
 def _whole_number(low: int, high: int):

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import pwd
 import re
 import secrets
 import select
@@ -29,7 +30,7 @@ from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse import db_url
 from playhouse.pool import PooledPostgresqlDatabase
 
-from partner_api.config import ROOT
+from partner_api.config import ROOT, without_passwords
 
 database = DatabaseProxy()
 _bound_url: str | None = None  # what `database` was bound to, for yoyo's own connections
@@ -130,8 +131,13 @@ class DatabaseMissing(peewee.OperationalError):
     """The SQLite file is not there: only init-db creates it."""
 
 
+class DatabaseInaccessible(peewee.OperationalError):
+    """The SQLite file or its directory does not allow what SQLite needs, or cannot be
+    created; the message names the path and the permission."""
+
+
 class ExistingSqliteDatabase(SqliteDatabase):
-    """SQLite that never creates its file on connect.
+    """SQLite that never creates its file on connect, and says which permission is missing.
 
     sqlite3 creates a missing file silently, so a mistyped path or a command run from the
     wrong directory would read (and leave behind) an empty database and report plausible
@@ -139,9 +145,58 @@ class ExistingSqliteDatabase(SqliteDatabase):
     """
 
     def _connect(self):
-        if not os.path.exists(self.database):
+        # A stat and two access checks per connection: connections are kept for a thread's
+        # life (see kept_connection), so this is not per request.
+        path = Path(self.database)
+        if not path.exists():
             raise DatabaseMissing(MISSING_DATABASE)
+        problem = sqlite_access_problem(path)
+        if problem is not None:
+            raise DatabaseInaccessible(problem)
         return super()._connect()
+
+
+def sqlite_access_problem(path: Path) -> str | None:
+    """Why this process cannot use the existing SQLite file at `path`, in one line, or None.
+
+    SQLite writes beside the file (`-wal`, `-shm`) even to read it, so its directory must be
+    writable as well as the file; without that sqlite3 says only "attempt to write a readonly
+    database" or "unable to open database file"."""
+    if path.is_dir():
+        return f"the database path {path} is a directory, not a SQLite file"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return (
+            f"permission denied: the database file {path} needs read and write permission "
+            f"for {_user()}"
+        )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return (
+            f"permission denied: the database directory {path.parent} needs write permission "
+            f"for {_user()} (SQLite writes its -wal and -shm files there)"
+        )
+    return None
+
+
+def _user() -> str:
+    uid = os.geteuid()
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _cannot_create(path: Path, exc: OSError) -> DatabaseInaccessible:
+    """init-db could not create the database's directory or file: which, and why."""
+    failed = Path(exc.filename) if exc.filename else path
+    kind = "file" if failed == path else "directory"
+    if isinstance(exc, PermissionError):
+        return DatabaseInaccessible(
+            f"permission denied: cannot create the database {kind} {failed}: "
+            f"{failed.parent} needs write permission for {_user()}"
+        )
+    return DatabaseInaccessible(
+        f"cannot create the database {kind} {failed}: {(exc.strerror or str(exc)).lower()}"
+    )
 
 
 def open_database(url: str, max_connections: int = 32):
@@ -162,14 +217,16 @@ def _create_private(path: Path) -> None:
     The file holds every signing secret; SQLite would create it with the umask (often 0644),
     and its -wal/-shm files copy the database file's mode. Existing files are left alone.
     """
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         # Not opened at all: closing any descriptor of a file drops every POSIX lock this
         # process holds on it, which SQLite's other connections rely on ("disk I/O error").
         return
+    except OSError as exc:
+        raise _cannot_create(path, exc) from None
     os.close(descriptor)
 
 
@@ -298,11 +355,18 @@ def app_secret(name: str) -> str:
     return row[0]
 
 
+def error_line(exc: Exception) -> str:
+    """The first line of a database error's message, never with the database's password (a
+    driver may repeat its connection settings)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return without_passwords(text, _bound_url) if _bound_url else text
+
+
 def database_problem(exc: Exception) -> str:
     """One line for an operator about a database failure."""
-    if isinstance(exc, DatabaseMissing):
-        return MISSING_DATABASE
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, DatabaseMissing | DatabaseInaccessible):
+        return str(exc)
+    text = error_line(exc)
     if "no such column" in text or ("column" in text and "does not exist" in text):
         return "the database schema is behind this code: run `flask --app wsgi init-db`"
     if "no such table" in text or "does not exist" in text:

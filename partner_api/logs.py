@@ -1,6 +1,7 @@
 """Log lines of the API and the dispatcher: plain text or one JSON object per line.
 
 Fields passed with `extra=` become `key=value` (text) or JSON keys; API lines carry the request id.
+A text line escapes what a caller could use to forge a line or a field (see `escaped`).
 """
 
 from __future__ import annotations
@@ -75,12 +76,18 @@ class TextFormatter(logging.Formatter):
             for key, value in vars(record).items()
             if key not in _RECORD_ATTRIBUTES and key[0] != "_"
         }
+        line = self.line(record, _message(record), extra)
         if record.exc_info or record.exc_text or record.stack_info:
-            line = super().format(record)
-            head, newline, rest = line.partition("\n")  # a traceback stays below the fields
-            fields = _fields_text(extra)
-            return f"{head} {fields}{newline}{rest}" if fields else line
-        return self.line(record, record.getMessage(), extra)
+            # A traceback stays below the fields, each of its lines indented: a line that
+            # starts with a space continues the record above, so none can pass for a record.
+            below = "\n".join(filter(None, [self._exception_text(record), record.stack_info]))
+            line += "".join(f"\n  {escaped(text, _PROSE_UNSAFE)}" for text in below.split("\n"))
+        return line
+
+    def _exception_text(self, record: logging.LogRecord) -> str | None:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)  # cached, as logging does
+        return record.exc_text
 
     def line(self, record: logging.LogRecord, message: str, extra: dict) -> str:
         """A line without traceback, built directly: the same text as _TEXT_FORMAT's followed by
@@ -90,7 +97,64 @@ class TextFormatter(logging.Formatter):
 
 
 def _fields_text(extra: dict) -> str:
-    return " ".join(f"{key}={'-' if value is None else value}" for key, value in extra.items())
+    """`key=value …`; each value escaped, so it cannot end the line or start another field."""
+    return " ".join(f"{key}={_field_value(value)}" for key, value in extra.items())
+
+
+def _field_value(value) -> str:
+    if value is None:
+        return "-"
+    if type(value) in (int, float):
+        return str(value)
+    return escaped(value if type(value) is str else str(value), _FIELD_UNSAFE)
+
+
+# Written as an escape in a text line: anything but printable ASCII (every C0 control, DEL,
+# C1 controls, line and paragraph separators, other non-printable code points; printable
+# non-ASCII text stays), and the backslash that starts an escape. In a field value also the
+# space, `=` and `"`, which could start a field of the caller's own; in the message (prose
+# written by this code, with values of its own) and under a traceback, spaces stay.
+_FIELD_UNSAFE = re.compile(r"[^\x21\x23-\x3c\x3e-\x5b\x5d-\x7e]")
+_MESSAGE_UNSAFE = re.compile(r"[^\x20-\x21\x23-\x3c\x3e-\x5b\x5d-\x7e]")
+_PROSE_UNSAFE = re.compile(r"[^\x20-\x5b\x5d-\x7e]")
+
+
+def escaped(text: str, unsafe: re.Pattern = _FIELD_UNSAFE) -> str:
+    """`text` with each character `unsafe` matches written as `\\xNN`, `\\uNNNN` or
+    `\\UNNNNNNNN` (its code point), printable non-ASCII characters excepted: `/a\\x0d\\x0ab\\x3d1`
+    for a path `/a<CR><LF>b=1`. The cost grows with the text's length, and a plain value is
+    checked by one regex search."""
+    if unsafe.search(text) is None:
+        return text
+    return unsafe.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    character = match.group()
+    code = ord(character)
+    if code > 0x7F and character.isprintable():
+        return character
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's message, each value put into it escaped like a field's but for its spaces
+    (a database error's text reads as words), the message's own text only for control
+    characters."""
+    args = record.args
+    if not args:
+        return escaped(str(record.msg), _PROSE_UNSAFE)
+    if isinstance(args, tuple):
+        try:
+            return str(record.msg) % tuple(
+                arg if type(arg) in (int, float, bool) else escaped(str(arg), _MESSAGE_UNSAFE)
+                for arg in args
+            )
+        except (TypeError, ValueError):
+            pass  # a format that wants the value itself (%d of a Decimal, say): the whole line
+    return escaped(record.getMessage(), _MESSAGE_UNSAFE)
 
 
 def formatter(log_format: str) -> logging.Formatter:

@@ -1,6 +1,7 @@
 """The admin CLI: orgs and keys, --json output, refusals that change nothing, the database
 it names, help with examples, and no database created by a command that only reads."""
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -353,6 +354,66 @@ def test_a_bad_option_is_one_error_line_and_exit_2(runner, org, db, args, messag
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: {message}"), line
     assert (Org.select().count(), ApiKey.select().count(), Delivery.select().count()) == before
+
+
+# Every option and argument, and values of its type that are not what it takes: a digit of
+# another script (int() and float() read them), out of range, not a number or a time at all.
+BAD_NUMBERS = ["²", "١", "５", "1_0", "1e3", "-1", "0x10", " 5", "nan", "", "9" * 20]
+BAD_SINCE = [
+    "999999d",
+    "0001-01-01T00:00:00+01:00",
+    "1999-12-31T23:59:59Z",
+    "9000-01-01T00:00:01Z",
+    "9999-12-31T23:59:59-01:00",
+    "9999-12-31T23:59:59.999999+00:00",
+    "١h",
+    "2h 3m",
+    "soon",
+]
+BAD_IDS = ["\udcff", "x" * 65, "a\x1bb", "wh_\u00e9"]
+TYPED = [
+    (["deliveries", "list", "--limit"], "--limit", BAD_NUMBERS),
+    (["prune", "--older-than"], "--older-than", BAD_NUMBERS),
+    (["keys", "create", "--org", "org_x", "--rate-limit"], "--rate-limit", BAD_NUMBERS),
+    (["init-db", "--lock-timeout"], "--lock-timeout", BAD_NUMBERS),
+    (["webhooks", "recover", "wh_x", "--since"], "--since", BAD_SINCE),
+    (["keys", "create", "--org"], "--org", BAD_IDS),
+    (["keys", "list", "--org"], "--org", BAD_IDS),
+    (["webhooks", "list", "--org"], "--org", BAD_IDS),
+    (["deliveries", "list", "--org"], "--org", BAD_IDS),
+    (["deliveries", "list", "--subscription"], "--subscription", BAD_IDS),
+    (["keys", "revoke"], "KEY_ID", BAD_IDS),
+    (["webhooks", "enable"], "SUBSCRIPTION_ID", BAD_IDS),
+    (["deliveries", "show"], "DELIVERY_ID", BAD_IDS),
+    (["deliveries", "replay"], "DELIVERY_ID", BAD_IDS),
+    (["demo-key", "--docs-url"], "--docs-url", ["ftp://x", "\udcff", "http://a b", ""]),
+]
+
+
+@pytest.mark.parametrize(
+    "args,name,value",
+    [(args, name, value) for args, name, values in TYPED for value in values],
+    ids=lambda part: repr(part)[:40] if isinstance(part, str) else " ".join(part),
+)
+def test_every_option_refuses_a_value_outside_its_type_in_one_line(
+    runner, org, db, args, name, value
+):
+    before = (Org.select().count(), ApiKey.select().count(), Delivery.select().count())
+    result = runner.invoke(args=[*args, value])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {name} must be"), line
+    assert (Org.select().count(), ApiKey.select().count(), Delivery.select().count()) == before
+
+
+def test_recover_since_reaches_back_to_the_start_of_its_range(runner, org, db):
+    from partner_api.delivery import replay
+
+    now = replay.SINCE_EARLIEST.replace(tzinfo=None) + dt.timedelta(days=2)
+    assert replay.parse_since("2d", now) == replay.SINCE_EARLIEST.replace(tzinfo=None)
+    assert replay.parse_since("9000-01-01T01:00:00+01:00", now).year == 9000
+    result = runner.invoke(args=["webhooks", "recover", "wh_x", "--since", "2000-01-01T00:00:00Z"])
+    assert errors(result.stderr) == ["error: no webhook subscription with id 'wh_x'"]
 
 
 # --- help -------------------------------------------------------------------------------------

@@ -230,7 +230,8 @@ def test_a_traceback_stays_below_the_fields_of_its_line():
     record.attempt = 3
     first, *rest = logs.TextFormatter().format(record).splitlines()
     assert first.endswith("ERROR x failed attempt=3")
-    assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "ValueError: boom"
+    # Indented: a line that starts with a space continues the record above it.
+    assert rest[0] == "  Traceback (most recent call last):" and rest[-1] == "  ValueError: boom"
 
 
 @pytest.fixture

@@ -14,10 +14,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from harness.dispatcher import dispatcher_env, start_dispatcher
 from harness.net import wait_for
 from harness.receivers import Receiver
-from harness.servers import start_gunicorn
+from harness.servers import SHIPPED_CONFIG, start_gunicorn
 from partner_api import provisioning
 from partner_api.db import apply_schema, bind, database
 from partner_api.delivery.outbox import publish_event
@@ -234,6 +236,50 @@ def spread_over_two_workers(base: str, count: int) -> list[int]:
     statuses += [status_of(base + "/healthz") for _ in range(count - count // 2)]
     second_stall.close()
     return statuses
+
+
+RECYCLE_AFTER = 20  # gunicorn's max_requests for the recycling test
+
+
+@pytest.mark.parametrize("config", [SHIPPED_CONFIG, None], ids=["shipped config", "plain"])
+def test_recycled_workers_leave_a_bounded_number_of_metrics_files_and_exact_counts(
+    tmp_path, config
+):
+    url = f"sqlite:///{tmp_path / 'api.sqlite3'}"
+    bind(url)
+    apply_schema()
+    metrics_dir = tmp_path / "metrics"
+    log_path = tmp_path / "gunicorn.log"
+    env = {
+        "DATABASE_URL": url,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "GUNICORN_CMD_ARGS": f"--max-requests {RECYCLE_AFTER} --max-requests-jitter 0",
+    }
+    metrics_dir.mkdir()
+    files_seen = []
+
+    def health_check(_):
+        assert status_of(server.base + "/healthz") == 200
+        files_seen.append(len(list(metrics_dir.glob("*.db"))))
+
+    with start_gunicorn(env, log_path, workers=2, config=config) as server:
+        # Four at a time, so both workers answer and are recycled while the other lives.
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(health_check, range(300)))
+        # A scrape is a request too (it may recycle its worker): each counts as the next one.
+        assert healthz_total(server.base) == 300
+        latency = samples(fetch(server.base + "/metrics"))[
+            (
+                "partner_api_http_request_duration_seconds_count",
+                frozenset({"route": "/healthz", "method": "GET"}.items()),
+            )
+        ]
+        assert latency == 300
+    recycled = log_path.read_text().count("Booting worker") - 2
+    assert recycled >= 300 // RECYCLE_AFTER - 1  # each worker answered its 20 and was replaced
+    # Two kinds (counter, histogram) per live worker, per dead one not merged yet, and merged:
+    # bounded, where every recycled worker used to leave two files for good (~30 here).
+    assert max(files_seen) <= 2 * 2 + 2 * 2 + 2, files_seen
 
 
 def test_plain_gunicorn_sums_every_worker_in_a_default_directory_cleaned_at_restart(

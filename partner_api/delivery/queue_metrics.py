@@ -14,7 +14,7 @@ import peewee
 from prometheus_client.core import GaugeMetricFamily
 
 from partner_api import clock
-from partner_api.db import database, kept_connection
+from partner_api.db import database, error_line, kept_connection
 from partner_api.delivery import stats
 
 log = logging.getLogger(__name__)
@@ -87,5 +87,5 @@ def read_queue_gauges(now) -> dict | None:
         with kept_connection():
             return stats.queue_gauges(now)
     except peewee.PeeweeException as exc:
-        log.warning("metrics: queue gauges unavailable: %s", str(exc).strip()[:200])
+        log.warning("metrics: queue gauges unavailable: %s", error_line(exc)[:200])
         return None

@@ -17,7 +17,12 @@ from partner_api.errors import DomainError
 from partner_api.models import Delivery, DeliveryStatus, Event, Subscription
 
 RECOVER_BATCH = 500  # deliveries reset per transaction, so the dispatcher is never held up long
-_AGO = re.compile(r"^(\d{1,6})([mhd])$")
+# ASCII digits only: `\d` would take any script's digits, which int() reads as well.
+_AGO = re.compile(r"[0-9]{1,6}[mhd]")
+# The times `--since` accepts: any replay worth asking for, far from what a datetime holds.
+SINCE_EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+SINCE_LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+_SHOWN_EARLIEST, _SHOWN_LATEST = "2000-01-01T00:00:00Z", "9000-01-01T00:00:00Z"
 _AGO_UNITS = {"m": 60, "h": 3600, "d": 86400}
 
 
@@ -76,23 +81,36 @@ def replay_delivery(
 
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """`--since`: RFC 3339 with an offset (`2026-11-27T10:00:00Z`) or an age (`30m`, `2h`,
-    `3d`); returns naive UTC like the database."""
+    `3d`), from SINCE_EARLIEST to SINCE_LATEST; returns naive UTC like the database."""
     now = clock.now() if now is None else now
     value = (text or "").strip()
-    match = _AGO.match(value)
-    if match:
-        return now - dt.timedelta(seconds=int(match.group(1)) * _AGO_UNITS[match.group(2)])
+    moment = _ago(value, now) if _AGO.fullmatch(value) else _rfc3339(value)
+    if moment is None or not SINCE_EARLIEST <= moment <= SINCE_LATEST:
+        # Compared while aware: converting a time near year 1 or 9999 to UTC would overflow.
+        raise DomainError(
+            "invalid_since",
+            "--since must be an RFC 3339 time with an offset (2026-11-27T10:00:00Z) or an age "
+            f"such as 30m, 2h or 3d, from {_SHOWN_EARLIEST} to {_SHOWN_LATEST}; got {text!r}",
+        )
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _ago(value: str, now: dt.datetime) -> dt.datetime | None:
+    """`now` less the age, or None when that is before SINCE_EARLIEST (or past what a
+    datetime can hold)."""
+    seconds = int(value[:-1]) * _AGO_UNITS[value[-1]]
+    now = now.replace(tzinfo=dt.UTC)
+    if seconds > (now - SINCE_EARLIEST).total_seconds():
+        return None
+    return now - dt.timedelta(seconds=seconds)
+
+
+def _rfc3339(value: str) -> dt.datetime | None:
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None or "T" not in value.upper():
-        raise DomainError(
-            "invalid_since",
-            f"--since must be an RFC 3339 time with an offset (2026-11-27T10:00:00Z) or an age "
-            f"such as 30m, 2h or 3d; got {text!r}",
-        )
-    return moment.astimezone(dt.UTC).replace(tzinfo=None)
+        return None
+    return moment if moment.tzinfo is not None and "T" in value.upper() else None
 
 
 def dead_letters_since(subscription_id: str, since: dt.datetime) -> tuple[Subscription, list[str]]:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from prometheus_client import (
@@ -30,6 +31,7 @@ from prometheus_client import (
 
 from partner_api.config import ROOT, Config
 from partner_api.delivery.queue_metrics import QueueGaugesCollector
+from partner_api.web import metrics_files
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,11 @@ def exposition(multiprocess_dir: str | None, queue_gauges) -> tuple[bytes, str]:
     else:
         registry.register(REGISTRY)  # a registry is a collector: this process's own counts
     registry.register(queue_gauges)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    if not multiprocess_dir:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    # Its cost grows with the files: one per kind per live worker, and the merged ones.
+    with metrics_files.locked(Path(multiprocess_dir), exclusive=False):
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 def init_app(app, config: Config) -> Config:
@@ -138,27 +144,53 @@ def _default_directory(database_url: str) -> str:
 
 
 def forget_earlier_runs(directory: Path) -> None:
-    """Remove the files an earlier run of the server left, called as each process starts.
+    """Remove the files an earlier run of the server left, and merge those of this run's dead
+    workers (metrics_files); called as each worker starts, before it writes any.
 
-    With plain `gunicorn -w N wsgi:app` no hook runs in the master before it forks, and each
-    worker loads the app itself, so each cleans: files named for its own pid are an earlier
-    process's (pids are reused), and when no other process that wrote here is alive, every
-    file is an earlier run's (a restart), so the counts start from 0. While any worker lives, a
-    replaced worker's files stay, so the sums never drop (Prometheus would read a reset)."""
-    own = os.getpid()
-    files = [(path, _writer_pid(path)) for path in directory.glob("*.db")]
-    peer_alive = any(pid not in (None, own) and _alive(pid) for _, pid in files)
+    With plain `gunicorn -w N wsgi:app` no hook runs in the master, so each worker cleans. A
+    file written since this worker's master started is this run's: a live peer's stays, a dead
+    worker's (this pid's too: pids are reused) is merged, so the sums never drop (Prometheus
+    would read a reset) and the files do not pile up. Older files are an earlier run's (a
+    restart), so the counts start from 0. deploy/gunicorn.conf.py merges each worker's files
+    as it exits. Without /proc, a file is taken for this run's while another worker lives."""
+    own, run = os.getpid(), os.getppid()
+    files = [(path, metrics_files.writer_pid(path)) for path in directory.glob("*.db")]
+    started = _master_started_at()
+    peer_alive = started is None and any(pid not in (None, own) and _alive(pid) for _, pid in files)
+
+    def this_run(path: Path, pid: int | None) -> bool:
+        if pid is None:
+            return metrics_files.merged_run(path) == run
+        return peer_alive if started is None else _modified_at(path) > started + BOOT_MARGIN
+
+    ours = [(path, pid) for path, pid in files if this_run(path, pid)]
+    dead = {pid for _, pid in ours if pid is not None and (pid == own or not _alive(pid))}
+    metrics_files.merge_dead_workers(directory, dead, run)
     for path, pid in files:
-        if pid == own or (not peer_alive and pid is not None):
-            # Only files whose writer is dead (or this process): a peer starting at the same
-            # moment keeps its own.
+        if not this_run(path, pid):
             path.unlink(missing_ok=True)
 
 
-def _writer_pid(path: Path) -> int | None:
-    """prometheus_client names each file `<kind>_<pid>.db`."""
-    tail = path.stem.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else None
+# A worker writes its first file well after its master started (it imports the app first):
+# what was written within this of the master's start, measured to 1/100 s, is an earlier run's.
+BOOT_MARGIN = 0.1
+
+
+def _master_started_at() -> float | None:
+    """When this worker's master started (Unix time, to 1/100 s), from /proc; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _modified_at(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _alive(pid: int) -> bool:

@@ -12,6 +12,7 @@ import peewee
 from flask import current_app, json
 from werkzeug.exceptions import HTTPException
 
+from partner_api import db
 from partner_api.errors import DomainError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -239,8 +240,7 @@ def handle_unexpected(error: Exception):
 def handle_database_unavailable(error: peewee.DatabaseError):
     """503 while the database cannot be reached or is busy beyond its timeout (a restart, a
     dropped connection, SQLite's lock wait running out): the client may retry, no internals."""
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    log.warning("database unavailable: %s", first_line)
+    log.warning("database unavailable: %s", db.error_line(error))
     return problem_response(
         ApiError(
             503,
