@@ -17,6 +17,7 @@ from partner_api.models import (
     Delivery,
     DeliveryFailure,
     DeliveryHistory,
+    DueWork,
     Event,
     IdempotencyKey,
     Subscription,
@@ -106,6 +107,7 @@ def test_linked_sequences_answer_as_documented(api_schema, token):
                     DeliveryFailure,
                     Delivery,
                     Event,
+                    DueWork,
                     Subscription,
                 ):
                     model.delete().execute()
