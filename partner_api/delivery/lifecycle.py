@@ -20,6 +20,8 @@ The rules, each stated once here:
 - A delivery of a disabled subscription is held, never pending (`_open_status`).
 - A finished delivery's `next_attempt_at` is when it finished; retention and `stats` count
   from it (`_finished`).
+- A change that makes deliveries due now wakes the dispatchers once it commits
+  (`_due_now`); polling finds the rest.
 - Every change clears the lease token, so an attempt in flight whose delivery changed under
   it cannot overwrite the new state; an attempt's outcome is written only under its lease.
 """
@@ -35,7 +37,7 @@ from peewee import fn
 from partner_api import clock, ids
 from partner_api.config import Config
 from partner_api.db import by_backend, database, locked, write_transaction
-from partner_api.delivery import retry
+from partner_api.delivery import retry, wake
 from partner_api.models import (
     Delivery,
     DeliveryFailure,
@@ -58,6 +60,14 @@ def _open_status(subscription_status: str) -> str:
     return DeliveryStatus.HELD
 
 
+def _due_now(count: int, status: str = DeliveryStatus.PENDING) -> int:
+    """`count` deliveries were just made `status` and due now: if pending, the dispatchers are
+    woken once the transaction commits. Returns `count`."""
+    if count and status == DeliveryStatus.PENDING:
+        wake.work_due()
+    return count
+
+
 def _finished(status: str, now: dt.datetime) -> dict:
     """The columns of a delivery that has just finished: its `next_attempt_at` is now."""
     return {"status": status, "next_attempt_at": now, "lease_token": None}
@@ -71,7 +81,7 @@ def create_deliveries(
 ) -> list[Delivery]:
     """One delivery of `event` per subscription, due now (held if the subscription is
     disabled). The caller's transaction also wrote the event: both commit or neither."""
-    return [
+    created = [
         Delivery.create(
             id=ids.new_id("dlv"),
             event=event,
@@ -83,6 +93,8 @@ def create_deliveries(
         )
         for subscription in subscriptions
     ]
+    _due_now(sum(delivery.status == DeliveryStatus.PENDING for delivery in created))
+    return created
 
 
 # -- lease (the claim) -------------------------------------------------------------------------
@@ -356,7 +368,7 @@ def hold_due(subscription_ids: list[str], now: dt.datetime) -> None:
 
 def release_held(subscription_id: str) -> int:
     """The subscription is enabled again: its held deliveries are due now."""
-    return (
+    return _due_now(
         Delivery.update(
             status=DeliveryStatus.PENDING, next_attempt_at=clock.now(), lease_token=None
         )
@@ -482,7 +494,7 @@ def replay(
     ]
     if history:
         DeliveryHistory.insert_many(history).execute()
-    return len(replayed)
+    return _due_now(len(replayed), _open_status(subscription.status))
 
 
 def _history_row(
