@@ -46,6 +46,7 @@ bench-tools:
 bench: $(VENV)/.dev bench-tools
 	$(PY) -m bench.claim $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.engine $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) -m bench.wake $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.metrics
 	$(PY) -m bench.slow_clients
 	$(PY) -m bench.prune $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
