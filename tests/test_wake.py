@@ -26,7 +26,7 @@ from harness.pgbouncer import PgBouncer, pgbouncer_binary
 from harness.receivers import Receiver
 from partner_api import provisioning
 from partner_api.db import database, write_transaction
-from partner_api.delivery import wake
+from partner_api.delivery import replay, subscriptions, wake
 from partner_api.delivery.claims import next_due_after
 from partner_api.delivery.outbox import publish_event
 from partner_api.models import Delivery, Event
@@ -193,6 +193,56 @@ def test_a_rolled_back_publish_wakes_nobody_and_loses_nothing(subscribe, databas
     assert received(receiver) == [kept]
     with database.connection_context():
         assert [event.id for event in Event.select()] == [kept]
+
+
+def test_a_redelivery_and_an_enable_wake_a_disable_and_a_delete_do_not(
+    subscribe, database_url, config
+):
+    """Every write that makes work due now wakes once; one that makes nothing due, nobody."""
+    with Receiver() as receiver:
+        org_id = one_subscriber(subscribe, receiver)
+        sent = publish(org_id)
+        dispatcher = Dispatcher(config)
+        try:
+            dispatcher.run_until_idle()
+        finally:
+            dispatcher.close()
+    ear = Ear(database_url)
+    try:
+        with database.connection_context():
+            delivery = Delivery.get(Delivery.event == sent)
+            subscription_id = delivery.subscription_id
+            heard = []
+            for change in (
+                lambda: replay.replay_delivery(delivery.id),
+                lambda: subscriptions.disable_subscription(subscription_id),
+                lambda: publish_event(org_id, "vc.test.ping", {"n": "held"}),
+                lambda: subscriptions.enable_subscription(subscription_id),
+                lambda: subscriptions.enable_subscription(subscription_id),  # already: no-op
+                lambda: subscriptions.delete_subscription(org_id, subscription_id),
+            ):
+                change()
+                ear.fence()
+                heard.append(len(ear.heard()))
+    finally:
+        ear.close()
+    assert heard == [1, 0, 0, 1, 0, 0]
+
+
+def test_several_dispatchers_are_all_woken_and_send_each_delivery_once(subscribe, database_url):
+    with Receiver() as receiver:
+        org_id = one_subscriber(subscribe, receiver)
+        env = dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL=LONG_POLL)
+        with running_dispatcher(env) as one, running_dispatcher(env) as other:
+            assert one.saw(LISTENING) and other.saw(LISTENING)
+            if database_url.startswith("sqlite"):
+                assert len(os.listdir(wake.socket_directory(database_url))) == 2
+            with database.connection_context(), write_transaction():
+                events = [publish_event(org_id, "vc.test.ping", {"n": n})[0].id for n in range(30)]
+            assert wait_for(lambda: set(received(receiver)) == set(events), 30)
+        if database_url.startswith("sqlite"):  # each removed its socket as it stopped
+            assert os.listdir(wake.socket_directory(database_url)) == []
+    assert sorted(received(receiver)) == sorted(events)
 
 
 def test_without_a_listener_or_its_socket_the_api_answers_202_and_polling_delivers(
