@@ -30,6 +30,7 @@ log = logging.getLogger("dispatcher")
 CHANNEL = "partner_api_work_due"
 SELF_TEST_SECONDS = 5.0  # a NOTIFY round trip on a working session takes milliseconds
 RECONNECT_DELAYS = (1, 2, 5, 10, 30)  # seconds; the last one repeats
+CONNECT_TIMEOUT = 5  # seconds
 _PING = b"!"
 
 
@@ -101,21 +102,39 @@ class Listener:
 
     def close(self) -> None:
         self._stop_write.send(_PING)
-        self._thread.join()
-        self._stop_read.close()
-        self._stop_write.close()
+        # A connection attempt in progress is not interrupted; the thread is a daemon.
+        self._thread.join(timeout=CONNECT_TIMEOUT)
+        if not self._thread.is_alive():
+            self._stop_read.close()
+            self._stop_write.close()
 
     def _run(self) -> None:
         raise NotImplementedError
 
     def _wait(self, sock, timeout: float | None = None) -> bool:
         """Wait until `sock` is readable (True), the timeout passes or close() is called."""
-        readable, _, _ = select.select([sock, self._stop_read], [], [], timeout)
-        return self._stop_read not in readable and bool(readable)
+        ready = _readable([sock, self._stop_read], timeout)
+        return self._stop_read.fileno() not in ready and bool(ready)
 
     @property
     def stopping(self) -> bool:
-        return bool(select.select([self._stop_read], [], [], 0)[0])
+        return bool(_readable([self._stop_read], 0))
+
+    def _woken(self) -> None:
+        try:
+            self.on_wake()
+        except Exception:  # the poll still runs: never let the listener die of it
+            log.exception("wake on publish: could not start a poll")
+
+
+def _readable(sources, timeout: float | None) -> set[int]:
+    """The file descriptors of `sources` readable within `timeout` seconds (None: no limit).
+    poll, not select: a busy process may hold descriptors above select's limit of 1024."""
+    poller = select.poll()
+    for source in sources:
+        poller.register(source, select.POLLIN)
+    wait_ms = None if timeout is None else int(timeout * 1000)
+    return {fd for fd, _ in poller.poll(wait_ms)}
 
 
 def listener(config: Config, on_wake: Callable[[], None]) -> Listener:
@@ -150,7 +169,7 @@ class SocketListener(Listener):
                 with contextlib.suppress(BlockingIOError):
                     while sock.recv(64):  # one wake for however many arrived
                         pass
-                self.on_wake()
+                self._woken()
         finally:
             self.listening.clear()
             sock.close()
@@ -187,7 +206,7 @@ class NotificationListener(Listener):
                     return
                 log.info("wake on publish: listening on %s", where)
                 if failures:
-                    self.on_wake()  # a publish may have come while no one listened
+                    self._woken()  # a publish may have come while no one listened
                 failures = 0
                 self._listen(connection)
             except (psycopg2.Error, OSError) as exc:
@@ -199,7 +218,9 @@ class NotificationListener(Listener):
 
     def _connect(self):
         connection = psycopg2.connect(
-            self.config.listen_url, application_name="partner-api-dispatcher-wake"
+            self.config.listen_url,
+            application_name="partner-api-dispatcher-wake",
+            connect_timeout=CONNECT_TIMEOUT,
         )
         connection.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
         with connection.cursor() as cursor:
@@ -210,7 +231,8 @@ class NotificationListener(Listener):
         """Whether a NOTIFY sent from another session reaches this one: through PgBouncer in
         transaction mode the LISTEN stayed on a server connection this session no longer has."""
         token = secrets.token_hex(8)
-        with contextlib.closing(psycopg2.connect(self.config.listen_url)) as other:
+        sender = psycopg2.connect(self.config.listen_url, connect_timeout=CONNECT_TIMEOUT)
+        with contextlib.closing(sender) as other:
             other.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
             with other.cursor() as cursor:
                 cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, token))
@@ -228,7 +250,7 @@ class NotificationListener(Listener):
             connection.poll()  # raises once the server has gone
             if connection.notifies:
                 connection.notifies.clear()
-                self.on_wake()
+                self._woken()
 
     def _lost(self, where: str, exc: Exception, failures: int) -> None:
         delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS)) - 1]
@@ -239,4 +261,4 @@ class NotificationListener(Listener):
                 where,
                 first_line,
             )
-        select.select([self._stop_read], [], [], delay)  # or until close()
+        _readable([self._stop_read], delay)  # or until close()
