@@ -49,6 +49,7 @@ bench: $(VENV)/.dev bench-tools pgbouncer
 	$(PY) -m bench.idle $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.engine $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.first_ping $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
+	$(PY) -m bench.wake $(if $(PARTNER_API_TEST_POSTGRES_URL),--postgres $(PARTNER_API_TEST_POSTGRES_URL))
 	$(PY) -m bench.metrics
 	$(PY) -m bench.scrape
 	$(PY) -m bench.slow_clients

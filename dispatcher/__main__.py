@@ -1,4 +1,5 @@
-"""`python -m dispatcher`: poll for due deliveries every PARTNER_API_POLL_INTERVAL seconds.
+"""`python -m dispatcher`: poll for due deliveries every PARTNER_API_POLL_INTERVAL seconds,
+and at once when woken by a publish (`delivery/wake.py`; PARTNER_API_DISPATCHER_WAKE).
 
 `--once` drains what is due now and exits (cron, tests), serving no metrics. SIGTERM/SIGINT
 stop claiming, let in-flight attempts finish (bounded by the delivery deadline) and exit 0.
@@ -8,12 +9,15 @@ The long-running dispatcher also applies the retention (PARTNER_API_RETENTION_DA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import signal
 import sys
+import threading
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from dispatcher import metrics
@@ -21,7 +25,7 @@ from dispatcher.dispatch import Dispatcher
 from partner_api import clock, db, logs
 from partner_api.config import Config, ConfigError
 from partner_api.db import database
-from partner_api.delivery import retention
+from partner_api.delivery import retention, wake
 
 log = logging.getLogger("dispatcher")
 FIRST_PRUNE_AFTER = datetime.timedelta(minutes=5)  # not in the way of a restart's first polls
@@ -56,13 +60,21 @@ def main(argv=None) -> int:
         )
     scheduler = None if args.once else _scheduler(dispatcher, config)
     _stop_on_signals(dispatcher, scheduler)
+    listener = None
     try:
         if scheduler is None:
             log.info("drained %d deliveries", dispatcher.run_until_idle())
         else:
             log.info("dispatcher polling every %ss", config.poll_interval)
+            if config.dispatcher_wake:
+                dispatcher.poll_by = PollBy(scheduler)
+                listener = wake.listener(config, dispatcher.wake)
+            else:
+                log.info("wake on publish off (PARTNER_API_DISPATCHER_WAKE=false)")
             scheduler.start()
     finally:
+        if listener is not None:
+            listener.close()
         dispatcher.close()  # waits for in-flight attempts
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -113,7 +125,10 @@ def _scheduler(dispatcher: Dispatcher, config: Config) -> BlockingScheduler:
         "interval",
         seconds=config.poll_interval,
         id="poll",
-        max_instances=1,
+        # A wake that comes as a poll ends queues one more behind it (the one executor thread
+        # runs them in turn), however late that one starts: a wake is never skipped.
+        max_instances=2,
+        misfire_grace_time=None,
         coalesce=True,
         next_run_time=now,  # first poll right away
     )
@@ -129,6 +144,22 @@ def _scheduler(dispatcher: Dispatcher, config: Config) -> BlockingScheduler:
         next_run_time=now + FIRST_PRUNE_AFTER,
     )
     return scheduler
+
+
+class PollBy:
+    """Brings the next poll forward to a time (`dispatcher.poll_by`): now for a wake, or when
+    the next delivery comes due if that is sooner than the next poll."""
+
+    def __init__(self, scheduler: BlockingScheduler):
+        self.scheduler = scheduler
+        self._lock = threading.Lock()  # a wake and a due time never undo each other
+
+    def __call__(self, when: datetime.datetime) -> None:
+        when = when.replace(tzinfo=datetime.UTC)  # the clock's naive UTC
+        with self._lock, contextlib.suppress(JobLookupError):
+            job = self.scheduler.get_job("poll")
+            if job is not None and job.next_run_time is not None and when < job.next_run_time:
+                self.scheduler.modify_job("poll", next_run_time=when)
 
 
 def prune_job(config: Config, should_stop=None) -> dict | None:

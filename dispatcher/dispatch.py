@@ -3,6 +3,8 @@
 A poll claims due deliveries in batches (leased ahead, at most three times what the sharing
 rules let run), starts them on free senders by the rules in `delivery/shares.py`, and hands
 every outcome to the recorder (`recorder.py`). It stops claiming as soon as shutdown begins.
+A wake (`wake`, from `delivery/wake.py`'s listener) makes a running poll claim again at once
+and asks for the next poll now; the next poll is also brought forward to the next due time.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import peewee
 
@@ -25,7 +29,12 @@ from partner_api import clock
 from partner_api.config import Config
 from partner_api.db import database, error_line, kept_connection
 from partner_api.delivery import lifecycle, shares, signing, ssrf
-from partner_api.delivery.claims import ClaimedDelivery, claim_due_deliveries, still_sendable
+from partner_api.delivery.claims import (
+    ClaimedDelivery,
+    claim_due_deliveries,
+    next_due_after,
+    still_sendable,
+)
 from partner_api.delivery.envelope import delivery_body
 
 log = logging.getLogger("dispatcher")
@@ -88,7 +97,7 @@ class Dispatcher:
         )
         self.policy = shares.SharePolicy(config.dispatch_workers)
         self.health = SubscriberHealth(slow_after=min(1.0, config.delivery_timeout / 2))
-        self.recorder = OutcomeRecorder(config)
+        self.recorder = OutcomeRecorder(config, retry_scheduled=self.schedule_next_poll)
         self.stopping = threading.Event()
         self._senders = concurrent.futures.ThreadPoolExecutor(
             config.dispatch_workers, thread_name_prefix="sender"
@@ -99,6 +108,11 @@ class Dispatcher:
         self._ready: dict[str, collections.deque[tuple[ClaimedDelivery, float]]] = {}
         self._polling = threading.Lock()  # close() waits for a running poll to return
         self._nothing_due = False
+        self._woken = threading.Event()  # a wake the running poll has not claimed for yet
+        self._stirred = threading.Event()  # an attempt ended or a wake came: stop waiting
+        # Set by the long-running dispatcher: `poll_by(when)` brings the next poll forward to
+        # `when` (naive UTC, as the clock gives) unless one is due sooner.
+        self.poll_by: Callable[[dt.datetime], None] | None = None
         self.heartbeat = Heartbeat(every=config.poll_interval)
 
     def poll(self) -> int:
@@ -114,6 +128,7 @@ class Dispatcher:
                 with kept_connection():
                     self.heartbeat.stamp(force=True)
                     claimed_total = self._poll_until_idle()
+                    self.schedule_next_poll()
             except (peewee.DatabaseError, peewee.InterfaceError) as exc:
                 log.error(
                     "poll stopped by a database error, retrying next poll: %s", error_line(exc)
@@ -123,6 +138,7 @@ class Dispatcher:
     def _poll_until_idle(self) -> int:
         claimed_total = 0
         while not self.stopping.is_set():
+            self._stirred.clear()  # what happens from here on ends the wait below at once
             metrics.record_poll()  # each turn claims or waits at most a poll interval
             self.heartbeat.stamp()  # a long poll still shows as polling (once an interval at most)
             started = self._start_ready()
@@ -131,22 +147,43 @@ class Dispatcher:
             # take (what is ready may all be held back by the sharing rules).
             idle = self.config.dispatch_workers - self.in_flight_count()
             running_low = self._ready_count() < self.config.dispatch_workers
-            if (running_low or idle > 0) and not self._nothing_due:
+            if (running_low or idle > 0) and (not self._nothing_due or self._woken.is_set()):
+                self._woken.clear()  # a wake from here on is claimed for by the next turn
                 claimed = self._claim(idle)
                 claimed_total += claimed
                 # Until an attempt ends (or the next poll), another claim would find the same.
                 self._nothing_due = not claimed
             if started or claimed:
                 continue  # senders may have freed up meanwhile: look again before waiting
+            if self._woken.is_set() and (running_low or idle > 0):
+                continue  # a wake came during that claim: its work may not have been seen
             if self._ready_count() == 0 and not self._any_at_cap():
                 break  # nothing is due that a free sender could take
             if self.in_flight_count() == 0:
                 break  # nothing will change before the next poll
-            if not self._wait_for_a_sender():
+            if not self._stirred.wait(self.config.poll_interval):
                 # A poll interval with every attempt still running (dead or slow endpoints):
                 # claim again, or new work would wait for them.
                 self._nothing_due = False
         return claimed_total
+
+    def wake(self) -> None:
+        """Work was made due now (a publish, a redelivery, an enable): claim it at once."""
+        metrics.WAKES.inc()
+        self._woken.set()
+        self._stirred.set()  # a poll waiting for a sender claims again now
+        if self.poll_by is not None:
+            self.poll_by(clock.now())  # and if none is running, one starts now
+
+    def schedule_next_poll(self) -> None:
+        """Bring the next poll forward to the next due time when that is sooner (a retry due
+        in 1.2 s with a 5 s poll is tried at 1.2 s). Runs after each poll and after outcomes
+        that scheduled a retry; one index seek (`claims.next_due_after`)."""
+        if self.poll_by is None:
+            return
+        due = next_due_after(clock.now())
+        if due is not None:
+            self.poll_by(due)
 
     def run_until_idle(self) -> int:
         """`--once`: poll, wait for in-flight attempts, repeat until nothing is due."""
@@ -293,17 +330,6 @@ class Dispatcher:
     def _running_since(self) -> dict[str, float]:
         return _oldest_start(self._running())
 
-    def _wait_for_a_sender(self) -> bool:
-        """Wait up to a poll interval for an attempt to end; True if one did."""
-        with self._lock:
-            pending = [future for future in self._in_flight if not future.done()]
-        done, _ = concurrent.futures.wait(
-            pending,
-            timeout=self.config.poll_interval,
-            return_when=concurrent.futures.FIRST_COMPLETED,
-        )
-        return bool(done)
-
     def _submit(self, claim: ClaimedDelivery) -> None:
         with self._lock:
             future = self._senders.submit(self.attempt, claim)
@@ -314,6 +340,7 @@ class Dispatcher:
         with self._lock:
             self._in_flight.pop(future, None)
         self._nothing_due = False  # a subscription below its cap again may have more due
+        self._stirred.set()
 
     def attempt(self, claim: ClaimedDelivery) -> AttemptResult | None:
         """One signed attempt; its outcome goes to the recorder. Never raises: an unexpected

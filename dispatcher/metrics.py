@@ -56,6 +56,11 @@ IN_FLIGHT = Gauge(
     "Attempts this dispatcher is making right now.",
     registry=REGISTRY,
 )
+WAKES = Counter(
+    "partner_api_dispatcher_wakes",
+    "Wakes this dispatcher received: a publish, redelivery or enable made work due now.",
+    registry=REGISTRY,
+)
 SENDERS = Gauge(
     "partner_api_dispatcher_senders",
     "Concurrent attempts this dispatcher may make (PARTNER_API_DISPATCH_WORKERS).",

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import peewee
 
@@ -30,8 +31,9 @@ RECORD_TRIES = 5  # a batch the database refuses this often is left to the lease
 class OutcomeRecorder:
     """One thread that writes attempt outcomes in batches and logs one line per attempt."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, retry_scheduled: Callable[[], None] | None = None):
         self.config = config
+        self.retry_scheduled = retry_scheduled  # told after a batch that scheduled a retry
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
@@ -93,6 +95,12 @@ class OutcomeRecorder:
                     "could not record %d outcomes; their leases make them due again", len(batch)
                 )
                 return
+        if self.retry_scheduled and any(step.startswith("retry_at:") for step in steps):
+            try:
+                with kept_connection():
+                    self.retry_scheduled()
+            except (peewee.DatabaseError, peewee.InterfaceError):
+                pass  # the next poll finds the retry all the same
         for (claim, result), step in zip(batch, steps, strict=True):
             if step == "dead_lettered":
                 metrics.DEAD_LETTERED.inc()

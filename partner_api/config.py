@@ -44,6 +44,10 @@ class Config:
     dispatch_batch_size: int = 50
     dispatch_workers: int = 10
     retention_days: int = 30
+    # The wake on publish (delivery/wake.py): whether the dispatcher listens for publishes, and
+    # on PostgreSQL the session URL it LISTENs on (None: database_url).
+    dispatcher_wake: bool = True
+    dispatcher_listen_url: str | None = None
     # Not from the environment: how webhook host names are resolved (None: the system's
     # resolver; tests inject a table), and how long a create may wait on DNS before answering
     # host_unresolvable.
@@ -67,6 +71,11 @@ class Config:
     def lease_seconds(self) -> float:
         """How long a claimed delivery stays invisible: longer than any attempt can last."""
         return self.delivery_timeout * 3 + 30
+
+    @property
+    def listen_url(self) -> str:
+        """Where the dispatcher LISTENs for publishes (PostgreSQL): a session, not a pool."""
+        return self.dispatcher_listen_url or self.database_url
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Config:
@@ -186,6 +195,12 @@ def without_passwords(text: str, url: str) -> str:
     return text
 
 
+def _listen_url(value: str) -> str:
+    if not value.startswith(("postgres://", "postgresql://")):
+        raise ValueError("must start with postgres:// or postgresql:// (LISTEN is PostgreSQL's)")
+    return _database_url(value)
+
+
 def _whole_number(low: int, high: int):
     def parse(value: str) -> int:
         number = int(value)
@@ -286,4 +301,6 @@ _VARIABLES = {
     "PARTNER_API_LOG_FORMAT": ("log_format", _log_format),
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _directory),
     "PARTNER_API_RETENTION_DAYS": ("retention_days", _whole_number(1, MAX_RETENTION_DAYS)),
+    "PARTNER_API_DISPATCHER_WAKE": ("dispatcher_wake", _boolean),
+    "PARTNER_API_DISPATCHER_LISTEN_URL": ("dispatcher_listen_url", _listen_url),
 }

@@ -21,6 +21,7 @@ import pwd
 import re
 import secrets
 import select
+import threading
 from pathlib import Path
 
 import peewee
@@ -283,12 +284,40 @@ def kept_connection():
         raise
 
 
+@contextlib.contextmanager
 def write_transaction():
     """A transaction that takes the write lock up front on SQLite (BEGIN IMMEDIATE), so
-    read-then-write sequences cannot interleave or fail late with 'database is locked'."""
-    if is_sqlite():
-        return database.atomic("IMMEDIATE")
-    return database.atomic()
+    read-then-write sequences cannot interleave or fail late with 'database is locked'.
+
+    What `after_commit` was given inside it runs once the outermost one has committed."""
+    outermost = database.transaction_depth() == 0
+    if outermost:
+        _commit_hooks.pending = []
+    try:
+        with database.atomic("IMMEDIATE") if is_sqlite() else database.atomic():
+            yield
+    except BaseException:
+        if outermost:
+            _commit_hooks.pending = None  # rolled back: nothing of it happened
+        raise
+    if outermost:
+        pending, _commit_hooks.pending = _commit_hooks.pending, None
+        for callback in pending:
+            callback()
+
+
+_commit_hooks = threading.local()  # per thread: the callbacks waiting for its commit
+
+
+def after_commit(callback) -> None:
+    """Run `callback()` once the calling thread's write_transaction commits (at once outside
+    one), and once however often it was given; never if it rolls back. A savepoint rolled
+    back inside it does not withdraw it."""
+    pending = getattr(_commit_hooks, "pending", None)
+    if pending is None:
+        callback()
+    elif callback not in pending:
+        pending.append(callback)
 
 
 def locked(query, clause: str = "FOR UPDATE"):

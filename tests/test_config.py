@@ -26,6 +26,20 @@ def test_defaults_match_the_contract():
     assert config.database_url.startswith("sqlite:///") and "instance" in config.database_url
     assert config.metrics_port is None and config.metrics_host == "127.0.0.1"
     assert config.log_format == "text"
+    assert config.dispatcher_wake is True
+    assert config.dispatcher_listen_url is None and config.listen_url == config.database_url
+
+
+def test_the_listen_url_and_the_wake_switch_are_parsed():
+    config = Config.from_env(
+        {
+            "DATABASE_URL": "postgresql://app@pgbouncer:6432/partner",
+            "PARTNER_API_DISPATCHER_LISTEN_URL": "postgresql://app@db:5432/partner",
+            "PARTNER_API_DISPATCHER_WAKE": "off",
+        }
+    )
+    assert config.listen_url == "postgresql://app@db:5432/partner"
+    assert config.dispatcher_wake is False
 
 
 def test_operations_settings_are_parsed():
@@ -99,6 +113,9 @@ def test_values_are_parsed():
         ("PARTNER_API_METRICS_PORT", "http"),
         ("PARTNER_API_METRICS_HOST", "localhost:9000"),
         ("PARTNER_API_LOG_FORMAT", "xml"),
+        ("PARTNER_API_DISPATCHER_WAKE", "sometimes"),
+        ("PARTNER_API_DISPATCHER_LISTEN_URL", "sqlite:///instance/partner_api.sqlite3"),
+        ("PARTNER_API_DISPATCHER_LISTEN_URL", "postgresql://app:pw@db:notaport/partner"),
         ("PROMETHEUS_MULTIPROC_DIR", str(ROOT / "schema.sql")),
     ],
 )
@@ -112,9 +129,10 @@ def test_bad_value_is_refused_naming_the_variable(name, value):
 @pytest.mark.parametrize(
     "url", ["mysql://app:s3cret@db/partner", "postgresql://app:s3cret@db:nope/partner"]
 )
-def test_a_refused_database_url_is_never_shown_with_its_password(url):
+@pytest.mark.parametrize("name", ["DATABASE_URL", "PARTNER_API_DISPATCHER_LISTEN_URL"])
+def test_a_refused_database_url_is_never_shown_with_its_password(url, name):
     with pytest.raises(ConfigError) as excinfo:
-        Config.from_env({"DATABASE_URL": url})
+        Config.from_env({name: url})
     assert "s3cret" not in str(excinfo.value) and "app:***@db" in str(excinfo.value)
 
 

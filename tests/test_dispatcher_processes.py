@@ -1,4 +1,5 @@
-"""The dispatcher as real processes: two at once, SIGKILL mid-batch, SIGTERM, polling."""
+"""The dispatcher as real processes: two at once, SIGKILL mid-batch (of a drain, and of
+deliveries a publish woke it for), SIGTERM, polling."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from harness.receivers import Receiver, SilentReceiver
 from partner_api import clock as clock_module
 from partner_api import provisioning
 from partner_api.config import Config
-from partner_api.db import database
+from partner_api.db import database, write_transaction
 from partner_api.delivery.outbox import publish_event
 from partner_api.models import Delivery
 
@@ -68,12 +69,30 @@ def test_two_dispatchers_never_send_the_same_delivery_twice(subscribe, database_
     assert all("outcome=ok" in output for output in outputs), outputs
 
 
-def test_dispatcher_killed_mid_batch_loses_nothing(subscribe, database_url):
+def start_woken(database_url: str, events: list[str], **settings) -> subprocess.Popen:
+    """A long-running dispatcher polling once an hour: once it listens, the events are
+    published in one transaction, so what it sends was woken by that publish."""
+    process = start_dispatcher(
+        dispatcher_env(database_url, PARTNER_API_POLL_INTERVAL="3600", **settings)
+    )
+    listening = "wake on publish: listening"
+    assert wait_for(lambda: listening in (process.stdout.readline() or ""), 30)
+    with database.connection_context(), write_transaction():
+        org_id = provisioning.list_orgs()[0].id
+        events += [publish_event(org_id, "vc.test.ping", {"n": n})[0].id for n in range(8)]
+    return process
+
+
+@pytest.mark.parametrize("woken", [False, True], ids=["once", "woken"])
+def test_dispatcher_killed_mid_batch_loses_nothing(subscribe, database_url, woken):
     with Receiver(delay=30) as receiver:
-        event_ids = seed(subscribe, receiver, 8)
-        process = start_dispatcher(
-            dispatcher_env(database_url, PARTNER_API_DISPATCH_WORKERS="4"), "--once"
-        )
+        settings = {"PARTNER_API_DISPATCH_WORKERS": "4"}
+        if woken:
+            event_ids = seed(subscribe, receiver, 0)
+            process = start_woken(database_url, event_ids, **settings)
+        else:
+            event_ids = seed(subscribe, receiver, 8)
+            process = start_dispatcher(dispatcher_env(database_url, **settings), "--once")
         assert receiver.first_request.wait(30), "the dispatcher never sent anything"
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)

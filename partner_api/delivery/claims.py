@@ -17,7 +17,7 @@ import secrets
 from partner_api import clock
 from partner_api.db import database, write_transaction
 from partner_api.delivery import lifecycle, shares
-from partner_api.models import DeliveryStatus, Event, SubscriptionStatus
+from partner_api.models import Delivery, DeliveryStatus, Event, SubscriptionStatus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,3 +212,19 @@ def still_sendable(claims: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
     ])  # fmt: skip
     leases = dict(cursor.fetchall())
     return [claim for claim in claims if leases.get(claim.id) == claim.lease_token]
+
+
+# Uses the deliveries_due index (status, next_attempt_at): one index seek to the first row
+# past `now`, whatever the size of the queue.
+_NEXT_DUE_SQL = (
+    "SELECT next_attempt_at FROM deliveries WHERE status = {p} AND next_attempt_at > {p} "
+    "ORDER BY next_attempt_at LIMIT 1"
+)
+
+
+def next_due_after(now: dt.datetime) -> dt.datetime | None:
+    """When the next pending delivery comes due after `now` (a retry, or a lease running out),
+    or None: the dispatcher polls then if that is sooner than its next poll."""
+    cursor = database.execute_sql(_sql(_NEXT_DUE_SQL), (DeliveryStatus.PENDING, now))
+    row = cursor.fetchone()
+    return None if row is None else Delivery.next_attempt_at.python_value(row[0])

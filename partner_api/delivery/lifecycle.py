@@ -20,6 +20,8 @@ The rules, each stated once here:
 - A delivery of a disabled subscription is held, never pending (`_open_status`).
 - A finished delivery's `next_attempt_at` is when it finished; retention and `stats` count
   from it (`_finished`).
+- A change that makes deliveries due now wakes the dispatchers once it commits
+  (`_due_now`); polling finds the rest.
 - Every change clears the lease token, so an attempt in flight whose delivery changed under
   it cannot overwrite the new state; an attempt's outcome is written only under its lease.
 - Every pending delivery's subscription has a `due_work` row due at or before the delivery
@@ -38,7 +40,7 @@ from peewee import fn
 from partner_api import clock, ids
 from partner_api.config import Config
 from partner_api.db import by_backend, database, locked, write_transaction
-from partner_api.delivery import retry
+from partner_api.delivery import retry, wake
 from partner_api.models import (
     Delivery,
     DeliveryFailure,
@@ -59,6 +61,14 @@ def _open_status(subscription_status: str) -> str:
     if subscription_status == SubscriptionStatus.ENABLED:
         return DeliveryStatus.PENDING
     return DeliveryStatus.HELD
+
+
+def _due_now(due: dict[str, dt.datetime]) -> None:
+    """Deliveries of these subscriptions were just made pending and due now: their due_work
+    rows say so (`_note_due`), and the dispatchers are woken once the transaction commits."""
+    if due:
+        _note_due(due)
+        wake.work_due()
 
 
 def _finished(status: str, now: dt.datetime) -> dict:
@@ -86,7 +96,7 @@ def create_deliveries(
         )
         for subscription in subscriptions
     ]
-    _note_due({d.subscription_id: now for d in created if d.status == DeliveryStatus.PENDING})
+    _due_now({d.subscription_id: now for d in created if d.status == DeliveryStatus.PENDING})
     return created
 
 
@@ -438,7 +448,7 @@ def release_held(subscription_id: str) -> int:
         .execute()
     )
     if released:
-        _note_due({subscription_id: now})
+        _due_now({subscription_id: now})
     return released
 
 
@@ -546,7 +556,7 @@ def replay(
     if history:
         DeliveryHistory.insert_many(history).execute()
     if replayed and _open_status(subscription.status) == DeliveryStatus.PENDING:
-        _note_due({subscription.id: now})
+        _due_now({subscription.id: now})
     return len(replayed)
 
 
