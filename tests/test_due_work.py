@@ -389,3 +389,50 @@ def test_a_claim_settling_a_row_a_publish_holds_waits_and_keeps_it(
         assert pending_without_a_row_due_in_time() == []
         (taken,) = claim_due_deliveries(1, 60, policy=POLICY)
     assert taken.id == fresh[0].id
+
+
+def test_a_claim_meeting_a_subscription_an_enable_is_committing_leaves_its_rows_pending(
+    database_url, config, clock, subscribe, make_key
+):
+    """PostgreSQL: a claim reads a subscription as disabled while an enable of it has not
+    committed. Holding the subscription's due rows then would leave them held under an enabled
+    subscription for good; the claim waits for the enable instead, and holds nothing."""
+    if not db_module.is_postgres():
+        pytest.skip("SQLite's write lock makes a claim and an enable take turns")
+    org = make_key().org.id
+    sub = subscribe(org)
+    with database.connection_context():
+        publish_event(org, "vc.test.ping", {}, subscription_id=sub.id)
+        (leased,) = claim_due_deliveries(1, 60, policy=POLICY)  # its dispatcher then dies
+        disable_subscription(sub.id)  # leaves the leased row pending, under its lease
+    clock.advance(61)  # the lease ran out: the row is due on a disabled subscription
+    written, commit = threading.Event(), threading.Event()
+    claimed = []
+
+    def enable_and_wait():
+        with database.connection_context(), write_transaction():
+            lifecycle.enable(Subscription.get_by_id(sub.id))
+            written.set()
+            assert commit.wait(30)
+
+    def claim():
+        with database.connection_context():
+            claimed.extend(claim_due_deliveries(1, 60, policy=POLICY))
+
+    enabler = threading.Thread(target=enable_and_wait)
+    enabler.start()
+    assert written.wait(30)
+    claimer = threading.Thread(target=claim)
+    claimer.start()
+    for _ in range(300):  # until the claim waits for the enable's row
+        if _waiting_for_a_lock() or not claimer.is_alive():
+            break
+        threading.Event().wait(0.1)
+    assert claimer.is_alive(), "the claim held the rows without waiting for the enable"
+    commit.set()
+    enabler.join(30)
+    claimer.join(30)
+    assert not claimer.is_alive()
+    with database.connection_context():
+        assert Delivery.get_by_id(leased.id).status == DeliveryStatus.PENDING
+        assert [c.id for c in claimed or claim_due_deliveries(1, 60, policy=POLICY)] == [leased.id]

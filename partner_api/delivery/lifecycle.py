@@ -421,19 +421,28 @@ def hold(subscription_id: str) -> int:
 
 def hold_due(subscription_ids: list[str], now: dt.datetime) -> None:
     """Due rows a claim met on disabled subscriptions (e.g. leased by a dispatcher that died):
-    hold them like their other deliveries. The subscription is re-read in the statement, so
-    an enable that has just committed leaves them pending. (Deleting a subscription cancels
-    every open row, leased or not, so no pending row outlives its subscription.)"""
-    Delivery.update(status=DeliveryStatus.HELD, lease_token=None).where(
-        (Delivery.status == DeliveryStatus.PENDING)
-        & (Delivery.next_attempt_at <= now)
-        & Delivery.subscription.in_(
+    hold them like their other deliveries. The subscriptions are read again and locked first
+    (FOR SHARE on PostgreSQL), so an enable either commits before (its subscription is enabled
+    and its rows stay pending) or waits for this claim (and then releases what it held).
+    (Deleting a subscription cancels every open row, leased or not, so no pending row outlives
+    its subscription.)"""
+    still_disabled = [
+        sub.id
+        for sub in locked(
             Subscription.select(Subscription.id).where(
                 Subscription.id.in_(subscription_ids)
                 & (Subscription.status == SubscriptionStatus.DISABLED)
                 & Subscription.live()
-            )
+            ),
+            "FOR SHARE",
         )
+    ]
+    if not still_disabled:
+        return
+    Delivery.update(status=DeliveryStatus.HELD, lease_token=None).where(
+        (Delivery.status == DeliveryStatus.PENDING)
+        & (Delivery.next_attempt_at <= now)
+        & Delivery.subscription.in_(still_disabled)
     ).execute()
 
 
