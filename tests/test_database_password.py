@@ -29,15 +29,15 @@ CLI = [
 ]
 # Mistyped: each stops every entry point at its configuration, with one line.
 MISTYPED = [
-    f"postgresql//app:{PASSWORD}@db.internal/partner",
-    f"postgresql:/app:{PASSWORD}@db.internal/partner",
-    f"postgres:app:{PASSWORD}@db.internal/partner",
-    f"dbname=partner password={PASSWORD} host=db.internal",
-    f"dbname=partner password='{PASSWORD} x' host=db.internal",
-    f"postgresql://app:{PASSWORD}@db.internal:99999/partner",
+    f"postgresql//app:{PASSWORD}@127.0.0.1/partner",
+    f"postgresql:/app:{PASSWORD}@127.0.0.1/partner",
+    f"postgres:app:{PASSWORD}@127.0.0.1/partner",
+    f"dbname=partner password={PASSWORD} host=127.0.0.1",
+    f"dbname=partner password='{PASSWORD} x' host=127.0.0.1",
+    f"postgresql://app:{PASSWORD}@127.0.0.1:99999/partner",
     f"postgresql://app:{PASSWORD}@[::1/partner",
-    f"mysql://app:{PASSWORD}@db.internal/partner",
-    f"sqlite://app:{PASSWORD}@db.internal/partner",
+    f"mysql://app:{PASSWORD}@127.0.0.1/partner",
+    f"sqlite://app:{PASSWORD}@127.0.0.1/partner",
 ]
 
 
