@@ -342,6 +342,41 @@ def _waiting_for_a_lock() -> bool:
         ) != [(0,)]
 
 
+def claim_while_uncommitted(write, waits_for: str) -> list:
+    """Run `write` in a write transaction on a connection of its own and, before it commits,
+    a claim on another: the claim must wait for a lock `write` holds (it fails the test if it
+    ends first). Once it waits, `write` commits; returns what the claim took."""
+    written, commit = threading.Event(), threading.Event()
+    claimed = []
+
+    def write_and_hold():
+        with database.connection_context(), write_transaction():
+            write()
+            written.set()
+            assert commit.wait(30)
+
+    def claim():
+        with database.connection_context():
+            claimed.extend(claim_due_deliveries(1, 60, policy=POLICY))
+
+    writer = threading.Thread(target=write_and_hold)
+    writer.start()
+    assert written.wait(30)
+    claimer = threading.Thread(target=claim)
+    claimer.start()
+    for _ in range(300):  # until the claim waits for a lock the write holds
+        if _waiting_for_a_lock() or not claimer.is_alive():
+            break
+        threading.Event().wait(0.1)
+    alive = claimer.is_alive()
+    commit.set()
+    writer.join(30)
+    claimer.join(30)
+    assert alive, f"the claim did not wait for the {waits_for}"
+    assert not claimer.is_alive()
+    return claimed
+
+
 @pytest.mark.parametrize("before", ["leased", "delivered"])
 def test_a_claim_settling_a_row_a_publish_holds_waits_and_keeps_it(
     database_url, config, clock, subscribe, make_key, before
@@ -358,33 +393,12 @@ def test_a_claim_settling_a_row_a_publish_holds_waits_and_keeps_it(
         (first,) = claim_due_deliveries(1, 60, policy=POLICY)
         if before == "delivered":
             lifecycle.record_outcomes([(first, OK)], config)
-    written, commit = threading.Event(), threading.Event()
-    fresh, claimed = [], []
+    fresh = []
 
-    def publish_and_hold_the_row():
-        with database.connection_context(), write_transaction():
-            fresh.extend(publish_event(org, "vc.test.ping", {}, subscription_id=sub.id)[1])
-            written.set()
-            assert commit.wait(30)
+    def publish():
+        fresh.extend(publish_event(org, "vc.test.ping", {}, subscription_id=sub.id)[1])
 
-    def claim():
-        with database.connection_context():
-            claimed.extend(claim_due_deliveries(1, 60, policy=POLICY))
-
-    publisher = threading.Thread(target=publish_and_hold_the_row)
-    publisher.start()
-    assert written.wait(30)
-    claimer = threading.Thread(target=claim)
-    claimer.start()
-    for _ in range(300):  # until the claim waits for the publish's row
-        if _waiting_for_a_lock() or not claimer.is_alive():
-            break
-        threading.Event().wait(0.1)
-    assert claimer.is_alive(), "the claim settled the row without waiting for the publish"
-    commit.set()
-    publisher.join(30)
-    claimer.join(30)
-    assert not claimer.is_alive() and claimed == []
+    assert claim_while_uncommitted(publish, "publish") == []
     with database.connection_context():
         assert pending_without_a_row_due_in_time() == []
         (taken,) = claim_due_deliveries(1, 60, policy=POLICY)
@@ -406,33 +420,9 @@ def test_a_claim_meeting_a_subscription_an_enable_is_committing_leaves_its_rows_
         (leased,) = claim_due_deliveries(1, 60, policy=POLICY)  # its dispatcher then dies
         disable_subscription(sub.id)  # leaves the leased row pending, under its lease
     clock.advance(61)  # the lease ran out: the row is due on a disabled subscription
-    written, commit = threading.Event(), threading.Event()
-    claimed = []
-
-    def enable_and_wait():
-        with database.connection_context(), write_transaction():
-            lifecycle.enable(Subscription.get_by_id(sub.id))
-            written.set()
-            assert commit.wait(30)
-
-    def claim():
-        with database.connection_context():
-            claimed.extend(claim_due_deliveries(1, 60, policy=POLICY))
-
-    enabler = threading.Thread(target=enable_and_wait)
-    enabler.start()
-    assert written.wait(30)
-    claimer = threading.Thread(target=claim)
-    claimer.start()
-    for _ in range(300):  # until the claim waits for the enable's row
-        if _waiting_for_a_lock() or not claimer.is_alive():
-            break
-        threading.Event().wait(0.1)
-    assert claimer.is_alive(), "the claim held the rows without waiting for the enable"
-    commit.set()
-    enabler.join(30)
-    claimer.join(30)
-    assert not claimer.is_alive()
+    claimed = claim_while_uncommitted(
+        lambda: lifecycle.enable(Subscription.get_by_id(sub.id)), "enable"
+    )
     with database.connection_context():
         assert Delivery.get_by_id(leased.id).status == DeliveryStatus.PENDING
         assert [c.id for c in claimed or claim_due_deliveries(1, 60, policy=POLICY)] == [leased.id]
