@@ -17,12 +17,19 @@ default 2 s poll interval: the ping's publish wakes the dispatcher. `--poll-inte
 from __future__ import annotations
 
 import argparse
-import random
 import tempfile
 import time
 from pathlib import Path
 
-from bench.engine import Stack, dead_load, describe, fresh_database, partner, percentile
+from bench.engine import (
+    Stack,
+    dead_load,
+    describe,
+    fresh_database,
+    partner,
+    percentile,
+    ping_latencies,
+)
 from harness.net import wait_for
 from harness.receivers import ReceiverProcess
 from partner_api.db import database
@@ -40,12 +47,7 @@ def first_pings(stack: Stack, receiver: ReceiverProcess, pings: int, name="new")
     for n in range(pings):
         _, token = partner(f"{name} partner {n}")
         subscription = stack.subscribe(token, receiver.url(f"/{name}/{n}"))
-        event_id, sent = stack.ping(token, subscription)
-        if receiver.wait_for(lambda e=event_id: e in receiver.arrivals, timeout=60):
-            latencies.append(max(0.0, receiver.arrivals[event_id] - sent))
-        else:
-            latencies.append(float("inf"))  # not delivered within a minute
-        time.sleep(random.uniform(0.2, 0.9))  # noqa: S311 - jitter, not security
+        latencies += ping_latencies(stack, token, subscription, receiver, 1)
     return latencies
 
 
