@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from bench import scratch_backends
+from harness.seed import idle_subscriptions
 from partner_api import clock, ids
 from partner_api.db import apply_schema, bind, database, drop_tables
 from partner_api.delivery import claims, lifecycle
@@ -148,25 +149,9 @@ def fill_subscriptions(count: int) -> list[Subscriber]:
     now = clock.now()
     orgs = [f"org_bench{n}" for n in range(10)]
     Org.insert_many([{"id": org, "name": org, "created_at": now} for org in orgs]).execute()
-    rows = [
-        {
-            "id": f"wh_bench{n:07d}",
-            "org": orgs[n % 10],
-            "url": "https://example.com/",
-            "events": [],
-            "description": "",
-            "secret": "s",
-            "status": "enabled",
-            "consecutive_failures": 0,
-            "created_at": now,
-        }
-        for n in range(count)
-    ]
-    with database.atomic():
-        for start in range(0, count, 1000):
-            Subscription.insert_many(rows[start : start + 1000]).execute()
+    ids = idle_subscriptions("bench", orgs, count)
     step = count // BUSY
-    return [Subscriber(f"wh_bench{n:07d}", orgs[n % 10]) for n in range(0, step * BUSY, step)]
+    return [Subscriber(ids[n], orgs[n % 10]) for n in range(0, step * BUSY, step)]
 
 
 def time_claims_of(busy: list[Subscriber], full_scan: bool) -> float:

@@ -24,11 +24,12 @@ from pathlib import Path
 from bench.engine import fresh_database, partner, queue_events
 from harness.dispatcher import dispatcher_env, start_dispatcher
 from harness.receivers import ReceiverProcess
+from harness.seed import idle_subscriptions
 from partner_api import clock
 from partner_api.config import Config
 from partner_api.db import database
 from partner_api.delivery.subscriptions import create_subscription
-from partner_api.models import Org, Subscription
+from partner_api.models import Org
 
 BUSY = 10
 IDLE_ORGS = 500
@@ -38,24 +39,9 @@ def add_idle(count: int) -> None:
     """`count` enabled subscriptions over IDLE_ORGS partners, none of them ever sent anything."""
     now = clock.now()
     orgs = [f"org_idle{n:04d}" for n in range(IDLE_ORGS)]
-    rows = [
-        {
-            "id": f"wh_idle{n:07d}",
-            "org": orgs[n % IDLE_ORGS],
-            "url": "https://example.com/idle",
-            "events": [],
-            "description": "",
-            "secret": "whsec_idle",
-            "status": "enabled",
-            "consecutive_failures": 0,
-            "created_at": now,
-        }
-        for n in range(count)
-    ]
     with database.connection_context(), database.atomic():
         Org.insert_many([{"id": org, "name": org, "created_at": now} for org in orgs]).execute()
-        for start in range(0, count, 1000):
-            Subscription.insert_many(rows[start : start + 1000]).execute()
+        idle_subscriptions("idle", orgs, count)
         database.execute_sql("ANALYZE")
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.transport import AttemptResult
-from partner_api import clock as clock_module
+from harness.seed import idle_subscriptions
 from partner_api import db as db_module
 from partner_api import provisioning
 from partner_api.db import database, write_transaction
@@ -74,28 +74,6 @@ def rolled_back(work):
     return result
 
 
-def add_idle_subscriptions(org_id: str, count: int) -> None:
-    """`count` enabled subscriptions that never get an event, written directly (fast)."""
-    now = clock_module.now()
-    rows = [
-        {
-            "id": f"wh_idle{org_id[-6:]}{n:06d}",
-            "org": org_id,
-            "url": "http://receiver.test:9/idle",
-            "events": [],
-            "description": "",
-            "secret": "whsec_idle",
-            "status": SubscriptionStatus.ENABLED,
-            "consecutive_failures": 0,
-            "created_at": now,
-        }
-        for n in range(count)
-    ]
-    with database.atomic():
-        for start in range(0, count, 500):
-            Subscription.insert_many(rows[start : start + 500]).execute()
-
-
 def pending_without_a_row_due_in_time() -> list[tuple]:
     """Pending deliveries whose subscription has no due_work row due at or before them."""
     return sql(
@@ -117,7 +95,7 @@ def test_claims_beside_thousands_of_idle_subscriptions_choose_as_the_full_scan_d
     orgs = [make_key(org_name=f"org {n}").org.id for n in range(3)]
     busy = [subscribe(orgs[n % 3], f"http://receiver.test:9/busy/{n}") for n in range(8)]
     with database.connection_context():
-        add_idle_subscriptions(orgs[0], 2500)
+        idle_subscriptions("idle", orgs[:1], 2500)
         waiting = []  # claims a dispatcher holds without an outcome yet (or that it lost)
         compared = 0
         for round_ in range(14):
