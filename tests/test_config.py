@@ -28,6 +28,7 @@ def test_defaults_match_the_contract():
     assert config.log_format == "text"
     assert config.dispatcher_wake is True
     assert config.dispatcher_listen_url is None and config.listen_url == config.database_url
+    assert (config.dns_lookups_per_org, config.dns_lookups_total) == (1, 2)
 
 
 def test_the_listen_url_and_the_wake_switch_are_parsed():
@@ -40,6 +41,13 @@ def test_the_listen_url_and_the_wake_switch_are_parsed():
     )
     assert config.listen_url == "postgresql://app@db:5432/partner"
     assert config.dispatcher_wake is False
+
+
+def test_the_dns_lookup_caps_are_parsed():
+    config = Config.from_env(
+        {"PARTNER_API_DNS_LOOKUPS_PER_ORG": "3", "PARTNER_API_DNS_LOOKUPS_TOTAL": " 12 "}
+    )
+    assert (config.dns_lookups_per_org, config.dns_lookups_total) == (3, 12)
 
 
 def test_operations_settings_are_parsed():
@@ -113,6 +121,12 @@ def test_values_are_parsed():
         ("PARTNER_API_METRICS_PORT", "http"),
         ("PARTNER_API_METRICS_HOST", "localhost:9000"),
         ("PARTNER_API_LOG_FORMAT", "xml"),
+        ("PARTNER_API_DNS_LOOKUPS_PER_ORG", "0"),
+        ("PARTNER_API_DNS_LOOKUPS_PER_ORG", "1001"),
+        ("PARTNER_API_DNS_LOOKUPS_PER_ORG", "one"),
+        ("PARTNER_API_DNS_LOOKUPS_TOTAL", "0"),
+        ("PARTNER_API_DNS_LOOKUPS_TOTAL", "10001"),
+        ("PARTNER_API_DNS_LOOKUPS_TOTAL", "²"),
         ("PARTNER_API_DISPATCHER_WAKE", "sometimes"),
         ("PARTNER_API_DISPATCHER_LISTEN_URL", "sqlite:///instance/partner_api.sqlite3"),
         ("PARTNER_API_DISPATCHER_LISTEN_URL", "postgresql://app:pw@db:notaport/partner"),
